@@ -1,0 +1,447 @@
+//! [`Store`]: opening a store directory, the transaction helper every operation goes through,
+//! closing, and the future returned by the `*_async` calls. The operations themselves are in
+//! `queue.rs` and `topic.rs`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::frame::{FormatFile, FrameBuf, BODY_PREFIX_LEN, FORMAT_LEN, FORMAT_VERSION};
+use crate::options::{Options, FRAME_BODY_MAX};
+use crate::recovery::{self, RecoveryReport};
+use crate::signal::Signal;
+use crate::vfs::{LockError, MemVfs, OpenMode, OsVfs, Vfs, VfsLock};
+use crate::writer::{self, CommitState, Core, PendingFrame, Shared};
+
+/// A crash-safe store of queues and topics in one directory. Cheap to clone; every clone is a
+/// handle to the same store, usable from any thread. The store closes when the last handle is
+/// dropped (or at [`Store::close`]).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+    report: RecoveryReport,
+    store_id: u64,
+    _lock: Box<dyn VfsLock>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl Handle {
+    fn shutdown(&self) -> Result<()> {
+        {
+            let mut core = self.shared.lock_core();
+            core.closing = true;
+        }
+        self.shared.work_cv.notify_all();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let c = self.shared.lock_commit();
+        if let Some(e) = &c.close_error {
+            return Err(Error::Poisoned { cause: e.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// A random-enough store id: only used to tell segments of different stores apart.
+fn new_store_id(now_ms: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms);
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+impl Store {
+    /// Opens (creating when missing) the store in directory `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        Self::open_with_vfs(Arc::new(OsVfs), dir, options)
+    }
+
+    /// A store held in memory (same code, an in-memory file system): for tests and caches.
+    pub fn in_memory() -> Result<Store> {
+        Self::open_with_vfs(Arc::new(MemVfs::new()), "/spool", Options::default())
+    }
+
+    /// Opens a store on any [`Vfs`] (the crash simulator of `spool-testkit`, for instance).
+    pub fn open_with_vfs(
+        vfs: Arc<dyn Vfs>,
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<Store> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let now = options.clock.now_ms();
+        let existed = vfs.exists(&dir).map_err(|e| Error::io("stat", &dir, e))?;
+        if !existed {
+            vfs.create_dir_all(&dir)
+                .map_err(|e| Error::io("create directory", &dir, e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                vfs.sync_dir(parent)
+                    .map_err(|e| Error::io("sync directory", parent, e))?;
+            }
+        }
+        let lock = match vfs.lock(&dir.join("LOCK")) {
+            Ok(l) => l,
+            Err(LockError::Held { pid }) => return Err(Error::Locked { dir, pid }),
+            Err(LockError::Io(e)) => return Err(Error::io("lock", dir.join("LOCK"), e)),
+        };
+        let format = Self::read_or_create_format(vfs.as_ref(), &dir, now)?;
+        let log_dir = dir.join("log");
+        if !vfs
+            .exists(&log_dir)
+            .map_err(|e| Error::io("stat", &log_dir, e))?
+        {
+            vfs.create_dir_all(&log_dir)
+                .map_err(|e| Error::io("create directory", &log_dir, e))?;
+            vfs.sync_dir(&dir)
+                .map_err(|e| Error::io("sync directory", &dir, e))?;
+        }
+        let recovered = recovery::recover(
+            &vfs,
+            &log_dir,
+            format.store_id,
+            options.recovery,
+            options.segment_bytes,
+            now,
+        )?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                state: recovered.state,
+                pending: std::collections::VecDeque::new(),
+                last_ticket: 0,
+                poisoned: None,
+                closing: false,
+                writer_waiting: false,
+            }),
+            work_cv: Condvar::new(),
+            commit: Mutex::new(CommitState::default()),
+            commit_cv: Condvar::new(),
+            committed: AtomicU64::new(0),
+            options,
+        });
+        let w = shared.clone();
+        let active = recovered.active;
+        let writer = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer::run(&w, active))
+            .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        Ok(Store {
+            inner: Arc::new(Handle {
+                shared,
+                writer: Mutex::new(Some(writer)),
+                dir,
+                report: recovered.report,
+                store_id: format.store_id,
+                _lock: lock,
+            }),
+        })
+    }
+
+    fn read_or_create_format(vfs: &dyn Vfs, dir: &Path, now: u64) -> Result<FormatFile> {
+        let path = dir.join("FORMAT");
+        if vfs.exists(&path).map_err(|e| Error::io("stat", &path, e))? {
+            let f = vfs
+                .open(&path, OpenMode::Read)
+                .map_err(|e| Error::io("open", &path, e))?;
+            let len = f.len().map_err(|e| Error::io("stat", &path, e))?;
+            if len != FORMAT_LEN as u64 {
+                return Err(Error::Format {
+                    path,
+                    reason: format!("FORMAT file has {len} bytes, expected {FORMAT_LEN}"),
+                });
+            }
+            let mut b = [0u8; FORMAT_LEN];
+            f.read_exact_at(&mut b, 0)
+                .map_err(|e| Error::io("read", &path, e))?;
+            return FormatFile::decode(&b).map_err(|reason| Error::Format { path, reason });
+        }
+        // A new store, or one whose creation was cut before FORMAT became durable. FORMAT is
+        // made durable before anything else is written, so a log without it is not ours.
+        let log_dir = dir.join("log");
+        if vfs
+            .exists(&log_dir)
+            .map_err(|e| Error::io("stat", &log_dir, e))?
+            && !recovery::list_segments(vfs, &log_dir)?.is_empty()
+        {
+            return Err(Error::Format {
+                path,
+                reason: "the FORMAT file is missing but log segments exist; restore FORMAT or salvage the store".into(),
+            });
+        }
+        let others: Vec<String> = vfs
+            .read_dir(dir)
+            .map_err(|e| Error::io("list", dir, e))?
+            .into_iter()
+            .filter(|n| !matches!(n.as_str(), "LOCK" | "log" | "FORMAT.tmp"))
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::Format {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the directory is not empty and is not a spool store (it holds {}); use an empty or new directory",
+                    others.join(", ")
+                ),
+            });
+        }
+        let format = FormatFile {
+            version: FORMAT_VERSION,
+            store_id: new_store_id(now),
+            created_ms: now,
+        };
+        let tmp = dir.join("FORMAT.tmp");
+        let f = vfs
+            .open(&tmp, OpenMode::Create)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.set_len(0).map_err(|e| Error::io("truncate", &tmp, e))?;
+        f.write_all_at(&format.encode(), 0)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_data().map_err(|e| Error::io("sync", &tmp, e))?;
+        drop(f);
+        vfs.rename(&tmp, &path)
+            .map_err(|e| Error::io("rename", &tmp, e))?;
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+        Ok(format)
+    }
+
+    /// Closes the store: waits for pending writes, syncs the log, stops the writer thread, and
+    /// releases the directory lock once the last handle is gone. Other handles get
+    /// [`Error::Closed`] afterwards.
+    pub fn close(self) -> Result<()> {
+        self.inner.shutdown()
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The id written in `FORMAT` when the store was created.
+    pub fn store_id(&self) -> u64 {
+        self.inner.store_id
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.inner.shared.options.clock.now_ms()
+    }
+
+    /// Runs `f` under the store lock. Entries `f` emits are encoded into the pending frame and
+    /// applied to the state at once; the returned ticket (if any was emitted) is what the
+    /// caller waits on before answering. `f` must check everything before it emits anything.
+    pub(crate) fn txn<R>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
+    ) -> Result<(R, Option<u64>)> {
+        let shared = &self.inner.shared;
+        let mut core = shared.lock_core();
+        if let Some(cause) = &core.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if core.closing {
+            return Err(Error::Closed);
+        }
+        let ticket = core.last_ticket + 1;
+        let now = shared.options.clock.now_ms();
+        let group_max = shared.options.group_bytes_max;
+        let (start_len, start_entries) = match core.pending.back() {
+            Some(f) if f.frame.entries_len() < group_max => (f.frame.buf.len(), f.frame.n_entries),
+            _ => {
+                core.pending.push_back(PendingFrame {
+                    frame: FrameBuf::with_capacity(4096),
+                    last_ticket: 0,
+                    signals: Vec::new(),
+                });
+                (crate::frame::FRAME_OVERHEAD, 0)
+            }
+        };
+        let mut txn = Txn {
+            core: &mut core,
+            ticket,
+            now,
+            emitted: 0,
+            signals: Vec::new(),
+        };
+        let result = f(&mut txn);
+        let emitted = txn.emitted;
+        let signals = std::mem::take(&mut txn.signals);
+        if emitted == 0 {
+            // Drop the frame we may have opened for nothing.
+            if core.pending.back().is_some_and(|f| f.frame.n_entries == 0) {
+                core.pending.pop_back();
+            }
+            return result.map(|r| (r, None));
+        }
+        core.last_ticket = ticket;
+        if let Some(back) = core.pending.back_mut() {
+            back.last_ticket = ticket;
+            // A frame body must stay under the limit: move this transaction's bytes into a
+            // frame of their own when the shared one would overflow.
+            if back.frame.buf.len() - crate::frame::FRAME_HEADER_LEN > FRAME_BODY_MAX
+                && start_entries > 0
+            {
+                let tail = back.frame.buf.split_off(start_len);
+                back.frame.n_entries = start_entries;
+                let mut own = FrameBuf::with_capacity(tail.len());
+                own.buf.extend_from_slice(&tail);
+                own.n_entries = emitted;
+                core.pending.push_back(PendingFrame {
+                    frame: own,
+                    last_ticket: ticket,
+                    signals: Vec::new(),
+                });
+            }
+        }
+        debug_assert!(core
+            .pending
+            .back()
+            .is_some_and(|f| f.frame.buf.len() - crate::frame::FRAME_HEADER_LEN
+                <= FRAME_BODY_MAX + BODY_PREFIX_LEN));
+        if let Some(back) = core.pending.back_mut() {
+            for s in signals {
+                if !back.signals.iter().any(|x| Arc::ptr_eq(x, &s)) {
+                    back.signals.push(s);
+                }
+            }
+        }
+        let wake = core.writer_waiting;
+        drop(core);
+        if wake {
+            shared.work_cv.notify_one();
+        }
+        result.map(|r| (r, Some(ticket)))
+    }
+
+    /// Waits until `ticket` (if any) is committed.
+    pub(crate) fn wait(&self, ticket: Option<u64>) -> Result<()> {
+        match ticket {
+            Some(t) => self.inner.shared.wait_committed(t),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a transaction and waits for it to be committed.
+    pub(crate) fn commit<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R>) -> Result<R> {
+        let (r, ticket) = self.txn(f)?;
+        self.wait(ticket)?;
+        Ok(r)
+    }
+
+    /// Runs a transaction and returns a future completed when it is committed.
+    pub(crate) fn commit_async<R>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
+    ) -> Committed<R> {
+        match self.txn(f) {
+            Ok((r, ticket)) => Committed {
+                shared: self.inner.shared.clone(),
+                ticket,
+                value: Some(Ok(r)),
+            },
+            Err(e) => Committed {
+                shared: self.inner.shared.clone(),
+                ticket: None,
+                value: Some(Err(e)),
+            },
+        }
+    }
+
+    /// The highest committed ticket (for read gating).
+    pub(crate) fn committed(&self) -> u64 {
+        self.inner.shared.committed.load(Ordering::Acquire)
+    }
+}
+
+/// One operation's access to the state and the pending log frame.
+pub(crate) struct Txn<'a> {
+    pub core: &'a mut Core,
+    pub ticket: u64,
+    pub now: u64,
+    emitted: u32,
+    signals: Vec<Arc<Signal>>,
+}
+
+impl Txn<'_> {
+    /// Writes `entry` to the pending frame and applies it to the state.
+    pub fn emit(&mut self, entry: Entry) {
+        if let Some(back) = self.core.pending.back_mut() {
+            entry.encode(&mut back.frame.buf);
+            back.frame.n_entries += 1;
+        }
+        self.emitted += 1;
+        self.core.state.apply(entry, self.ticket, self.now);
+    }
+
+    /// Wakes waiters on this queue or topic once the transaction is committed.
+    pub fn touch(&mut self, signal: &Arc<Signal>) {
+        if !self.signals.iter().any(|s| Arc::ptr_eq(s, signal)) {
+            self.signals.push(signal.clone());
+        }
+    }
+}
+
+/// The future returned by the `*_async` calls: resolves once the operation's log frame is
+/// durable (per the store's [`Durability`](crate::Durability)). It needs no async runtime: the
+/// writer thread wakes it.
+#[derive(Debug)]
+#[must_use = "the operation is applied at once, but only durable when this future completes"]
+pub struct Committed<R> {
+    shared: Arc<Shared>,
+    ticket: Option<u64>,
+    value: Option<Result<R>>,
+}
+
+impl<R: Unpin> Future for Committed<R> {
+    type Output = Result<R>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let this = &mut *self;
+        if let Some(t) = this.ticket {
+            match this.shared.poll_committed(t, cx.waker()) {
+                None => return Poll::Pending,
+                Some(Err(e)) => {
+                    this.value = None;
+                    return Poll::Ready(Err(e));
+                }
+                Some(Ok(())) => {}
+            }
+        }
+        match this.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => Poll::Ready(Err(Error::Closed)),
+        }
+    }
+}

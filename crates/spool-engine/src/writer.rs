@@ -1,0 +1,283 @@
+//! The writer thread and group commit.
+//!
+//! Callers never write files. Under the store lock an operation checks its input, then encodes
+//! its entries into the last pending frame and applies them to the in-memory state (so log
+//! order is apply order), and receives a *ticket*. The writer thread takes every pending frame
+//! (up to `group_bytes_max`), writes them, calls **one** `fdatasync` for all of them, then
+//! publishes the highest ticket it covered as committed and wakes the callers waiting on it.
+//!
+//! Why apply before the write is durable: a later operation may depend on an earlier one (a
+//! lease of a message pushed a moment ago). Its entries come later in the log, and its caller
+//! is answered only once its own ticket is committed, which implies every earlier ticket is.
+//! Calls that only read (peek, get, topic reads) skip anything whose ticket is not committed.
+//! If a write or fsync fails the store is poisoned: every waiter and every later call gets
+//! [`Error::Poisoned`], and only a reopen (which replays the log) brings it back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::frame::FrameBuf;
+use crate::options::{Durability, Options};
+use crate::segment::ActiveSegment;
+use crate::signal::Signal;
+use crate::state::State;
+
+/// A frame waiting for the writer.
+#[derive(Debug)]
+pub(crate) struct PendingFrame {
+    pub frame: FrameBuf,
+    /// The highest ticket whose entries are in this frame.
+    pub last_ticket: u64,
+    /// Queues and topics to wake once the frame is committed.
+    pub signals: Vec<Arc<Signal>>,
+}
+
+/// Everything behind the store lock.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub state: State,
+    pub pending: VecDeque<PendingFrame>,
+    /// The last ticket handed out.
+    pub last_ticket: u64,
+    pub poisoned: Option<String>,
+    pub closing: bool,
+    pub writer_waiting: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CommitState {
+    pub committed: u64,
+    pub failed: Option<String>,
+    pub wakers: Vec<Waker>,
+    pub writer_done: bool,
+    pub close_error: Option<String>,
+}
+
+/// State shared by store handles and the writer thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub core: Mutex<Core>,
+    /// The writer waits on it for work.
+    pub work_cv: Condvar,
+    pub commit: Mutex<CommitState>,
+    pub commit_cv: Condvar,
+    /// Mirror of `commit.committed`, readable under the store lock without taking `commit`.
+    pub committed: AtomicU64,
+    pub options: Options,
+}
+
+impl Shared {
+    pub fn lock_core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    pub fn lock_commit(&self) -> MutexGuard<'_, CommitState> {
+        self.commit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Blocks until `ticket` is committed.
+    pub fn wait_committed(&self, ticket: u64) -> Result<()> {
+        let mut c = self.lock_commit();
+        loop {
+            if c.committed >= ticket {
+                return Ok(());
+            }
+            if let Some(cause) = &c.failed {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if c.writer_done {
+                return Err(Error::Closed);
+            }
+            c = self
+                .commit_cv
+                .wait(c)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Non-blocking check for futures: `Some` when done, else registers the waker.
+    pub fn poll_committed(&self, ticket: u64, waker: &Waker) -> Option<Result<()>> {
+        let mut c = self.lock_commit();
+        if c.committed >= ticket {
+            return Some(Ok(()));
+        }
+        if let Some(cause) = &c.failed {
+            return Some(Err(Error::Poisoned {
+                cause: cause.clone(),
+            }));
+        }
+        if c.writer_done {
+            return Some(Err(Error::Closed));
+        }
+        if !c.wakers.iter().any(|w| w.will_wake(waker)) {
+            c.wakers.push(waker.clone());
+        }
+        None
+    }
+
+    fn complete(&self, ticket: u64) {
+        let wakers = {
+            let mut c = self.lock_commit();
+            c.committed = ticket;
+            self.committed.store(ticket, Ordering::Release);
+            std::mem::take(&mut c.wakers)
+        };
+        self.commit_cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn poison(&self, cause: String) {
+        {
+            let mut core = self.lock_core();
+            if core.poisoned.is_none() {
+                core.poisoned = Some(cause.clone());
+            }
+            core.pending.clear();
+            // Wake every blocked reader so it sees the poison.
+            for q in core.state.queues.values() {
+                q.signal.notify();
+            }
+            for t in core.state.topics.values() {
+                t.signal.notify();
+            }
+        }
+        let wakers = {
+            let mut c = self.lock_commit();
+            if c.failed.is_none() {
+                c.failed = Some(cause);
+            }
+            std::mem::take(&mut c.wakers)
+        };
+        self.commit_cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn finish(&self, close_error: Option<String>) {
+        let wakers = {
+            let mut c = self.lock_commit();
+            c.writer_done = true;
+            c.close_error = close_error;
+            std::mem::take(&mut c.wakers)
+        };
+        self.commit_cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// The writer thread's loop. Returns when the store closes.
+pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
+    let durability = shared.options.durability;
+    let interval = match durability {
+        Durability::Interval(ms) => Some(Duration::from_millis(ms)),
+        _ => None,
+    };
+    let mut last_sync = Instant::now();
+    let mut core = shared.lock_core();
+    loop {
+        if core.pending.is_empty() {
+            if core.closing || core.poisoned.is_some() {
+                break;
+            }
+            core.writer_waiting = true;
+            match interval {
+                Some(iv) if seg.unsynced => {
+                    let due = last_sync + iv;
+                    let now = Instant::now();
+                    if now < due {
+                        core = shared
+                            .work_cv
+                            .wait_timeout(core, due - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    core.writer_waiting = false;
+                    if core.pending.is_empty() && Instant::now() >= due {
+                        drop(core);
+                        if let Err(e) = seg.sync() {
+                            shared.poison(e.to_string());
+                        }
+                        last_sync = Instant::now();
+                        core = shared.lock_core();
+                    }
+                }
+                _ => {
+                    core = shared
+                        .work_cv
+                        .wait(core)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    core.writer_waiting = false;
+                }
+            }
+            continue;
+        }
+        // Take a group: every waiting frame, up to the byte bound (at least one).
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(f) = core.pending.front() {
+            let len = f.frame.buf.len();
+            if !batch.is_empty() && bytes + len > shared.options.group_bytes_max {
+                break;
+            }
+            bytes += len;
+            if let Some(f) = core.pending.pop_front() {
+                batch.push(f);
+            }
+        }
+        drop(core);
+
+        let now = shared.options.clock.now_ms();
+        let mut result = Ok(());
+        for f in &mut batch {
+            let lsn = seg.next_lsn;
+            if let Err(e) = seg.append(f.frame.seal(lsn), now) {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            let sync_now = match durability {
+                Durability::Sync => true,
+                Durability::Interval(_) => interval.is_some_and(|iv| last_sync.elapsed() >= iv),
+                Durability::None => false,
+            };
+            if sync_now {
+                result = seg.sync();
+                last_sync = Instant::now();
+            }
+        }
+        match result {
+            Ok(()) => {
+                if let Some(last) = batch.last() {
+                    shared.complete(last.last_ticket);
+                }
+                for f in &batch {
+                    for s in &f.signals {
+                        s.notify();
+                    }
+                }
+            }
+            Err(e) => shared.poison(e.to_string()),
+        }
+        core = shared.lock_core();
+    }
+    let poisoned = core.poisoned.is_some();
+    drop(core);
+    // Closing: a sealed log is a synced log, in every durability mode.
+    let close_error = if poisoned {
+        None
+    } else {
+        seg.sync().err().map(|e| e.to_string())
+    };
+    shared.finish(close_error);
+}

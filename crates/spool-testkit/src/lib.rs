@@ -1,0 +1,5 @@
+//! spool-testkit: the tools that prove the engine crash-safe.
+
+pub mod sim_vfs;
+
+pub use sim_vfs::{CrashModel, Fault, SimVfs};

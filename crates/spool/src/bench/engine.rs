@@ -1,0 +1,325 @@
+//! `spool bench engine`, engine half: the same scenarios as the SQLite baseline, run against
+//! `spool_engine::Store` on the same disk in the same run, with each figure's ratio to its
+//! baseline and the target from the issue. Sync-bound scenarios run right after the sync-bound
+//! baselines and before anything bulky (see `bench/mod.rs` for why).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use spool_engine::{Options, Push, Store};
+
+use super::{names, payload, BenchConfig, Figure, Report, Target, Throughput, WriteMeter};
+use crate::cli::BenchArgs;
+
+/// Names of the engine figures.
+pub mod engine_names {
+    pub const PUSH_SINGLE: &str = "engine push, 1/call, 1 producer";
+    pub const PUSH_CONCURRENT: &str = "engine push, 1/call, N producers";
+    pub const PUSH_BATCH: &str = "engine push, batched";
+    pub const PUSH_LARGE: &str = "engine push, large payloads";
+    pub const LEASE_ACK: &str = "engine lease+ack, batched";
+    pub const WRITE_AMP: &str = "engine disk bytes/payload byte";
+}
+use engine_names as en;
+
+const QUEUE: &str = "bench";
+
+fn open(dir: &Path) -> Result<Store> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    Store::open(dir, Options::default())
+        .with_context(|| format!("opening a store in {}", dir.display()))
+}
+
+fn batch(payload: &[u8], n: usize) -> Vec<Push> {
+    (0..n).map(|_| Push::new(payload.to_vec())).collect()
+}
+
+/// One producer, one message per call, for `duration`.
+pub fn push_single(dir: &Path, payload: &[u8], duration: Duration) -> Result<Throughput> {
+    let store = open(dir)?;
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < duration {
+        store.push(QUEUE, Push::new(payload.clone()))?;
+        ops += 1;
+    }
+    let elapsed = start.elapsed();
+    store.close()?;
+    Ok(Throughput::new(ops, ops * payload.len() as u64, elapsed))
+}
+
+/// `producers` threads, one message per call each, for `duration`: group commit at work.
+pub fn push_concurrent(
+    dir: &Path,
+    producers: usize,
+    payload: &[u8],
+    duration: Duration,
+) -> Result<Throughput> {
+    let store = open(dir)?;
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let (store, stop, count, payload) =
+                (store.clone(), stop.clone(), count.clone(), payload.clone());
+            std::thread::spawn(move || -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    store.push(QUEUE, Push::new(payload.clone()))?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    let ops = count.load(Ordering::Relaxed);
+    store.close()?;
+    Ok(Throughput::new(ops, ops * payload.len() as u64, elapsed))
+}
+
+/// Batches of `n` per call, one producer, for `duration`.
+pub fn push_batched(
+    dir: &Path,
+    payload: &[u8],
+    n: usize,
+    duration: Duration,
+) -> Result<Throughput> {
+    let store = open(dir)?;
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < duration {
+        let msgs = (0..n).map(|_| Push::new(payload.clone())).collect();
+        store.push_batch(QUEUE, msgs)?;
+        ops += n as u64;
+    }
+    let elapsed = start.elapsed();
+    store.close()?;
+    Ok(Throughput::new(ops, ops * payload.len() as u64, elapsed))
+}
+
+fn prefill(store: &Store, payload: &[u8], count: u64, batch_size: usize) -> Result<()> {
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch_size as u64) as usize;
+        store.push_batch(QUEUE, batch(payload, n))?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Lease `n` and ack them in one call each, until the queue is empty or `duration` passed.
+fn lease_ack_loop(store: &Store, n: usize, duration: Duration) -> Result<Throughput> {
+    let start = Instant::now();
+    let mut ops = 0u64;
+    let mut bytes = 0u64;
+    while start.elapsed() < duration {
+        let msgs = store.lease(QUEUE, n, None)?;
+        if msgs.is_empty() {
+            break;
+        }
+        let receipts: Vec<_> = msgs.iter().filter_map(|m| m.receipt).collect();
+        for r in store.ack_batch(QUEUE, &receipts)? {
+            r?;
+        }
+        ops += msgs.len() as u64;
+        bytes += msgs.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+    }
+    Ok(Throughput::new(ops, bytes, start.elapsed()))
+}
+
+/// The sync-bound engine scenarios (run right after `run_latency_baselines`).
+pub fn run_latency(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
+    let small = payload(cfg.payload_size, 4);
+    progress(cfg, en::PUSH_SINGLE);
+    let t = push_single(&dir.join("engine-single"), &small, cfg.single_duration)?;
+    report.add(
+        Figure::new(en::PUSH_SINGLE, t.per_sec(), "msg/s")
+            .ratio_to(names::RAW_FDATASYNC)
+            .target(Target::AtLeastRatio(0.8))
+            .note(format!(
+                "{} B, {} msgs, durable (fdatasync) before each call returns",
+                cfg.payload_size, t.ops
+            )),
+    );
+    progress(cfg, en::PUSH_CONCURRENT);
+    let t = push_concurrent(
+        &dir.join("engine-concurrent"),
+        cfg.producers,
+        &small,
+        cfg.concurrent_duration,
+    )?;
+    report.add(
+        Figure::new(en::PUSH_CONCURRENT, t.per_sec(), "msg/s")
+            .ratio_to(en::PUSH_SINGLE)
+            .target(Target::AtLeastRatio(40.0))
+            .note(format!(
+                "{} producer threads, 1 msg per call, {} msgs",
+                cfg.producers, t.ops
+            )),
+    );
+    Ok(())
+}
+
+/// The bandwidth-bound engine scenarios (run after `run_bulk_baselines`).
+pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
+    let small = payload(cfg.payload_size, 4);
+    let large = payload(cfg.large_payload_size, 5);
+
+    progress(cfg, en::PUSH_BATCH);
+    let t = push_batched(
+        &dir.join("engine-batch"),
+        &small,
+        cfg.batch_size,
+        cfg.batch_duration,
+    )?;
+    report.add(
+        Figure::new(en::PUSH_BATCH, t.per_sec(), "msg/s")
+            .ratio_to(names::SQLITE_PUSH_BATCH)
+            .target(Target::AtLeast(2_000_000.0))
+            .target(Target::AtLeastRatio(2.5))
+            .note(format!(
+                "{} B, {}/call, {} msgs",
+                cfg.payload_size, cfg.batch_size, t.ops
+            )),
+    );
+
+    progress(cfg, en::PUSH_LARGE);
+    let t = push_batched(
+        &dir.join("engine-large"),
+        &large,
+        cfg.large_batch_size,
+        cfg.large_duration,
+    )?;
+    report.add(
+        Figure::new(en::PUSH_LARGE, t.mib_per_sec(), "MiB/s")
+            .ratio_to(names::RAW_SEQ_WRITE)
+            .target(Target::AtLeastRatio(0.7))
+            .note(format!(
+                "{} KiB, {}/call, {} MiB",
+                cfg.large_payload_size >> 10,
+                cfg.large_batch_size,
+                t.bytes >> 20
+            )),
+    );
+
+    progress(cfg, en::LEASE_ACK);
+    let store = open(&dir.join("engine-lease"))?;
+    prefill(&store, &small, cfg.lease_prefill, cfg.batch_size)?;
+    let t = lease_ack_loop(&store, cfg.lease_batch_size, cfg.lease_duration)?;
+    store.close()?;
+    report.add(
+        Figure::new(en::LEASE_ACK, t.per_sec(), "msg/s")
+            .ratio_to(names::SQLITE_LEASE_ACK)
+            .target(Target::AtLeast(1_000_000.0))
+            .note(format!(
+                "lease {n}/call + ack {n}/call, each durable, {} of {} prefilled msgs",
+                t.ops,
+                cfg.lease_prefill,
+                n = cfg.lease_batch_size
+            )),
+    );
+
+    progress(cfg, en::WRITE_AMP);
+    let amp_dir = dir.join("engine-amp");
+    let store = open(&amp_dir)?;
+    let mut meter = WriteMeter::start(&amp_dir)?;
+    prefill(&store, &small, cfg.amplification_messages, cfg.batch_size)?;
+    meter.sample()?;
+    let drained = lease_ack_loop(&store, cfg.lease_batch_size, Duration::MAX)?;
+    store.close()?;
+    let volume = meter.finish()?;
+    anyhow::ensure!(
+        drained.ops == cfg.amplification_messages,
+        "engine amplification run drained {} of {} messages",
+        drained.ops,
+        cfg.amplification_messages
+    );
+    let payload_bytes = cfg.amplification_messages * cfg.payload_size as u64;
+    for (i, f) in volume
+        .figures(en::WRITE_AMP, payload_bytes)
+        .into_iter()
+        .enumerate()
+    {
+        report.add(if i == 0 && f.value.is_some() {
+            f.ratio_to(names::SQLITE_WRITE_AMP)
+                .target(Target::AtMostRatio(1.0))
+                .note(format!(
+                    "push {}/call + lease/ack {}/call, {} msgs (whole log kept: no segment deletion yet)",
+                    cfg.batch_size, cfg.lease_batch_size, cfg.amplification_messages
+                ))
+        } else {
+            f
+        });
+    }
+    Ok(())
+}
+
+fn progress(cfg: &BenchConfig, what: &str) {
+    if cfg.progress {
+        eprintln!("bench: {what}...");
+    }
+}
+
+/// A scratch directory, removed (best effort) when dropped.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `spool bench engine`: baselines and engine in one run, printed as a table or JSON.
+pub fn run_engine_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()> {
+    let parent = match (&args.bench_dir, store_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        (None, None) => PathBuf::from("."),
+    };
+    let dir = parent.join(format!(".spool-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _scratch = Scratch(dir.clone());
+    let mut cfg = if args.quick {
+        BenchConfig::quick()
+    } else {
+        BenchConfig::full()
+    };
+    cfg.progress = !args.json;
+    let report = run_all(&dir, &cfg)?;
+    if args.json {
+        println!("{}", report.to_json_string());
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Baselines and engine, interleaved so that sync-bound figures are measured before bulk writes.
+pub fn run_all(dir: &Path, cfg: &BenchConfig) -> Result<Report> {
+    let mut report = super::new_report(dir, cfg)?;
+    report.context(
+        "engine durability",
+        "Sync (fdatasync before every call returns)",
+    );
+    super::run_latency_baselines(dir, cfg, &mut report)?;
+    run_latency(dir, cfg, &mut report)?;
+    super::run_bulk_baselines(dir, cfg, &mut report)?;
+    run_bulk(dir, cfg, &mut report)?;
+    Ok(report)
+}

@@ -1,0 +1,144 @@
+//! The command line: argument definitions (clap) and one function per command. Arguments are
+//! parsed raw by clap, then checked here into engine calls; every error becomes a one-line
+//! cause plus a hint in `main.rs`.
+
+mod demo;
+mod output;
+mod queue;
+mod topic;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use spool_engine::{Options, Store};
+
+/// spool: never lose a message between the device that produces it and the program that
+/// consumes it.
+#[derive(Debug, Parser)]
+#[command(name = "spool", version, about, long_about = None)]
+pub struct Cli {
+    /// Store directory [default: $SPOOL_DIR, else ./spool-data]
+    #[arg(long, global = true, env = "SPOOL_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Push a message (or one per stdin line with --lines); prints each id once it is durable
+    #[command(
+        after_help = "Examples:\n  spool push jobs 'resize photo 17' --priority 5\n  echo hello | spool push jobs\n  tail -f sensor.log | spool push readings --lines"
+    )]
+    Push(queue::PushArgs),
+    /// Lease messages: they are hidden until acked, nacked, or the visibility timeout passes
+    #[command(
+        after_help = "Examples:\n  spool lease jobs --count 10 --visibility 30s\n  spool lease jobs --wait 20s --json"
+    )]
+    Lease(queue::LeaseArgs),
+    /// Acknowledge leased messages by receipt (they are deleted)
+    #[command(after_help = "Example:\n  spool ack jobs 42:1 43:1")]
+    Ack(queue::AckArgs),
+    /// Release a lease early, optionally after a delay
+    #[command(after_help = "Example:\n  spool nack jobs 42:1 --delay 10s")]
+    Nack(queue::NackArgs),
+    /// Remove and print messages (at-most-once)
+    #[command(after_help = "Example:\n  spool pop jobs --count 5")]
+    Pop(queue::ReadArgs),
+    /// Print the next visible messages without changing anything
+    #[command(after_help = "Example:\n  spool peek jobs --count 5 --json")]
+    Peek(queue::ReadArgs),
+    /// Counts of one queue or of all queues
+    #[command(after_help = "Examples:\n  spool stats\n  spool stats jobs --json")]
+    Stats(queue::StatsArgs),
+    /// List queues
+    #[command(after_help = "Example:\n  spool queues --json")]
+    Queues(queue::QueuesArgs),
+    /// Topics: publish and read retained pub/sub messages
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Run a short demo: push, lease and ack through a store in a local directory
+    #[command(after_help = "Example:\n  spool demo")]
+    Demo(demo::DemoArgs),
+    /// Benchmarks with ratios against baselines measured in the same run
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The engine against the raw disk (fdatasync rate, write bandwidth) and SQLite
+    #[command(after_help = "Examples:\n  spool bench engine\n  spool bench engine --quick --json")]
+    Engine(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// Short runs (seconds instead of a minute), for a smoke test
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory to measure in (on the disk you care about) [default: a temporary directory under --dir's parent]
+    #[arg(long, value_name = "DIR")]
+    pub bench_dir: Option<PathBuf>,
+}
+
+impl Cli {
+    fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("spool-data"))
+    }
+
+    fn open(&self) -> Result<Store> {
+        let dir = self.dir();
+        Store::open(&dir, Options::default())
+            .with_context(|| format!("cannot open the store in {}", dir.display()))
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Push(a) => queue::push(cli, a),
+        Command::Lease(a) => queue::lease(cli, a),
+        Command::Ack(a) => queue::ack(cli, a),
+        Command::Nack(a) => queue::nack(cli, a),
+        Command::Pop(a) => queue::pop(cli, a),
+        Command::Peek(a) => queue::peek(cli, a),
+        Command::Stats(a) => queue::stats(cli, a),
+        Command::Queues(a) => queue::queues(cli, a),
+        Command::Topic(c) => topic::run(cli, c),
+        Command::Demo(a) => demo::run(cli, a),
+        Command::Bench(BenchCommand::Engine(a)) => {
+            crate::bench::engine::run_engine_command(cli.dir.as_deref(), a)
+        }
+    }
+}
+
+/// Parses a duration like `30s`, `500ms`, `5m`, `1h30m`, `2d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return Err(format!(
+            "{s:?} has no unit: write e.g. {s}s for seconds or {s}ms for milliseconds"
+        ));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 500ms, 30s, 5m, 1h30m, 2d"))
+}
+
+/// The payload given on the command line, else all of stdin.
+fn payload_or_stdin(arg: Option<&str>) -> Result<Vec<u8>> {
+    if let Some(p) = arg {
+        return Ok(p.as_bytes().to_vec());
+    }
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+        .context("reading the payload from stdin")?;
+    Ok(buf)
+}

@@ -1,0 +1,121 @@
+//! How messages and stats are printed: a compact human line, or one JSON object per line
+//! (`--json`). The JSON field names are part of the CLI's contract (see README).
+
+use std::io::Write;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use spool_engine::{Message, MessageState, QueueStats, TopicMessage};
+
+/// The payload as JSON: a string when it is UTF-8, else base64 under `payload_base64`.
+fn put_payload(obj: &mut Map<String, Value>, payload: &[u8]) {
+    match std::str::from_utf8(payload) {
+        Ok(s) => {
+            obj.insert("payload".into(), Value::String(s.to_string()));
+        }
+        Err(_) => {
+            obj.insert(
+                "payload_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(payload)),
+            );
+        }
+    }
+}
+
+pub fn message_json(m: &Message) -> Value {
+    let mut o = Map::new();
+    o.insert("id".into(), json!(m.id));
+    o.insert(
+        "receipt".into(),
+        m.receipt
+            .map_or(Value::Null, |r| Value::String(r.to_string())),
+    );
+    put_payload(&mut o, &m.payload);
+    o.insert("priority".into(), json!(m.priority));
+    o.insert("subject".into(), json!(m.subject));
+    let headers: Map<String, Value> = m
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    o.insert("headers".into(), Value::Object(headers));
+    o.insert("enqueued_at".into(), json!(m.enqueued_at));
+    o.insert("expires_at".into(), json!(m.expires_at));
+    o.insert("receive_count".into(), json!(m.receive_count));
+    o.insert("first_received_at".into(), json!(m.first_received_at));
+    let (state, until) = match m.state {
+        MessageState::Ready => ("ready", None),
+        MessageState::Delayed(t) => ("delayed", Some(t)),
+        MessageState::Leased(t) => ("leased", Some(t)),
+    };
+    o.insert("state".into(), json!(state));
+    o.insert("visible_at".into(), json!(until));
+    if let Some((q, id)) = &m.dead_letter_of {
+        o.insert("dead_letter_of".into(), json!({"queue": q, "id": id}));
+    }
+    Value::Object(o)
+}
+
+/// Payload bytes for a human line: UTF-8 with newlines and tabs escaped.
+pub fn payload_text(p: &[u8]) -> String {
+    String::from_utf8_lossy(p)
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
+}
+
+pub fn print_messages(out: &mut impl Write, msgs: &[Message], json: bool) -> std::io::Result<()> {
+    for m in msgs {
+        if json {
+            writeln!(out, "{}", message_json(m))?;
+        } else {
+            let key = m
+                .receipt
+                .map_or_else(|| m.id.to_string(), |r| r.to_string());
+            writeln!(out, "{key}\t{}", payload_text(&m.payload))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn stats_json(s: &QueueStats) -> Value {
+    let c = &s.counters;
+    json!({
+        "queue": s.name,
+        "visible": s.visible,
+        "delayed": s.delayed,
+        "leased": s.leased,
+        "dead": s.dead,
+        "messages": s.messages,
+        "bytes": s.bytes,
+        "oldest_age_ms": s.oldest_age_ms,
+        "dead_letter_queue": s.dead_letter_queue,
+        "totals": {
+            "pushed": c.pushed,
+            "acked": c.acked,
+            "popped": c.popped,
+            "deleted": c.deleted,
+            "expired": c.expired,
+            "evicted": c.evicted,
+            "purged": c.purged,
+            "dead_lettered": c.dead_lettered,
+            "redriven": c.redriven,
+            "rejected_full": c.rejected_full,
+        },
+    })
+}
+
+pub fn topic_message_json(topic: &str, m: &TopicMessage) -> Value {
+    let mut o = Map::new();
+    o.insert("topic".into(), json!(topic));
+    o.insert("seq".into(), json!(m.seq));
+    put_payload(&mut o, &m.payload);
+    o.insert("published_at".into(), json!(m.published_at));
+    o.insert("skipped".into(), json!(m.skipped));
+    Value::Object(o)
+}

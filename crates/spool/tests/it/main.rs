@@ -1,0 +1,45 @@
+//! End-to-end tests of the `spool` binary (one integration binary per crate).
+
+mod cli;
+mod kill9;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+pub fn spool(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spool"));
+    c.arg("--dir").arg(dir).env_remove("SPOOL_DIR");
+    c
+}
+
+/// Runs the binary with `args` (and `stdin`), returning its output.
+pub fn run(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = spool(dir);
+    c.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn spool");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait spool")
+}
+
+/// Runs and expects success; returns stdout as text.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args, None);
+    assert!(
+        out.status.success(),
+        "spool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}

@@ -12,8 +12,8 @@ use crate::options::FRAME_BODY_MAX;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPFR");
 /// `magic u32 | body_len u32 | crc32c u32`.
 pub const FRAME_HEADER_LEN: usize = 12;
-/// `lsn u64 | n_entries u32` at the start of the body.
-pub const BODY_PREFIX_LEN: usize = 12;
+/// `lsn u64 | synced_lsn u64 | n_entries u32` at the start of the body.
+pub const BODY_PREFIX_LEN: usize = 20;
 /// Header plus body prefix: the bytes a frame buffer reserves before its entries.
 pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + BODY_PREFIX_LEN;
 
@@ -38,13 +38,16 @@ impl FrameBuf {
     pub fn entries_len(&self) -> usize {
         self.buf.len() - FRAME_OVERHEAD
     }
-    /// Writes the header: LSN, entry count, length and checksum. Returns the whole frame.
-    pub fn seal(&mut self, lsn: u64) -> &[u8] {
+    /// Writes the header: LSN, the LSN through which the log is known durable (see
+    /// `docs/format.md`: it tells a torn tail from damage), entry count, length and checksum.
+    /// Returns the whole frame.
+    pub fn seal(&mut self, lsn: u64, synced_lsn: u64) -> &[u8] {
         let body_len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
         self.buf[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
         self.buf[4..8].copy_from_slice(&body_len.to_le_bytes());
         self.buf[12..20].copy_from_slice(&lsn.to_le_bytes());
-        self.buf[20..24].copy_from_slice(&self.n_entries.to_le_bytes());
+        self.buf[20..28].copy_from_slice(&synced_lsn.to_le_bytes());
+        self.buf[28..32].copy_from_slice(&self.n_entries.to_le_bytes());
         let crc = frame_crc(&self.buf[4..8], &self.buf[FRAME_HEADER_LEN..]);
         self.buf[8..12].copy_from_slice(&crc.to_le_bytes());
         &self.buf
@@ -61,6 +64,8 @@ pub enum FrameCheck {
     /// A valid frame. `entries` is the byte range of its entries within the buffer given.
     Valid {
         lsn: u64,
+        /// Every frame up to this LSN was durable when this frame was written.
+        synced_lsn: u64,
         n_entries: u32,
         entries: std::ops::Range<usize>,
         /// Total bytes of the frame (header and body).
@@ -98,33 +103,68 @@ pub fn check_frame(buf: &[u8]) -> FrameCheck {
     if frame_crc(&buf[4..8], &buf[FRAME_HEADER_LEN..total]) != crc {
         return FrameCheck::Invalid("frame checksum mismatch");
     }
-    let mut lsn = [0u8; 8];
-    lsn.copy_from_slice(&buf[12..20]);
-    let n_entries = u32::from_le_bytes([buf[20], buf[21], buf[22], buf[23]]);
+    let u64_at = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&buf[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    let n_entries = u32::from_le_bytes([buf[28], buf[29], buf[30], buf[31]]);
     FrameCheck::Valid {
-        lsn: u64::from_le_bytes(lsn),
+        lsn: u64_at(12),
+        synced_lsn: u64_at(20),
         n_entries,
         entries: FRAME_OVERHEAD..total,
         len: total,
     }
 }
 
+/// A valid frame found by scanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundFrame {
+    pub offset: usize,
+    pub lsn: u64,
+    pub synced_lsn: u64,
+    pub len: usize,
+}
+
 /// Finds the first valid frame at or after `from` with an LSN above `min_lsn` (used to tell a
-/// torn tail from damage in the middle). Returns its offset and LSN.
-pub fn find_next_frame(buf: &[u8], from: usize, min_lsn: u64) -> Option<(usize, u64)> {
+/// torn tail from damage in the middle).
+pub fn find_next_frame(buf: &[u8], from: usize, min_lsn: u64) -> Option<FoundFrame> {
     let magic = FRAME_MAGIC.to_le_bytes();
     let mut at = from;
     while at + FRAME_HEADER_LEN <= buf.len() {
         let rel = buf[at..].windows(4).position(|w| w == magic)?;
         at += rel;
-        if let FrameCheck::Valid { lsn, .. } = check_frame(&buf[at..]) {
+        if let FrameCheck::Valid {
+            lsn,
+            synced_lsn,
+            len,
+            ..
+        } = check_frame(&buf[at..])
+        {
             if lsn > min_lsn {
-                return Some((at, lsn));
+                return Some(FoundFrame {
+                    offset: at,
+                    lsn,
+                    synced_lsn,
+                    len,
+                });
             }
         }
         at += 1;
     }
     None
+}
+
+/// Every valid frame at or after `from` with an LSN above `min_lsn`, in file order.
+pub fn valid_frames_after(buf: &[u8], from: usize, min_lsn: u64) -> Vec<FoundFrame> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while let Some(f) = find_next_frame(buf, at, min_lsn) {
+        at = f.offset + f.len;
+        out.push(f);
+    }
+    out
 }
 
 // --- segment header ------------------------------------------------------------------------
@@ -271,7 +311,7 @@ mod tests {
         let mut f = FrameBuf::with_capacity(entries.len());
         f.buf.extend_from_slice(entries);
         f.n_entries = 1;
-        f.seal(lsn).to_vec()
+        f.seal(lsn, lsn - 1).to_vec()
     }
 
     #[test]
@@ -280,11 +320,13 @@ mod tests {
         match check_frame(&f) {
             FrameCheck::Valid {
                 lsn,
+                synced_lsn,
                 n_entries,
                 entries,
                 len,
             } => {
                 assert_eq!(lsn, 7);
+                assert_eq!(synced_lsn, 6);
                 assert_eq!(n_entries, 1);
                 assert_eq!(&f[entries], b"abcdef");
                 assert_eq!(len, f.len());
@@ -300,7 +342,7 @@ mod tests {
             let mut g = f.clone();
             g[i / 8] ^= 1 << (i % 8);
             assert!(
-                !matches!(check_frame(&g), FrameCheck::Valid { lsn: 3, .. }) || g == f,
+                !matches!(check_frame(&g), FrameCheck::Valid { .. }),
                 "flip of bit {i} went unnoticed"
             );
         }
@@ -331,8 +373,10 @@ mod tests {
         buf.extend_from_slice(b"SPFR garbage that looks like a frame start");
         let second = buf.len();
         buf.extend_from_slice(&frame(2, b"b"));
-        assert_eq!(find_next_frame(&buf, garbage_at, 1), Some((second, 2)));
+        let found = find_next_frame(&buf, garbage_at, 1).unwrap();
+        assert_eq!((found.offset, found.lsn, found.synced_lsn), (second, 2, 1));
         assert_eq!(find_next_frame(&buf, garbage_at, 2), None);
+        assert_eq!(valid_frames_after(&buf, 0, 0).len(), 2);
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use crate::entry::decode_entries;
 use crate::error::{Error, Result};
 use crate::frame::{
-    check_frame, find_next_frame, parse_segment_file_name, FrameCheck, SegmentHeader,
-    SEGMENT_HEADER_LEN,
+    check_frame, find_next_frame, parse_segment_file_name, valid_frames_after, FrameCheck,
+    SegmentHeader, SEGMENT_HEADER_LEN,
 };
 use crate::options::RecoveryPolicy;
 use crate::segment::ActiveSegment;
@@ -61,6 +61,9 @@ pub struct TornTail {
     pub segment: u64,
     pub offset: u64,
     pub bytes_discarded: u64,
+    /// Valid frames found after the tear and discarded with it (written after the last
+    /// fdatasync, out of order by the page cache; never acknowledged in `Durability::Sync`).
+    pub valid_frames_discarded: u64,
 }
 
 /// What recovery found and did.
@@ -129,6 +132,56 @@ fn has_valid_frame(seg: &Seg) -> bool {
         && find_next_frame(&seg.data, SEGMENT_HEADER_LEN, 0).is_some()
 }
 
+/// The highest LSN of any valid frame in a segment (0 if none).
+fn max_frame_lsn(seg: &Seg) -> u64 {
+    valid_frames_after(&seg.data, SEGMENT_HEADER_LEN.min(seg.data.len()), 0)
+        .iter()
+        .map(|f| f.lsn)
+        .max()
+        .unwrap_or(0)
+}
+
+fn state_entries(state: &State) -> u64 {
+    state.entries_applied
+}
+
+/// Checks the frame at `pos` (it must have LSN `lsn`), decodes its entries and applies them.
+/// Returns the frame's length, or why it is not a good frame (then nothing was applied).
+fn replay_frame(
+    data: &[u8],
+    pos: usize,
+    lsn: u64,
+    state: &mut State,
+    now_ms: u64,
+) -> Result<usize, String> {
+    match check_frame(&data[pos..]) {
+        FrameCheck::Valid {
+            lsn: found,
+            n_entries,
+            entries,
+            len,
+            ..
+        } if found == lsn => {
+            let body = &data[pos + entries.start..pos + entries.end];
+            let mut batch = Vec::new();
+            decode_entries(body, pos + entries.start, |e| batch.push(e))
+                .map_err(|e| e.to_string())?;
+            if batch.len() as u64 != u64::from(n_entries) {
+                return Err("frame entry count mismatch".to_string());
+            }
+            for e in batch {
+                state.apply(e, 0, now_ms);
+            }
+            Ok(len)
+        }
+        FrameCheck::Valid { lsn: found, .. } => Err(format!(
+            "frame has LSN {found} where LSN {lsn} was expected"
+        )),
+        FrameCheck::Truncated => Err("frame cut short".to_string()),
+        FrameCheck::Invalid(why) => Err(why.to_string()),
+    }
+}
+
 /// Replays the log in `log_dir` into a fresh state.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recover(
@@ -158,187 +211,197 @@ pub(crate) fn recover(
     }
 
     let mut damaged: Vec<DamagedRange> = Vec::new();
-    let mut next_lsn: Option<u64> = None;
-    // The highest LSN replayed: a new segment after skipped damage continues above it.
-    let mut max_lsn = 0u64;
-    // Where the log ends: (segment index, offset).
+    // Records damage; with `Refuse` the open stops here, before any file is changed.
+    let mut damage = |d: DamagedRange| -> Result<()> {
+        damaged.push(d);
+        if policy == RecoveryPolicy::Refuse {
+            return Err(Error::Corrupt {
+                ranges: damaged.clone(),
+            });
+        }
+        Ok(())
+    };
+    // The next LSN the log must hold; `None` after skipped damage (the next segment's header
+    // says where the log resumes).
+    let mut expected: Option<u64> = None;
+    // The highest LSN that exists anywhere (replayed or skipped): new frames go above it, so an
+    // LSN is never written twice.
+    let mut ceiling = 0u64;
+    // Where the log ends: (segment index, offset) to append at.
     let mut end: Option<(usize, u64)> = None;
-    let mut i = 0;
-    'segments: while i < segs.len() {
-        let seg = &segs[i];
+    let mut prev_id = 0u64;
+    for (i, seg) in segs.iter().enumerate() {
         report.segments += 1;
-        // --- the segment header
-        let header_problem = match &seg.header {
-            Err(why) => Some((*why).to_string()),
-            Ok(h) if h.store_id != store_id => {
-                Some("segment belongs to another store (store id mismatch)".into())
-            }
-            Ok(h) if h.seg_id != seg.id => Some(format!(
-                "header says segment {} but the file is {}",
-                h.seg_id, seg.id
-            )),
-            Ok(h) if next_lsn.is_some_and(|n| n != h.base_lsn) => Some(format!(
-                "segment starts at LSN {} but LSN {} was expected",
-                h.base_lsn,
-                next_lsn.unwrap_or_default()
-            )),
-            Ok(_) => None,
-        };
-        if i > 0 && seg.id != segs[i - 1].id + 1 {
-            damaged.push(DamagedRange {
-                segment: segs[i - 1].id + 1,
+        let is_last = i + 1 == segs.len();
+        let from = expected.unwrap_or(ceiling + 1);
+        // --- every segment id from 1 must be there
+        let gap = seg.id > prev_id + 1;
+        if gap {
+            damage(DamagedRange {
+                segment: prev_id + 1,
                 offset: 0,
-                lsn_from: next_lsn.unwrap_or(0),
+                lsn_from: from,
                 lsn_to: seg
                     .header
                     .as_ref()
-                    .map_or(0, |h| h.base_lsn.saturating_sub(1)),
+                    .map_or(from, |h| h.base_lsn.saturating_sub(1).max(from)),
                 bytes: 0,
-                reason: format!("segment(s) {}..={} missing", segs[i - 1].id + 1, seg.id - 1),
-            });
-            if policy == RecoveryPolicy::Refuse {
-                return Err(Error::Corrupt { ranges: damaged });
-            }
-            if let Ok(h) = &seg.header {
-                next_lsn = Some(h.base_lsn);
-            }
+                reason: format!("segment(s) {}..={} missing", prev_id + 1, seg.id - 1),
+            })?;
         }
-        if let Some(problem) = header_problem {
-            let is_last = i + 1 == segs.len();
-            if is_last && !has_valid_frame(seg) {
-                // A segment whose creation was cut by the crash: nothing in it was ever
-                // acknowledged (its directory entry is synced before any frame is written).
-                end = Some((i, 0));
-                break 'segments;
+        prev_id = seg.id;
+        // --- the segment header
+        let header = match &seg.header {
+            Err(why) => Err((*why).to_string()),
+            Ok(h) if h.store_id != store_id => {
+                Err("segment belongs to another store (store id mismatch)".to_string())
             }
-            damaged.push(DamagedRange {
-                segment: seg.id,
-                offset: 0,
-                lsn_from: next_lsn.unwrap_or(0),
-                lsn_to: segs
+            Ok(h) if h.seg_id != seg.id => Err(format!(
+                "header says segment {} but the file is {}",
+                h.seg_id, seg.id
+            )),
+            Ok(h) if expected.is_some_and(|e| h.base_lsn < e) => Err(format!(
+                "segment starts at LSN {} but LSN {from} was expected (it overlaps frames already read)",
+                h.base_lsn
+            )),
+            Ok(h) if h.base_lsn == 0 => Err("segment starts at LSN 0".to_string()),
+            Ok(_) if seg.id == 0 => Err("segment number 0 is never used".to_string()),
+            Ok(h) => Ok(*h),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(problem) => {
+                if is_last && !has_valid_frame(seg) {
+                    // A segment whose creation was cut by the crash (nothing in it can have
+                    // been acknowledged: its header and directory entry are synced before
+                    // any frame is written): removed below.
+                    end = Some((i, 0));
+                    break;
+                }
+                let seg_max = max_frame_lsn(seg);
+                ceiling = ceiling.max(seg_max);
+                let next_base = segs
                     .get(i + 1)
                     .and_then(|s| s.header.as_ref().ok())
-                    .map_or(u64::MAX, |h| h.base_lsn.saturating_sub(1)),
-                bytes: seg.data.len() as u64,
-                reason: problem,
-            });
-            if policy == RecoveryPolicy::Refuse {
-                return Err(Error::Corrupt { ranges: damaged });
+                    .map(|h| h.base_lsn.saturating_sub(1));
+                damage(DamagedRange {
+                    segment: seg.id,
+                    offset: 0,
+                    lsn_from: from,
+                    lsn_to: next_base.unwrap_or(seg_max).max(from),
+                    bytes: seg.data.len() as u64,
+                    reason: problem,
+                })?;
+                expected = None;
+                end = None;
+                continue;
             }
-            next_lsn = None;
-            end = None;
-            i += 1;
-            continue;
+        };
+        // --- LSNs must continue from the previous segment
+        match expected {
+            Some(e) if header.base_lsn > e && !gap => damage(DamagedRange {
+                segment: seg.id - 1,
+                offset: segs[i - 1].data.len() as u64,
+                lsn_from: e,
+                lsn_to: header.base_lsn - 1,
+                bytes: 0,
+                reason: format!(
+                    "frames {e}..={} missing at the end of segment {}",
+                    header.base_lsn - 1,
+                    seg.id - 1
+                ),
+            })?,
+            None if i == 0 && header.base_lsn != 1 => damage(DamagedRange {
+                segment: seg.id,
+                offset: 0,
+                lsn_from: 1,
+                lsn_to: header.base_lsn - 1,
+                bytes: 0,
+                reason: format!("the log starts at LSN {} instead of 1", header.base_lsn),
+            })?,
+            _ => {}
         }
-        let base = seg.header.as_ref().map_or(0, |h| h.base_lsn);
-        let mut expected = next_lsn.unwrap_or(base);
+        let mut lsn_next = header.base_lsn;
+        ceiling = ceiling.max(lsn_next - 1);
         let mut pos = SEGMENT_HEADER_LEN;
         // --- the frames
         while pos < seg.data.len() {
-            let check = check_frame(&seg.data[pos..]);
-            let problem = match check {
-                FrameCheck::Valid {
-                    lsn,
-                    n_entries,
-                    entries,
-                    len,
-                } if lsn == expected => {
-                    let body = &seg.data[pos + entries.start..pos + entries.end];
-                    let mut count = 0u64;
-                    let mut batch = Vec::new();
-                    let decoded = decode_entries(body, pos + entries.start, |e| {
-                        count += 1;
-                        batch.push(e);
-                    });
-                    match decoded {
-                        Ok(_) if count == u64::from(n_entries) => {
-                            for e in batch {
-                                state.apply(e, 0, now_ms);
-                            }
-                            report.frames += 1;
-                            max_lsn = max_lsn.max(lsn);
-                            report.entries += count;
-                            report.bytes += len as u64;
-                            expected += 1;
-                            pos += len;
-                            continue;
-                        }
-                        Ok(_) => "frame entry count mismatch".to_string(),
-                        Err(e) => e.to_string(),
-                    }
+            let problem = match replay_frame(&seg.data, pos, lsn_next, &mut state, now_ms) {
+                Ok(len) => {
+                    report.frames += 1;
+                    report.bytes += len as u64;
+                    ceiling = ceiling.max(lsn_next);
+                    lsn_next += 1;
+                    pos += len;
+                    continue;
                 }
-                FrameCheck::Valid { lsn, .. } => {
-                    format!("frame has LSN {lsn} where LSN {expected} was expected")
-                }
-                FrameCheck::Truncated => "frame cut short".to_string(),
-                FrameCheck::Invalid(why) => why.to_string(),
+                Err(problem) => problem,
             };
-            // A bad frame at `pos`: torn tail or damage in the middle?
-            let min = expected.saturating_sub(1);
-            if let Some((at, lsn)) = find_next_frame(&seg.data, pos + 1, min) {
-                damaged.push(DamagedRange {
+            report.entries = state_entries(&state);
+            // A bad frame at `pos`, where LSN `lsn_next` should be. Torn tail or damage?
+            // - a later segment exists: this one was synced before the roll, so its bytes were
+            //   durable: damage;
+            // - a later valid frame in this segment says (synced_lsn) that LSN `lsn_next` was
+            //   durable when it was written: damage;
+            // - otherwise every byte from here on was written after the last fdatasync: a torn
+            //   tail (valid frames after a hole are possible, the page cache writes back in
+            //   any order), never acknowledged in Sync mode.
+            let later = valid_frames_after(&seg.data, pos + 1, lsn_next - 1);
+            let proven_durable = later.iter().any(|f| f.synced_lsn >= lsn_next);
+            if !is_last || proven_durable {
+                let resume = later.first().copied();
+                damage(DamagedRange {
                     segment: seg.id,
                     offset: pos as u64,
-                    lsn_from: expected,
-                    lsn_to: lsn.saturating_sub(1),
-                    bytes: (at - pos) as u64,
+                    lsn_from: lsn_next,
+                    lsn_to: match resume {
+                        Some(f) => f.lsn - 1,
+                        None => segs
+                            .get(i + 1)
+                            .and_then(|s| s.header.as_ref().ok())
+                            .map_or(lsn_next, |h| h.base_lsn.saturating_sub(1).max(lsn_next)),
+                    },
+                    bytes: (resume.map_or(seg.data.len(), |f| f.offset) - pos) as u64,
                     reason: problem,
-                });
-                if policy == RecoveryPolicy::Refuse {
-                    return Err(Error::Corrupt { ranges: damaged });
+                })?;
+                if let Some(f) = resume {
+                    // Skip: resume replay at the next valid frame.
+                    lsn_next = f.lsn;
+                    pos = f.offset;
+                    continue;
                 }
-                expected = lsn;
-                pos = at;
-                continue;
+                // Skip: the rest of this segment is lost; the next segment says where the
+                // log resumes.
+                pos = seg.data.len();
+                lsn_next = segs
+                    .get(i + 1)
+                    .and_then(|s| s.header.as_ref().ok())
+                    .map_or(lsn_next, |h| h.base_lsn);
+                break;
             }
-            if let Some(later) = segs[i + 1..].iter().find(|s| has_valid_frame(s)) {
-                damaged.push(DamagedRange {
-                    segment: seg.id,
-                    offset: pos as u64,
-                    lsn_from: expected,
-                    lsn_to: later
-                        .header
-                        .as_ref()
-                        .map_or(u64::MAX, |h| h.base_lsn.saturating_sub(1)),
-                    bytes: (seg.data.len() - pos) as u64,
-                    reason: problem,
-                });
-                if policy == RecoveryPolicy::Refuse {
-                    return Err(Error::Corrupt { ranges: damaged });
-                }
-                next_lsn = None;
-                end = None;
-                i += 1;
-                continue 'segments;
-            }
-            // Torn tail: nothing valid follows anywhere.
             report.torn_tail = Some(TornTail {
                 segment: seg.id,
                 offset: pos as u64,
                 bytes_discarded: (seg.data.len() - pos) as u64,
+                valid_frames_discarded: later.len() as u64,
             });
-            end = Some((i, pos as u64));
-            next_lsn = Some(expected);
-            break 'segments;
+            break;
         }
-        next_lsn = Some(expected);
-        end = Some((i, pos as u64));
-        i += 1;
+        expected = Some(lsn_next);
+        end = Some((i, pos.min(seg.data.len()) as u64));
     }
+    report.entries = state_entries(&state);
 
-    // --- cut the tail: truncate the last segment, remove the empty ones after it.
+    // --- cut the tail (only the last segment is ever cut or removed)
     let mut active = None;
     if let Some((idx, offset)) = end {
-        for seg in &segs[idx + 1..] {
-            vfs.remove_file(&seg.path)
-                .map_err(|e| Error::io("remove empty segment", &seg.path, e))?;
-            report.removed_segments.push(seg.id);
-        }
         let seg = &segs[idx];
         if offset == 0 {
             // The segment's own creation was torn: remove it, the writer recreates it.
             vfs.remove_file(&seg.path)
                 .map_err(|e| Error::io("remove torn segment", &seg.path, e))?;
+            vfs.sync_dir(log_dir)
+                .map_err(|e| Error::io("sync directory", log_dir, e))?;
             report.removed_segments.push(seg.id);
         } else {
             let file = vfs
@@ -347,9 +410,13 @@ pub(crate) fn recover(
             if offset < seg.data.len() as u64 {
                 file.set_len(offset)
                     .map_err(|e| Error::io("truncate torn tail", &seg.path, e))?;
-                file.sync_data()
-                    .map_err(|e| Error::io("sync", &seg.path, e))?;
             }
+            // What was replayed may still be only in the page cache (a process crash in
+            // Durability::None): make it durable before anything is appended after it, so that
+            // the synced_lsn stamped into new frames is true.
+            file.sync_data()
+                .map_err(|e| Error::io("sync", &seg.path, e))?;
+            let next = expected.unwrap_or(ceiling + 1);
             active = Some(ActiveSegment {
                 vfs: vfs.clone(),
                 log_dir: log_dir.to_path_buf(),
@@ -358,14 +425,12 @@ pub(crate) fn recover(
                 file,
                 path: seg.path.clone(),
                 offset,
-                next_lsn: next_lsn.unwrap_or(max_lsn + 1),
+                next_lsn: next,
                 segment_bytes,
                 unsynced: false,
+                synced_lsn: next - 1,
+                appended: false,
             });
-        }
-        if !report.removed_segments.is_empty() {
-            vfs.sync_dir(log_dir)
-                .map_err(|e| Error::io("sync directory", log_dir, e))?;
         }
     }
     let active = if let Some(a) = active {
@@ -375,12 +440,13 @@ pub(crate) fn recover(
             Some((idx, _)) => segs[idx].id,
             None => segs.last().map_or(1, |s| s.id + 1),
         };
+        let next = expected.unwrap_or(ceiling + 1).max(ceiling + 1);
         ActiveSegment::create(
             vfs.clone(),
             log_dir,
             store_id,
             seg_id,
-            next_lsn.unwrap_or(max_lsn + 1).max(max_lsn + 1),
+            next,
             now_ms,
             segment_bytes,
         )?

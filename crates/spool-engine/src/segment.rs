@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::frame::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::frame::{segment_file_name, FrameBuf, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
 /// The segment frames are appended to.
@@ -29,6 +29,10 @@ pub(crate) struct ActiveSegment {
     pub segment_bytes: u64,
     /// Bytes written since the last `fdatasync`.
     pub unsynced: bool,
+    /// Every frame up to this LSN is durable (stamped into each new frame as `synced_lsn`).
+    pub synced_lsn: u64,
+    /// Whether a frame was appended since the store was opened.
+    pub appended: bool,
 }
 
 impl ActiveSegment {
@@ -70,23 +74,40 @@ impl ActiveSegment {
             next_lsn: base_lsn,
             segment_bytes,
             unsynced: false,
+            synced_lsn: base_lsn.saturating_sub(1),
+            appended: false,
         })
     }
 
-    /// Appends one sealed frame (rolling first when the segment is full). The frame's LSN must
-    /// be `self.next_lsn`.
-    pub fn append(&mut self, frame: &[u8], now_ms: u64) -> Result<()> {
-        if self.offset + frame.len() as u64 > self.segment_bytes
+    /// Seals `frame` with the next LSN and appends it (rolling first when the segment is full).
+    pub fn append(&mut self, frame: &mut FrameBuf, now_ms: u64) -> Result<()> {
+        if self.offset + frame.buf.len() as u64 > self.segment_bytes
             && self.offset > SEGMENT_HEADER_LEN as u64
         {
             self.roll(now_ms)?;
         }
+        let frame = frame.seal(self.next_lsn, self.synced_lsn);
         self.file
             .write_all_at(frame, self.offset)
             .map_err(|e| Error::io("write", &self.path, e))?;
         self.offset += frame.len() as u64;
         self.next_lsn += 1;
         self.unsynced = true;
+        self.appended = true;
+        Ok(())
+    }
+
+    /// At a clean close: syncs, then appends an empty frame whose `synced_lsn` proves that the
+    /// whole log before it is durable (so later damage to the last frames is reported as damage
+    /// instead of being cut as a torn tail), and syncs it. Only if something was written since
+    /// the store was opened, so that opening and closing a store does not grow its log.
+    pub fn close(&mut self, now_ms: u64) -> Result<()> {
+        self.sync()?;
+        if self.appended {
+            let mut marker = FrameBuf::with_capacity(0);
+            self.append(&mut marker, now_ms)?;
+            self.sync()?;
+        }
         Ok(())
     }
 
@@ -97,6 +118,7 @@ impl ActiveSegment {
                 .sync_data()
                 .map_err(|e| Error::io("sync", &self.path, e))?;
             self.unsynced = false;
+            self.synced_lsn = self.next_lsn - 1;
         }
         Ok(())
     }
@@ -112,7 +134,9 @@ impl ActiveSegment {
             now_ms,
             self.segment_bytes,
         )?;
+        let appended = self.appended;
         *self = next;
+        self.appended = appended;
         Ok(())
     }
 }

@@ -366,10 +366,10 @@ impl Topic {
         }
     }
 
-    /// The oldest retained message with `seq >= from`, by position.
+    /// The position of the oldest retained message with `seq >= from`. Sequence numbers
+    /// increase but may have gaps (frames skipped by `RecoveryPolicy::Skip`), hence a search.
     pub fn position(&self, from: u64) -> Option<usize> {
-        let first = self.msgs.front()?.seq;
-        let idx = from.saturating_sub(first) as usize;
+        let idx = self.msgs.partition_point(|m| m.seq < from);
         (idx < self.msgs.len()).then_some(idx)
     }
 }
@@ -386,6 +386,8 @@ pub(crate) struct State {
     pub next_msg_id: u64,
     /// Notified when a topic is created (wakes readers waiting on a topic that did not exist).
     pub created: Arc<Signal>,
+    /// Entries applied since the state was created (recovery reports it).
+    pub entries_applied: u64,
 }
 
 impl State {
@@ -417,6 +419,7 @@ impl State {
     /// of the frame holding it; `now` the clock reading, used only to decide whether a
     /// delayed message is already due.
     pub fn apply(&mut self, entry: Entry, ticket: u64, now: u64) {
+        self.entries_applied += 1;
         match entry {
             Entry::QueueDef {
                 queue,

@@ -404,10 +404,7 @@ fn read_at(
             cursor.next, t.name, t.next_seq
         )));
     }
-    let Some(start) = t.position(cursor.next).or_else(|| {
-        // The cursor is before the oldest retained message: start there.
-        t.msgs.front().filter(|m| m.seq > cursor.next).map(|_| 0)
-    }) else {
+    let Some(start) = t.position(cursor.next) else {
         return Ok(None);
     };
     // Only committed messages are visible; they form a prefix of the retained ones.

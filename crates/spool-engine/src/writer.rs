@@ -239,8 +239,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         let now = shared.options.clock.now_ms();
         let mut result = Ok(());
         for f in &mut batch {
-            let lsn = seg.next_lsn;
-            if let Err(e) = seg.append(f.frame.seal(lsn), now) {
+            if let Err(e) = seg.append(&mut f.frame, now) {
                 result = Err(e);
                 break;
             }
@@ -277,7 +276,9 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
     let close_error = if poisoned {
         None
     } else {
-        seg.sync().err().map(|e| e.to_string())
+        seg.close(shared.options.clock.now_ms())
+            .err()
+            .map(|e| e.to_string())
     };
     shared.finish(close_error);
 }

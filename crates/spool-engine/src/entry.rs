@@ -145,6 +145,9 @@ pub enum Entry {
     },
     /// A named durable cursor is moved.
     Cursor { topic: u32, name: String, seq: u64 },
+    /// Retained messages of a topic below `below_seq` are dropped (retention by age, decided
+    /// by the clock, hence logged so that replay does not depend on the clock).
+    TopicTrim { topic: u32, below_seq: u64 },
 }
 
 pub(crate) mod kind {
@@ -160,6 +163,7 @@ pub(crate) mod kind {
     pub const TOPIC_DROP: u8 = 10;
     pub const PUBLISH: u8 = 11;
     pub const CURSOR: u8 = 12;
+    pub const TOPIC_TRIM: u8 = 13;
 }
 
 /// Bytes of an entry header (`kind u8 | len u32`).
@@ -362,6 +366,11 @@ impl Entry {
                 put_str8(out, name);
                 put_u64(out, *seq);
                 kind::CURSOR
+            }
+            Entry::TopicTrim { topic, below_seq } => {
+                put_u32(out, *topic);
+                put_u64(out, *below_seq);
+                kind::TOPIC_TRIM
             }
         };
         let len = (out.len() - start - ENTRY_HEADER_LEN) as u32;
@@ -650,6 +659,10 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             name: r.name()?,
             seq: r.u64()?,
         },
+        kind::TOPIC_TRIM => Entry::TopicTrim {
+            topic: r.u32()?,
+            below_seq: r.u64()?,
+        },
         _ => return Err(r.err("unknown entry kind")),
     };
     r.done()?;
@@ -744,6 +757,10 @@ mod tests {
                 topic: 3,
                 name: "reader-1".into(),
                 seq: 2,
+            },
+            Entry::TopicTrim {
+                topic: 3,
+                below_seq: 9,
             },
         ]
     }

@@ -30,7 +30,11 @@ pub struct FrameBuf {
 impl FrameBuf {
     /// An empty frame with room for `capacity` bytes of entries.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(FRAME_OVERHEAD + capacity);
+        Self::reuse(Vec::with_capacity(FRAME_OVERHEAD + capacity))
+    }
+    /// An empty frame in a recycled buffer (its capacity is kept: no new pages to fault in).
+    pub fn reuse(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.resize(FRAME_OVERHEAD, 0);
         Self { buf, n_entries: 0 }
     }

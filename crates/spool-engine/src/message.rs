@@ -124,14 +124,14 @@ impl Message {
             receipt,
             payload: m.payload.clone(),
             priority: m.priority,
-            subject: m.subject.clone(),
-            headers: m.headers.clone(),
+            subject: m.subject().map(str::to_string),
+            headers: m.headers().to_vec(),
             enqueued_at: m.enqueued_ms,
             expires_at: (m.expires_ms != 0).then_some(m.expires_ms),
             receive_count: m.receive_count,
             first_received_at: (m.first_received_ms != 0).then_some(m.first_received_ms),
             state: m.state,
-            dead_letter_of: origin_name.zip(m.origin.map(|(_, id)| id)),
+            dead_letter_of: origin_name.zip(m.origin().map(|(_, id)| id)),
         }
     }
 }

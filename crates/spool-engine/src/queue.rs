@@ -116,7 +116,7 @@ fn ensure_dlq(txn: &mut Txn<'_>, qid: u32, default: &QueueConfig) -> Option<u32>
 }
 
 fn origin_name(state: &State, m: &crate::state::Msg) -> Option<String> {
-    m.origin
+    m.origin()
         .and_then(|(qid, _)| state.queues.get(&qid))
         .map(|q| q.name.clone())
 }
@@ -127,7 +127,10 @@ fn check_receipt(q: &Queue, receipt: Receipt) -> Result<()> {
         queue: q.name.clone(),
         id: receipt.id,
     })?;
-    let current = m.lease_gen != 0
+    // The generation must be the one the last lease handed out, and still in force: leased,
+    // or ready again because that lease expired and nobody leased it since (SQS-like
+    // leniency). A nack bumps the generation without handing it out (`delivered` false).
+    let current = m.delivered
         && m.lease_gen == receipt.generation
         && matches!(m.state, MessageState::Leased(_) | MessageState::Ready);
     if !current {
@@ -468,7 +471,7 @@ impl Store {
                 .msgs
                 .values()
                 .filter(|m| m.state == MessageState::Ready)
-                .filter_map(|m| m.origin.map(|(src, _)| (m.id, src)))
+                .filter_map(|m| m.origin().map(|(src, _)| (m.id, src)))
                 .collect();
             ids.sort_unstable();
             let mut moved = 0;
@@ -565,7 +568,12 @@ impl Store {
     /// One message by id, in any state, without changing it.
     pub fn get(&self, queue: &str, id: u64) -> Result<Message> {
         let committed = self.committed();
-        let core = self.shared().lock_core();
+        let now = self.now();
+        let mut core = self.shared().lock_core();
+        core.state
+            .queue_by_name_mut(queue)
+            .ok_or_else(|| unknown(queue))?
+            .promote(now);
         let q = core
             .state
             .queue_by_name(queue)

@@ -147,13 +147,7 @@ fn state_entries(state: &State) -> u64 {
 
 /// Checks the frame at `pos` (it must have LSN `lsn`), decodes its entries and applies them.
 /// Returns the frame's length, or why it is not a good frame (then nothing was applied).
-fn replay_frame(
-    data: &[u8],
-    pos: usize,
-    lsn: u64,
-    state: &mut State,
-    now_ms: u64,
-) -> Result<usize, String> {
+fn replay_frame(data: &[u8], pos: usize, lsn: u64, state: &mut State) -> Result<usize, String> {
     match check_frame(&data[pos..]) {
         FrameCheck::Valid {
             lsn: found,
@@ -170,7 +164,7 @@ fn replay_frame(
                 return Err("frame entry count mismatch".to_string());
             }
             for e in batch {
-                state.apply(e, 0, now_ms);
+                state.apply(e, 0);
             }
             Ok(len)
         }
@@ -284,14 +278,17 @@ pub(crate) fn recover(
                     .get(i + 1)
                     .and_then(|s| s.header.as_ref().ok())
                     .map(|h| h.base_lsn.saturating_sub(1));
+                let lsn_to = next_base.unwrap_or(seg_max).max(from);
                 damage(DamagedRange {
                     segment: seg.id,
                     offset: 0,
                     lsn_from: from,
-                    lsn_to: next_base.unwrap_or(seg_max).max(from),
+                    lsn_to,
                     bytes: seg.data.len() as u64,
                     reason: problem,
                 })?;
+                // Every LSN the report names stays unused: a later open reports the same range.
+                ceiling = ceiling.max(lsn_to);
                 expected = None;
                 end = None;
                 continue;
@@ -326,7 +323,7 @@ pub(crate) fn recover(
         let mut pos = SEGMENT_HEADER_LEN;
         // --- the frames
         while pos < seg.data.len() {
-            let problem = match replay_frame(&seg.data, pos, lsn_next, &mut state, now_ms) {
+            let problem = match replay_frame(&seg.data, pos, lsn_next, &mut state) {
                 Ok(len) => {
                     report.frames += 1;
                     report.bytes += len as u64;

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use crate::entry::{Enqueue, Entry, MoveReason, RemoveReason};
 use crate::options::{QueueConfig, TopicConfig};
@@ -41,8 +42,6 @@ pub(crate) struct Msg {
     pub priority: u8,
     pub enqueued_ms: u64,
     pub expires_ms: u64,
-    pub subject: Option<String>,
-    pub headers: Vec<(String, Bytes)>,
     pub payload: Bytes,
     pub receive_count: u32,
     pub lease_gen: u32,
@@ -51,6 +50,20 @@ pub(crate) struct Msg {
     /// The commit ticket of the entry that put the message here; readers that do not write
     /// (peek, get) only show messages whose ticket is committed.
     pub ticket: u64,
+    /// A lease handed out the current `lease_gen` and no nack withdrew it since: only then
+    /// does a receipt with that generation count (a nack bumps the generation without
+    /// handing it to anyone).
+    pub delivered: bool,
+    /// Rarely used fields, boxed so that a plain message stays small (one per message is
+    /// held in memory).
+    pub extra: Option<Box<MsgExtra>>,
+}
+
+/// The fields most messages do not have.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MsgExtra {
+    pub subject: Option<String>,
+    pub headers: Vec<(String, Bytes)>,
     /// For a dead-lettered message: the queue it came from and its id there.
     pub origin: Option<(u32, u64)>,
 }
@@ -58,12 +71,33 @@ pub(crate) struct Msg {
 impl Msg {
     pub fn size(&self) -> u64 {
         (self.payload.len()
-            + self.subject.as_ref().map_or(0, String::len)
+            + self.subject().map_or(0, str::len)
             + self
-                .headers
+                .headers()
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()) as u64
+    }
+    pub fn subject(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|x| x.subject.as_deref())
+    }
+    pub fn headers(&self) -> &[(String, Bytes)] {
+        self.extra.as_ref().map_or(&[], |x| &x.headers)
+    }
+    pub fn origin(&self) -> Option<(u32, u64)> {
+        self.extra.as_ref().and_then(|x| x.origin)
+    }
+    fn set_origin(&mut self, origin: Option<(u32, u64)>) {
+        match (&mut self.extra, origin) {
+            (Some(x), o) => x.origin = o,
+            (None, None) => {}
+            (None, Some(o)) => {
+                self.extra = Some(Box::new(MsgExtra {
+                    origin: Some(o),
+                    ..MsgExtra::default()
+                }));
+            }
+        }
     }
     pub fn expired(&self, now: u64) -> bool {
         self.expires_ms != 0 && self.expires_ms <= now
@@ -100,7 +134,9 @@ pub(crate) struct Lane {
 pub(crate) struct Queue {
     pub name: String,
     pub config: QueueConfig,
-    pub msgs: HashMap<u64, Msg>,
+    /// Messages by id. FxHash: ids are our own sequential numbers, not attacker-chosen keys, and
+    /// SipHash was a tenth of the push path's time.
+    pub msgs: FxHashMap<u64, Msg>,
     /// Lanes by priority, highest first.
     lanes: BTreeMap<Reverse<u8>, Lane>,
     delayed: BTreeSet<(u64, u64)>,
@@ -116,7 +152,7 @@ impl Queue {
         Self {
             name,
             config,
-            msgs: HashMap::new(),
+            msgs: FxHashMap::default(),
             lanes: BTreeMap::new(),
             delayed: BTreeSet::new(),
             leased: BTreeSet::new(),
@@ -179,15 +215,16 @@ impl Queue {
         }
     }
 
-    fn insert(&mut self, m: Msg, now: u64) {
+    /// Adds a message in the state it carries (a delayed one stays delayed until `promote`
+    /// finds it due: `apply` never reads the clock, so replay does not depend on it).
+    fn insert(&mut self, m: Msg) {
         let id = m.id;
-        let visible = m.state;
-        self.bytes += m.size();
-        self.msgs.insert(id, m);
-        let state = match visible {
-            MessageState::Delayed(at) if at > now => MessageState::Delayed(at),
+        let state = match m.state {
+            MessageState::Delayed(at) => MessageState::Delayed(at),
             _ => MessageState::Ready,
         };
+        self.bytes += m.size();
+        self.msgs.insert(id, m);
         self.attach(id, state, true);
     }
 
@@ -344,16 +381,50 @@ pub(crate) struct Topic {
     pub next_seq: u64,
     pub bytes: u64,
     pub cursors: BTreeMap<String, u64>,
+    /// Messages below this sequence number are known trimmed by the log (a `TopicTrim`
+    /// entry); an age trim beyond it is logged by the next write to the topic.
+    pub logged_trim_seq: u64,
     pub counters: TopicCounters,
     pub signal: Arc<Signal>,
 }
 
 impl Topic {
-    /// Drops messages past the retention limits.
+    /// Drops messages past the retention limits: age (by the clock, so only operations call
+    /// this, never `apply`) and count and bytes.
     pub fn trim(&mut self, now: u64) {
+        self.trim_where(|published_ms, age_ms| published_ms.saturating_add(age_ms) <= now);
+    }
+
+    /// Drops every message below `seq` (a logged trim).
+    pub fn trim_below(&mut self, seq: u64) {
+        while let Some(front) = self.msgs.front() {
+            if front.seq >= seq {
+                break;
+            }
+            self.bytes -= front.payload.len() as u64;
+            self.msgs.pop_front();
+            self.counters.expired += 1;
+        }
+        self.logged_trim_seq = self.logged_trim_seq.max(seq);
+    }
+
+    /// The sequence number below which messages are trimmed now (in memory) but not yet by the
+    /// log, if any: what a `TopicTrim` entry must record.
+    pub fn unlogged_trim(&self) -> Option<u64> {
+        let front = self.msgs.front().map_or(self.next_seq, |m| m.seq);
+        (front > self.logged_trim_seq).then_some(front)
+    }
+
+    /// Drops messages past the count and byte limits (what `apply` may do: it depends on the
+    /// log alone).
+    pub fn trim_size(&mut self) {
+        self.trim_where(|_, _| false);
+    }
+
+    fn trim_where(&mut self, too_old: impl Fn(u64, u64) -> bool) {
         let age_ms = self.config.retention.as_millis() as u64;
         while let Some(front) = self.msgs.front() {
-            let too_old = front.published_ms.saturating_add(age_ms) <= now;
+            let too_old = too_old(front.published_ms, age_ms);
             let too_many =
                 self.config.max_messages != 0 && self.msgs.len() as u64 > self.config.max_messages;
             let too_big = self.config.max_bytes != 0 && self.bytes > self.config.max_bytes;
@@ -416,9 +487,10 @@ impl State {
     }
 
     /// Applies one committed (or about to be committed) entry. `ticket` is the commit ticket
-    /// of the frame holding it; `now` the clock reading, used only to decide whether a
-    /// delayed message is already due.
-    pub fn apply(&mut self, entry: Entry, ticket: u64, now: u64) {
+    /// of the frame holding it. Deliberately no clock: replay must rebuild the same state
+    /// whatever the time at reopen (decisions that depend on time are made by operations,
+    /// lazily: `Queue::promote`, `Topic::trim`).
+    pub fn apply(&mut self, entry: Entry, ticket: u64) {
         self.entries_applied += 1;
         match entry {
             Entry::QueueDef {
@@ -440,7 +512,7 @@ impl State {
                     q.signal.notify();
                 }
             }
-            Entry::Enqueue(e) => self.apply_enqueue(e, ticket, now),
+            Entry::Enqueue(e) => self.apply_enqueue(e, ticket),
             Entry::Lease {
                 queue,
                 id,
@@ -460,6 +532,7 @@ impl State {
                     m.receive_count = receive_count;
                     m.lease_gen = lease_gen;
                     m.first_received_ms = first_received_ms;
+                    m.delivered = true;
                 }
                 q.attach(id, MessageState::Leased(until_ms), false);
             }
@@ -481,11 +554,14 @@ impl State {
                     m.lease_gen = lease_gen;
                     m.priority = priority;
                 }
-                let state = if visible_ms > now {
+                let state = if visible_ms > 0 {
                     MessageState::Delayed(visible_ms)
                 } else {
                     MessageState::Ready
                 };
+                if let Some(m) = q.msgs.get_mut(&id) {
+                    m.delivered = false;
+                }
                 q.attach(id, state, false);
             }
             Entry::Remove { queue, id, reason } => {
@@ -528,13 +604,15 @@ impl State {
                 }
                 m.id = new_id;
                 m.ticket = ticket;
+                // Nobody holds a lease on it in its new queue.
+                m.delivered = false;
                 if reason == MoveReason::Redrive {
                     m.receive_count = 0;
                     m.lease_gen = 0;
                     m.first_received_ms = 0;
-                    m.origin = None;
+                    m.set_origin(None);
                 } else {
-                    m.origin = Some((src, id));
+                    m.set_origin(Some((src, id)));
                 }
                 m.state = MessageState::Ready;
                 if let Some(q) = self.queues.get_mut(&dst) {
@@ -543,7 +621,7 @@ impl State {
                     } else {
                         q.counters.dead_letters_received += 1;
                     }
-                    q.insert(m, now);
+                    q.insert(m);
                 }
             }
             Entry::Purge { queue, below_id } => {
@@ -579,7 +657,7 @@ impl State {
                 self.next_topic_id = self.next_topic_id.max(topic.saturating_add(1));
                 if let Some(t) = self.topics.get_mut(&topic) {
                     t.config = config;
-                    t.trim(now);
+                    t.trim_size();
                 } else {
                     self.topic_ids.insert(name.clone(), topic);
                     self.topics.insert(
@@ -591,6 +669,7 @@ impl State {
                             next_seq: 1,
                             bytes: 0,
                             cursors: BTreeMap::new(),
+                            logged_trim_seq: 0,
                             counters: TopicCounters::default(),
                             signal: Arc::new(Signal::default()),
                         },
@@ -624,17 +703,22 @@ impl State {
                     payload,
                     ticket,
                 });
-                t.trim(now);
+                t.trim_size();
             }
             Entry::Cursor { topic, name, seq } => {
                 if let Some(t) = self.topics.get_mut(&topic) {
                     t.cursors.insert(name, seq);
                 }
             }
+            Entry::TopicTrim { topic, below_seq } => {
+                if let Some(t) = self.topics.get_mut(&topic) {
+                    t.trim_below(below_seq);
+                }
+            }
         }
     }
 
-    fn apply_enqueue(&mut self, e: Enqueue, ticket: u64, now: u64) {
+    fn apply_enqueue(&mut self, e: Enqueue, ticket: u64) {
         self.next_msg_id = self.next_msg_id.max(e.id.saturating_add(1));
         let Some(q) = self.queues.get_mut(&e.queue) else {
             return;
@@ -643,29 +727,31 @@ impl State {
             return;
         }
         q.counters.pushed += 1;
-        let state = if e.visible_ms > now {
+        let state = if e.visible_ms > 0 {
             MessageState::Delayed(e.visible_ms)
         } else {
             MessageState::Ready
         };
-        q.insert(
-            Msg {
-                id: e.id,
-                priority: e.priority,
-                enqueued_ms: e.enqueued_ms,
-                expires_ms: e.expires_ms,
-                subject: e.subject,
-                headers: e.headers,
-                payload: e.payload,
-                receive_count: 0,
-                lease_gen: 0,
-                first_received_ms: 0,
-                state,
-                ticket,
-                origin: None,
-            },
-            now,
-        );
+        q.insert(Msg {
+            id: e.id,
+            priority: e.priority,
+            enqueued_ms: e.enqueued_ms,
+            expires_ms: e.expires_ms,
+            extra: (e.subject.is_some() || !e.headers.is_empty()).then(|| {
+                Box::new(MsgExtra {
+                    subject: e.subject,
+                    headers: e.headers,
+                    origin: None,
+                })
+            }),
+            payload: e.payload,
+            receive_count: 0,
+            lease_gen: 0,
+            first_received_ms: 0,
+            state,
+            ticket,
+            delivered: false,
+        });
     }
 
     /// After recovery: leases open at the crash are released (their receive counts kept).

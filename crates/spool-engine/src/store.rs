@@ -66,6 +66,9 @@ impl Handle {
     }
 }
 
+/// How long `open` retries a held lock before it reports [`Error::Locked`].
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A random-enough store id: only used to tell segments of different stores apart.
 fn new_store_id(now_ms: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -104,11 +107,7 @@ impl Store {
                     .map_err(|e| Error::io("sync directory", parent, e))?;
             }
         }
-        let lock = match vfs.lock(&dir.join("LOCK")) {
-            Ok(l) => l,
-            Err(LockError::Held { pid }) => return Err(Error::Locked { dir, pid }),
-            Err(LockError::Io(e)) => return Err(Error::io("lock", dir.join("LOCK"), e)),
-        };
+        let lock = Self::lock_dir(vfs.as_ref(), &dir)?;
         let format = Self::read_or_create_format(vfs.as_ref(), &dir, now)?;
         let log_dir = dir.join("log");
         if !vfs
@@ -136,6 +135,7 @@ impl Store {
                 poisoned: None,
                 closing: false,
                 writer_waiting: false,
+                spare: Vec::new(),
             }),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitState::default()),
@@ -159,6 +159,32 @@ impl Store {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Takes the store's exclusive lock. A lock that is held is retried for a moment
+    /// (`LOCK_RETRY`): when any thread of this process spawns a child, the child holds copies
+    /// of every open descriptor, our `flock`ed LOCK file among them, until its `exec` closes
+    /// them; a store closed and reopened in that window would otherwise see itself as locked.
+    fn lock_dir(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn VfsLock>> {
+        let path = dir.join("LOCK");
+        let deadline = std::time::Instant::now() + LOCK_RETRY;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match vfs.lock(&path) {
+                Ok(l) => return Ok(l),
+                Err(LockError::Held { pid }) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::Locked {
+                            dir: dir.to_path_buf(),
+                            pid,
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                Err(LockError::Io(e)) => return Err(Error::io("lock", path, e)),
+            }
+        }
     }
 
     fn read_or_create_format(vfs: &dyn Vfs, dir: &Path, now: u64) -> Result<FormatFile> {
@@ -281,8 +307,12 @@ impl Store {
         let (start_len, start_entries) = match core.pending.back() {
             Some(f) if f.frame.entries_len() < group_max => (f.frame.buf.len(), f.frame.n_entries),
             _ => {
+                let frame = match core.spare.pop() {
+                    Some(buf) => FrameBuf::reuse(buf),
+                    None => FrameBuf::with_capacity(4096),
+                };
                 core.pending.push_back(PendingFrame {
-                    frame: FrameBuf::with_capacity(4096),
+                    frame,
                     last_ticket: 0,
                     signals: Vec::new(),
                 });
@@ -403,7 +433,7 @@ impl Txn<'_> {
             back.frame.n_entries += 1;
         }
         self.emitted += 1;
-        self.core.state.apply(entry, self.ticket, self.now);
+        self.core.state.apply(entry, self.ticket);
     }
 
     /// Wakes waiters on this queue or topic once the transaction is committed.

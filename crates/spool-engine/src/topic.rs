@@ -85,6 +85,22 @@ fn ensure_topic(txn: &mut Txn<'_>, name: &str, config: &TopicConfig) -> u32 {
     id
 }
 
+/// Trims topic `tid` by age now and logs the trim if it moved past what the log knows, so that
+/// replay (which never reads the clock) drops the same messages whatever the config later.
+fn log_trim(txn: &mut Txn<'_>, tid: u32) {
+    let now = txn.now;
+    let Some(t) = txn.core.state.topics.get_mut(&tid) else {
+        return;
+    };
+    t.trim(now);
+    if let Some(below_seq) = t.unlogged_trim() {
+        txn.emit(Entry::TopicTrim {
+            topic: tid,
+            below_seq,
+        });
+    }
+}
+
 fn publish_txn(
     txn: &mut Txn<'_>,
     topic: &str,
@@ -123,6 +139,7 @@ fn publish_txn(
     }
     let tid = ensure_topic(txn, topic, &config);
     let now = txn.now;
+    log_trim(txn, tid);
     let mut seqs = Vec::with_capacity(payloads.len());
     for payload in payloads {
         let seq = txn.core.state.topics.get(&tid).map_or(1, |t| t.next_seq);
@@ -171,6 +188,8 @@ impl Store {
                 .topic_ids
                 .get(topic)
                 .ok_or_else(|| unknown(topic))?;
+            // Trim under the old config first: what readers no longer see must stay gone.
+            log_trim(txn, id);
             txn.emit(Entry::TopicDef {
                 topic: id,
                 name: topic.to_string(),
@@ -261,11 +280,13 @@ impl Store {
     ) -> Result<Cursor> {
         name::validate(topic)?;
         name::validate(cursor_name)?;
-        let core = self.shared().lock_core();
+        let now = self.now();
+        let mut core = self.shared().lock_core();
         let t = core
             .state
-            .topic_by_name(topic)
+            .topic_by_name_mut(topic)
             .ok_or_else(|| unknown(topic))?;
+        t.trim(now);
         let next = match t.cursors.get(cursor_name) {
             Some(&seq) => seq,
             None => match start {

@@ -46,7 +46,15 @@ pub(crate) struct Core {
     pub poisoned: Option<String>,
     pub closing: bool,
     pub writer_waiting: bool,
+    /// Frame buffers the writer has written, kept for reuse (see `SPARE_BUFFERS_MAX`).
+    pub spare: Vec<Vec<u8>>,
 }
+
+/// Written frame buffers kept for reuse: enough for the writer's group plus the one being
+/// filled. Reuse matters: a fresh buffer of a few MiB costs a page fault per 4 KiB.
+pub(crate) const SPARE_BUFFERS_MAX: usize = 4;
+/// Buffers larger than this are not kept (one huge batch must not pin its memory).
+pub(crate) const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
 #[derive(Debug, Default)]
 pub(crate) struct CommitState {
@@ -269,6 +277,13 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             Err(e) => shared.poison(e.to_string()),
         }
         core = shared.lock_core();
+        for f in batch {
+            if core.spare.len() < SPARE_BUFFERS_MAX
+                && f.frame.buf.capacity() <= SPARE_BUFFER_BYTES_MAX
+            {
+                core.spare.push(f.frame.buf);
+            }
+        }
     }
     let poisoned = core.poisoned.is_some();
     drop(core);

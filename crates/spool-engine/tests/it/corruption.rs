@@ -9,13 +9,18 @@
 //! The oracle is the log itself: the pristine segments are parsed with the engine's public
 //! frame and entry decoders, and a small model replays every frame except those the damage
 //! destroyed. So, beyond "it did not panic", the tests check that:
-//! - under `RecoveryPolicy::Refuse`, damage with valid frames after it is `Error::Corrupt`
-//!   naming the segment, offset and LSNs actually damaged, and no file changed;
-//! - under `RecoveryPolicy::Skip` the store holds exactly what the model keeps: nothing that
-//!   was before the damage is lost, nothing is invented, queues the damage did not touch are
-//!   identical to the undamaged store (topics are compared by what they retain);
-//! - damage with nothing valid after it is a torn tail: cut, reported, and everything before
-//!   it intact.
+//! - under `RecoveryPolicy::Refuse`, damage is `Error::Corrupt` naming the segment, offset and
+//!   exact LSN range actually lost, and no file changed;
+//! - under `RecoveryPolicy::Skip` the store holds exactly what the model keeps: nothing
+//!   outside the damage is lost (replay resumes at the next valid frame or segment), nothing
+//!   is invented, queues and topics the damage did not touch are identical to the undamaged
+//!   store (a topic is read as a subscriber reads it: one cursor from its first sequence
+//!   number); after Skip, new writes never reuse a lost LSN and the damage stays reported;
+//! - a bad frame in the last segment with no later valid frame proving it durable (a
+//!   `synced_lsn` at or above its LSN; a clean close appends an empty marker frame that proves
+//!   the whole log) is a torn tail: cut, reported with the valid frames it discarded, and
+//!   everything before it intact. A gap in segment ids, a missing first segment, and a bad
+//!   frame or header in a sealed segment are damage.
 //!
 //! Every open runs under `catch_unwind`: a panic is a failure whatever the test expects.
 
@@ -188,6 +193,8 @@ struct Frame {
     offset: usize,
     len: usize,
     lsn: u64,
+    /// Every frame up to this LSN was durable when this frame was written.
+    synced_lsn: u64,
     entries: Vec<Entry>,
 }
 
@@ -256,20 +263,15 @@ impl Snapshot {
     }
 }
 
-/// Every message a topic retains, in order. Read with one cursor per sequence number rather
-/// than by following one cursor: after `Skip` dropped publishes the retained sequence numbers
-/// have gaps, and a cursor following them skips retained messages (see
-/// `a_topic_reader_gets_every_retained_message_after_skip`); this reads what the store holds.
+/// Every message a topic retains, in order, as a subscriber reads it: one cursor from sequence
+/// number 1 to the end (after `Skip` dropped publishes, the sequence numbers have gaps).
 fn retained(s: &Store, topic: &str) -> Vec<(u64, Bytes)> {
-    let last = s.topic_stats(topic).unwrap().last_seq;
-    let mut v: BTreeMap<u64, Bytes> = BTreeMap::new();
-    for seq in 1..=last {
-        let mut c = s.cursor_at(topic, seq).unwrap();
-        if let Some(m) = s.topic_next(&mut c).unwrap() {
-            v.insert(m.seq, m.payload);
-        }
+    let mut c = s.cursor_at(topic, 1).unwrap();
+    let mut v = Vec::new();
+    while let Some(m) = s.topic_next(&mut c).unwrap() {
+        v.push((m.seq, m.payload));
     }
-    v.into_iter().collect()
+    v
 }
 
 /// What the model derives from a set of frames.
@@ -277,8 +279,6 @@ struct Replay {
     contents: Contents,
     /// Every (queue, id, payload) a message ever had.
     ever: BTreeSet<(String, u64, Bytes)>,
-    /// LSN of the frame that put each (queue, id) where it is (its push, or its move).
-    arrived: HashMap<(String, u64), u64>,
     queue_names: HashMap<u32, String>,
     topic_names: HashMap<u32, String>,
 }
@@ -292,7 +292,6 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
     let mut queues: BTreeMap<u32, Queue> = BTreeMap::new();
     let mut topics: BTreeMap<u32, Topic> = BTreeMap::new();
     let mut ever = BTreeSet::new();
-    let mut arrived = HashMap::new();
     let mut queue_names = HashMap::new();
     let mut topic_names = HashMap::new();
     for f in frames {
@@ -312,7 +311,6 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
                         if let MapEntry::Vacant(v) = msgs.entry(e.id) {
                             v.insert(e.payload.clone());
                             ever.insert((name.clone(), e.id, e.payload.clone()));
-                            arrived.insert((name.clone(), e.id), f.lsn);
                         }
                     }
                 }
@@ -336,7 +334,6 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
                     };
                     if let Some((name, msgs)) = queues.get_mut(dst) {
                         ever.insert((name.clone(), *new_id, p.clone()));
-                        arrived.insert((name.clone(), *new_id), f.lsn);
                         msgs.insert(*new_id, p);
                     }
                 }
@@ -367,8 +364,13 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
                         }
                     }
                 }
+                Entry::TopicTrim { topic, below_seq } => {
+                    if let Some((_, _, msgs)) = topics.get_mut(topic) {
+                        msgs.retain(|(seq, _)| seq >= below_seq);
+                    }
+                }
                 // Leases, nacks and cursors change no membership.
-                _ => {}
+                Entry::Lease { .. } | Entry::Nack { .. } | Entry::Cursor { .. } => {}
             }
         }
     }
@@ -378,7 +380,6 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
             topics: topics.into_values().map(|(n, _, m)| (n, m)).collect(),
         },
         ever,
-        arrived,
         queue_names,
         topic_names,
     }
@@ -392,6 +393,8 @@ struct Pristine {
     frames: Vec<Frame>,
     snapshot: Snapshot,
     full: Replay,
+    /// Leases the clean open released (left open by the workload).
+    leases_released: u64,
 }
 
 impl Pristine {
@@ -451,10 +454,10 @@ fn parse_log(files: &BTreeMap<String, Vec<u8>>) -> (Vec<u64>, Vec<Frame>) {
         while pos < data.len() {
             let FrameCheck::Valid {
                 lsn,
+                synced_lsn,
                 n_entries,
                 entries,
                 len,
-                ..
             } = check_frame(&data[pos..])
             else {
                 panic!("pristine segment {seg} unreadable at offset {pos}");
@@ -473,6 +476,7 @@ fn parse_log(files: &BTreeMap<String, Vec<u8>>) -> (Vec<u64>, Vec<Frame>) {
                 offset: pos,
                 len,
                 lsn,
+                synced_lsn,
                 entries: v,
             });
             pos += len;
@@ -486,16 +490,11 @@ fn parse_log(files: &BTreeMap<String, Vec<u8>>) -> (Vec<u64>, Vec<Frame>) {
     (segs, frames)
 }
 
-fn pristine() -> &'static Pristine {
-    static PRISTINE: OnceLock<Pristine> = OnceLock::new();
-    PRISTINE.get_or_init(|| {
-        let files = build_store_files();
+impl Pristine {
+    /// Parses the files of an undamaged store, opens them and checks that the model agrees
+    /// with the engine.
+    fn of(files: BTreeMap<String, Vec<u8>>) -> Self {
         let (segs, frames) = parse_log(&files);
-        assert!(
-            segs.len() >= 6,
-            "the workload spans {} segments",
-            segs.len()
-        );
         let case = Case::with_files(&files);
         let s = case
             .open(RecoveryPolicy::Refuse, "the pristine store")
@@ -503,7 +502,7 @@ fn pristine() -> &'static Pristine {
         let r = s.recovery_report().clone();
         assert!(r.torn_tail.is_none(), "{r:?}");
         assert!(r.damaged.is_empty(), "{r:?}");
-        assert!(r.leases_released > 0, "the workload leaves leases open");
+        let leases_released = r.leases_released;
         let snapshot = Snapshot::of(&s);
         s.close().unwrap();
         assert!(
@@ -516,16 +515,41 @@ fn pristine() -> &'static Pristine {
             snapshot.contents(),
             "the test's model agrees with the engine on the undamaged log"
         );
-        assert!(snapshot.queues.len() >= 5, "{:?}", snapshot.queues.keys());
-        assert!(snapshot.queues["events.dlq"].len() > 3);
-        assert!(!snapshot.topics["news"].is_empty());
+        let last = &frames[frames.len() - 1];
+        assert!(
+            last.entries.is_empty() && last.synced_lsn == last.lsn - 1,
+            "a clean close ends the log with an empty marker frame that proves it durable"
+        );
         Pristine {
             files,
             segs,
             frames,
             snapshot,
             full,
+            leases_released,
         }
+    }
+}
+
+/// The store the tests damage: the workload, written with `Durability::None`.
+fn pristine() -> &'static Pristine {
+    static PRISTINE: OnceLock<Pristine> = OnceLock::new();
+    PRISTINE.get_or_init(|| {
+        let p = Pristine::of(build_store_files());
+        assert!(
+            p.segs.len() >= 6,
+            "the workload spans {} segments",
+            p.segs.len()
+        );
+        assert!(p.leases_released > 0, "the workload leaves leases open");
+        assert!(
+            p.snapshot.queues.len() >= 5,
+            "{:?}",
+            p.snapshot.queues.keys()
+        );
+        assert!(p.snapshot.queues["events.dlq"].len() > 3);
+        assert!(!p.snapshot.topics["news"].is_empty());
+        p
     })
 }
 
@@ -612,18 +636,12 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 struct Want {
     /// `DamagedRange::segment` of the first range.
     segment: u64,
-    /// `DamagedRange::offset`, when it is checked.
-    offset: Option<u64>,
-    /// Accepted values of `DamagedRange::lsn_from`.
-    lsn_from: RangeInclusive<u64>,
-    /// Accepted values of `DamagedRange::lsn_to` (exact when the lost frames are known).
-    lsn_to: RangeInclusive<u64>,
+    /// `DamagedRange::offset` of the first range.
+    offset: u64,
+    /// `DamagedRange::lsn_from..=lsn_to` of the first range.
+    lsns: RangeInclusive<u64>,
     /// LSNs of the frames the damage destroyed: what Skip may not keep, and all it may lose.
     lost: Vec<u64>,
-    /// Whether Skip must keep everything but `lost` (else only everything before it: used
-    /// where a known engine bug loses intact frames after the damage, with an ignored test
-    /// that checks the exact outcome).
-    exact: bool,
 }
 
 impl Want {
@@ -632,11 +650,20 @@ impl Want {
         assert!(!lost.is_empty());
         Self {
             segment,
-            offset: Some(offset as u64),
-            lsn_from: lost[0]..=lost[0],
-            lsn_to: lost[lost.len() - 1]..=lost[lost.len() - 1],
+            offset: offset as u64,
+            lsns: lost[0]..=lost[lost.len() - 1],
             lost,
-            exact: true,
+        }
+    }
+    /// A stray segment `seg` after the last, holding only stale frames (LSNs the log already
+    /// has): nothing is lost, the range is reported from the next LSN.
+    fn stray(seg: u64) -> Self {
+        let next = pristine().last_lsn() + 1;
+        Self {
+            segment: seg,
+            offset: 0,
+            lsns: next..=next,
+            lost: Vec::new(),
         }
     }
     /// Damage that loses the whole segment `seg`.
@@ -644,42 +671,31 @@ impl Want {
         let lsns = pristine().seg_lsns(seg);
         Self {
             segment: seg,
-            offset: Some(0),
-            lsn_from: *lsns.start()..=*lsns.start(),
-            lsn_to: *lsns.end()..=*lsns.end(),
+            offset: 0,
+            lsns: lsns.clone(),
             lost: lsns.collect(),
-            exact: true,
         }
     }
 }
 
 fn check_range(r: &DamagedRange, want: &Want, what: &str) {
     assert_eq!(r.segment, want.segment, "{what}: wrong segment in {r}");
-    if let Some(offset) = want.offset {
-        assert_eq!(r.offset, offset, "{what}: wrong offset in {r}");
-    }
-    assert!(
-        want.lsn_from.contains(&r.lsn_from),
-        "{what}: first LSN of {r} is not in {:?}",
-        want.lsn_from
-    );
-    assert!(
-        want.lsn_to.contains(&r.lsn_to),
-        "{what}: last LSN of {r} is not in {:?}",
-        want.lsn_to
+    assert_eq!(r.offset, want.offset, "{what}: wrong offset in {r}");
+    assert_eq!(
+        r.lsn_from..=r.lsn_to,
+        want.lsns,
+        "{what}: wrong LSNs in {r}"
     );
 }
 
 /// The store holds exactly what replaying every frame but `lost` gives: nothing invented,
 /// nothing lost beyond the damage, untouched queues and topics identical to the pristine ones.
 fn check_contents(s: &Store, lost: &[u64], what: &str) {
-    check_contents_with(s, lost, true, what);
+    check_contents_in(pristine(), s, lost, what);
 }
 
-/// With `exact` false, only: nothing invented, and every message that arrived (pushed or
-/// moved) before the first lost frame and that the model keeps is there, with its payload.
-fn check_contents_with(s: &Store, lost: &[u64], exact: bool, what: &str) {
-    let p = pristine();
+/// [`check_contents`] for a copy of the store `p`.
+fn check_contents_in(p: &Pristine, s: &Store, lost: &[u64], what: &str) {
     let snap = Snapshot::of(s);
     for (q, msgs) in &snap.queues {
         for m in msgs {
@@ -694,24 +710,6 @@ fn check_contents_with(s: &Store, lost: &[u64], exact: bool, what: &str) {
     let lost: BTreeSet<u64> = lost.iter().copied().collect();
     let want = replay(p.frames.iter().filter(|f| !lost.contains(&f.lsn))).contents;
     let got = snap.contents();
-    let first_lost = lost.first().copied().unwrap_or(u64::MAX);
-    for (q, msgs) in &want.queues {
-        for (id, payload) in msgs {
-            if p.full
-                .arrived
-                .get(&(q.clone(), *id))
-                .is_some_and(|&l| l < first_lost)
-            {
-                assert!(
-                    got.queues.get(q).and_then(|m| m.get(id)) == Some(payload),
-                    "{what}: message {id} of {q:?}, from before the damage, was lost"
-                );
-            }
-        }
-    }
-    if !exact {
-        return;
-    }
     assert!(
         got == want,
         "{what}: the store does not hold what the log minus LSNs {lost:?} holds:\n{}",
@@ -766,9 +764,8 @@ fn touched(p: &Pristine, lost: &BTreeSet<u64>) -> (BTreeSet<String>, BTreeSet<St
                 Entry::TopicDef { topic, .. }
                 | Entry::TopicDrop { topic }
                 | Entry::Publish { topic, .. }
-                | Entry::Cursor { topic, .. } => (vec![], vec![*topic]),
-                #[allow(unreachable_patterns)]
-                _ => (vec![], vec![]),
+                | Entry::Cursor { topic, .. }
+                | Entry::TopicTrim { topic, .. } => (vec![], vec![*topic]),
             };
             q.extend(
                 qs.iter()
@@ -849,6 +846,11 @@ fn diff(got: &Contents, want: &Contents) -> String {
 /// file; `Skip` opens, reports it, and keeps everything but the lost frames. Returns the store
 /// opened with `Skip`.
 fn check_middle_damage(case: &Case, what: &str, want: &Want) -> Store {
+    check_middle_damage_in(pristine(), case, what, want)
+}
+
+/// [`check_middle_damage`] for a copy of the store `p`.
+fn check_middle_damage_in(p: &Pristine, case: &Case, what: &str, want: &Want) -> Store {
     let before = case.files();
     match case.open(RecoveryPolicy::Refuse, what) {
         Err(Error::Corrupt { ranges }) => {
@@ -872,7 +874,7 @@ fn check_middle_damage(case: &Case, what: &str, want: &Want) -> Store {
     );
     check_range(&r.damaged[0], want, what);
     assert!(r.torn_tail.is_none(), "{what}: {r:?}");
-    check_contents_with(&s, &want.lost, want.exact, what);
+    check_contents_in(p, &s, &want.lost, what);
     s
 }
 
@@ -891,14 +893,43 @@ fn assert_files_unchanged(case: &Case, before: &BTreeMap<String, Vec<u8>>, what:
     );
 }
 
-/// Damage with nothing valid after it: under either policy the store opens, reports the torn
-/// tail at `seg`/`offset`, and keeps everything but the frames `lost`; a second open finds a
-/// clean log holding the same.
-fn check_torn_tail(damage: &dyn Fn(&Case), what: &str, seg: u64, offset: usize, lost: &[u64]) {
+/// Where a torn tail must be cut, and what it loses.
+struct Torn {
+    seg: u64,
+    /// Offset of the first bad byte's frame: the segment is cut there.
+    offset: usize,
+    /// LSNs of the frames cut off.
+    lost: Vec<u64>,
+    /// How many of them are valid frames after the bad one.
+    valid_frames_discarded: u64,
+}
+
+impl Torn {
+    /// A bad frame at `seg`/`offset` with no valid frame after it.
+    fn nothing_after(seg: u64, offset: usize, lost: Vec<u64>) -> Self {
+        Self {
+            seg,
+            offset,
+            lost,
+            valid_frames_discarded: 0,
+        }
+    }
+}
+
+/// Damage with nothing after it proving it durable: under either policy the store opens,
+/// reports the torn tail (where, how many bytes, how many valid frames it discarded), and
+/// keeps everything but the frames `lost`; a second open finds a clean log holding the same.
+fn check_torn_tail(damage: &dyn Fn(&Case), what: &str, want: &Torn) {
+    check_torn_tail_in(pristine(), damage, what, want);
+}
+
+/// [`check_torn_tail`] for a copy of the store `p`.
+fn check_torn_tail_in(p: &Pristine, damage: &dyn Fn(&Case), what: &str, want: &Torn) {
     for policy in [RecoveryPolicy::Refuse, RecoveryPolicy::Skip] {
         let what = format!("{what} ({policy:?})");
-        let case = Case::new();
+        let case = Case::with_files(&p.files);
         damage(&case);
+        let damaged_len = case.read(&seg_file(want.seg)).len();
         let s = case
             .open(policy, &what)
             .unwrap_or_else(|e| panic!("{what}: a torn tail must not stop the open: {e}"));
@@ -907,10 +938,24 @@ fn check_torn_tail(damage: &dyn Fn(&Case), what: &str, seg: u64, offset: usize, 
             .torn_tail
             .as_ref()
             .unwrap_or_else(|| panic!("{what}: no torn tail reported: {r:?}"));
-        assert_eq!(torn.segment, seg, "{what}: {torn:?}");
-        assert_eq!(torn.offset, offset as u64, "{what}: {torn:?}");
+        assert_eq!(torn.segment, want.seg, "{what}: {torn:?}");
+        assert_eq!(torn.offset, want.offset as u64, "{what}: {torn:?}");
+        assert_eq!(
+            torn.bytes_discarded,
+            (damaged_len - want.offset) as u64,
+            "{what}: {torn:?}"
+        );
+        assert_eq!(
+            torn.valid_frames_discarded, want.valid_frames_discarded,
+            "{what}: {torn:?}"
+        );
         assert!(r.damaged.is_empty(), "{what}: {r:?}");
-        check_contents(&s, lost, &what);
+        assert_eq!(
+            case.read(&seg_file(want.seg)).len(),
+            want.offset,
+            "{what}: the segment is cut at the torn frame"
+        );
+        check_contents_in(p, &s, &want.lost, &what);
         s.close().unwrap();
         let s = case.open(RecoveryPolicy::Refuse, &what).unwrap();
         let r = s.recovery_report();
@@ -919,7 +964,7 @@ fn check_torn_tail(damage: &dyn Fn(&Case), what: &str, seg: u64, offset: usize, 
             "{what}: the cut is not durable: {r:?}"
         );
         assert!(r.damaged.is_empty(), "{what}: {r:?}");
-        check_contents(&s, lost, &format!("{what}, second open"));
+        check_contents_in(p, &s, &want.lost, &format!("{what}, second open"));
         s.close().unwrap();
     }
 }
@@ -1005,9 +1050,7 @@ fn a_flipped_bit_in_the_close_marker_is_a_torn_tail_and_nothing_is_lost() {
         check_torn_tail(
             &|c| c.xor(&seg_file(f.seg), f.offset + at, 0x10),
             &what,
-            f.seg,
-            f.offset,
-            &[f.lsn],
+            &Torn::nothing_after(f.seg, f.offset, vec![f.lsn]),
         );
     }
 }
@@ -1051,7 +1094,8 @@ const HEADER_SPOTS: [(&str, usize); 8] = [
 #[test]
 fn a_flipped_bit_in_a_segment_header_is_refused_and_skip_loses_only_that_segment() {
     let p = pristine();
-    for seg in [p.segs[1], p.middle_seg()] {
+    // The first segment too: its range starts at LSN 1, though nothing was read before it.
+    for seg in [p.segs[0], p.segs[1], p.middle_seg()] {
         for (spot, at) in HEADER_SPOTS {
             let what = format!("bit flip in the {spot} of segment {seg}'s header");
             let case = Case::new();
@@ -1064,43 +1108,16 @@ fn a_flipped_bit_in_a_segment_header_is_refused_and_skip_loses_only_that_segment
 }
 
 #[test]
-fn a_flipped_bit_in_the_first_segments_header_is_refused_and_skip_loses_only_that_segment() {
-    let case = Case::new();
-    case.xor(&seg_file(1), 33, 0x04);
-    let want = Want {
-        // Should be exactly 1: a_damaged_first_segment_header_is_reported_from_lsn_1.
-        lsn_from: 0..=1,
-        ..Want::segment(1)
-    };
-    check_middle_damage(&case, "bit flip in segment 1's header", &want)
-        .close()
-        .unwrap();
-}
-
-#[test]
-fn a_damaged_first_segment_header_is_reported_from_lsn_1() {
-    let case = Case::new();
-    case.xor(&seg_file(1), 33, 0x04);
-    let Err(Error::Corrupt { ranges }) = case.open(RecoveryPolicy::Refuse, "segment 1") else {
-        panic!("segment 1's header damaged: Refuse must fail with Corrupt");
-    };
-    assert_eq!(ranges[0].lsn_from, 1, "{}", ranges[0]);
-}
-
-#[test]
 fn a_flipped_bit_in_the_last_segments_header_is_refused_since_valid_frames_follow() {
-    let p = pristine();
-    let seg = p.last_seg();
-    let lsns = p.seg_lsns(seg);
+    let seg = pristine().last_seg();
     for (spot, at) in HEADER_SPOTS {
         let what = format!("bit flip in the {spot} of the last segment's ({seg}) header");
         let case = Case::new();
         case.xor(&seg_file(seg), at, 0x04);
-        let want = Want {
-            lsn_to: *lsns.end()..=u64::MAX,
-            ..Want::segment(seg)
-        };
-        check_middle_damage(&case, &what, &want).close().unwrap();
+        // No later segment bounds the range: it ends at the segment's last valid frame.
+        check_middle_damage(&case, &what, &Want::segment(seg))
+            .close()
+            .unwrap();
     }
 }
 
@@ -1176,9 +1193,7 @@ fn a_zeroed_4k_region_at_the_tail_is_a_torn_tail() {
     check_torn_tail(
         &|c| c.put(&seg_file(seg), from, &zeroes),
         &format!("the last {} bytes of segment {seg} zeroed", len - from),
-        seg,
-        first.offset,
-        &lost,
+        &Torn::nothing_after(seg, first.offset, lost),
     );
 }
 
@@ -1191,9 +1206,7 @@ fn zeroes_appended_to_the_last_segment_are_cut_and_nothing_is_lost() {
     check_torn_tail(
         &|c| c.write(&seg_file(seg), &longer),
         "4 KiB of zeroes appended to the last segment",
-        seg,
-        data.len(),
-        &[],
+        &Torn::nothing_after(seg, data.len(), vec![]),
     );
 }
 
@@ -1223,42 +1236,19 @@ fn a_middle_segment_cut_inside_its_header_is_refused_and_skip_loses_only_that_se
         .unwrap();
 }
 
-/// A middle segment cut just before a frame: no bad byte, only missing frames. `exact`: Skip
-/// must keep the next (intact) segment.
-fn check_cut_at_a_frame_boundary(exact: bool) {
+#[test]
+fn a_middle_segment_cut_at_a_frame_boundary_is_refused_and_skip_loses_only_the_cut_frames() {
+    // No bad byte, only missing frames: the next segment's base LSN no longer follows. The
+    // range is named at the end of the cut segment, and Skip resumes at the next segment.
     let p = pristine();
     let f = p.middle_push();
     let case = Case::new();
     case.truncate(&seg_file(f.seg), f.offset);
     let lost: Vec<u64> = (f.lsn..=*p.seg_lsns(f.seg).end()).collect();
     let what = format!("segment {} cut just before LSN {}", f.seg, f.lsn);
-    let before = case.files();
-    let Err(Error::Corrupt { ranges }) = case.open(RecoveryPolicy::Refuse, &what) else {
-        panic!("{what}: Refuse must fail with Corrupt");
-    };
-    assert_files_unchanged(&case, &before, &what);
-    // The cut segment or the one whose base LSN no longer follows may be named; the LSNs
-    // lost start at the first frame cut.
-    assert!(
-        ranges[0].segment == f.seg || ranges[0].segment == f.seg + 1,
-        "{what}: {}",
-        ranges[0]
-    );
-    assert_eq!(ranges[0].lsn_from, f.lsn, "{what}: {}", ranges[0]);
-    let s = case.open(RecoveryPolicy::Skip, &what).unwrap();
-    // Skip resumes at the next valid frame: the intact next segment is kept.
-    check_contents_with(&s, &lost, exact, &what);
-    s.close().unwrap();
-}
-
-#[test]
-fn a_middle_segment_cut_at_a_frame_boundary_is_refused_and_skip_keeps_what_was_before() {
-    check_cut_at_a_frame_boundary(false);
-}
-
-#[test]
-fn a_middle_segment_cut_at_a_frame_boundary_costs_skip_only_the_cut_frames() {
-    check_cut_at_a_frame_boundary(true);
+    check_middle_damage(&case, &what, &Want::frames(f.seg, f.offset, lost))
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -1268,9 +1258,7 @@ fn the_last_segment_cut_inside_a_frame_is_a_torn_tail() {
     check_torn_tail(
         &|c| c.truncate(&seg_file(f.seg), f.offset + f.len / 2),
         "the last segment cut inside its last frame",
-        f.seg,
-        f.offset,
-        &[f.lsn],
+        &Torn::nothing_after(f.seg, f.offset, vec![f.lsn]),
     );
     // Cut inside an earlier frame of the last segment: that frame and the rest are lost.
     let frames = p.seg_frames(f.seg);
@@ -1280,29 +1268,13 @@ fn the_last_segment_cut_inside_a_frame_is_a_torn_tail() {
         check_torn_tail(
             &|c| c.truncate(&seg_file(g.seg), g.offset + 7),
             "the last segment cut inside its third last frame",
-            g.seg,
-            g.offset,
-            &lost,
+            &Torn::nothing_after(g.seg, g.offset, lost),
         );
     }
 }
 
 #[test]
-fn a_missing_middle_segment_is_refused_and_skip_keeps_what_was_before() {
-    let seg = pristine().middle_seg();
-    let case = Case::new();
-    case.remove(&seg_file(seg));
-    let want = Want {
-        exact: false,
-        ..Want::segment(seg)
-    };
-    check_middle_damage(&case, &format!("segment {seg} missing"), &want)
-        .close()
-        .unwrap();
-}
-
-#[test]
-fn a_missing_middle_segment_costs_skip_only_its_own_frames() {
+fn a_missing_middle_segment_is_refused_and_skip_loses_only_its_frames() {
     let seg = pristine().middle_seg();
     let case = Case::new();
     case.remove(&seg_file(seg));
@@ -1410,16 +1382,10 @@ fn a_segment_from_another_store_after_the_last_is_refused_and_skip_loses_nothing
     let next = p.last_seg() + 1;
     let case = Case::new();
     case.write(&seg_file(next), &foreign_files()[&seg_file(2)]);
-    let want = Want {
-        segment: next,
-        offset: Some(0),
-        lsn_from: p.last_lsn() + 1..=p.last_lsn() + 1,
-        lsn_to: 0..=u64::MAX,
-        lost: Vec::new(),
-        exact: true,
-    };
     let what = format!("the other store's segment 2 added as segment {next}");
-    check_middle_damage(&case, &what, &want).close().unwrap();
+    check_middle_damage(&case, &what, &Want::stray(next))
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -1428,16 +1394,10 @@ fn a_segment_duplicated_under_the_next_number_is_refused_and_skip_loses_nothing(
     let next = p.last_seg() + 1;
     let case = Case::new();
     case.write(&seg_file(next), &p.files[&seg_file(2)]);
-    let want = Want {
-        segment: next,
-        offset: Some(0),
-        lsn_from: p.last_lsn() + 1..=p.last_lsn() + 1,
-        lsn_to: 0..=u64::MAX,
-        lost: Vec::new(),
-        exact: true,
-    };
     let what = format!("segment 2 copied as segment {next}");
-    check_middle_damage(&case, &what, &want).close().unwrap();
+    check_middle_damage(&case, &what, &Want::stray(next))
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -1524,9 +1484,7 @@ fn a_huge_frame_length_is_rejected_without_a_huge_allocation() {
             check_torn_tail(
                 &|c| c.put(&seg_file(f.seg), f.offset + 4, &huge),
                 "body_len 0xFFFF_FFF0 in the last frame",
-                f.seg,
-                f.offset,
-                &[f.lsn],
+                &Torn::nothing_after(f.seg, f.offset, vec![f.lsn]),
             );
         },
     );
@@ -1678,17 +1636,7 @@ fn random_single_byte_corruption_never_panics_loses_or_invents_messages() {
             continue;
         };
         let (want, torn) = if at < SEGMENT_HEADER_LEN {
-            let mut want = Want::segment(seg);
-            if seg == p.last_seg() {
-                // Nothing follows to bound the range.
-                want.lsn_to = p.last_lsn()..=u64::MAX;
-            }
-            if seg == 1 {
-                // Known wrong report: LSN 0 instead of 1 (see
-                // a_damaged_first_segment_header_is_reported_from_lsn_1).
-                want.lsn_from = 0..=1;
-            }
-            (want, None)
+            (Want::segment(seg), None)
         } else {
             let f = p
                 .frames
@@ -1706,6 +1654,7 @@ fn random_single_byte_corruption_never_panics_loses_or_invents_messages() {
                     .as_ref()
                     .unwrap_or_else(|| panic!("{what}: {r:?}"));
                 assert_eq!((t.segment, t.offset), (seg, offset as u64), "{what}");
+                assert_eq!(t.valid_frames_discarded, 0, "{what}: {t:?}");
                 check_contents(&s, &want.lost, &what);
                 s.close().unwrap();
                 *seen.entry("torn tail").or_default() += 1;
@@ -1756,14 +1705,16 @@ fn random_single_byte_corruption_never_panics_loses_or_invents_messages() {
 
 /// Opens a damaged case with Skip, uses it (push, lease, ack, publish), closes it, and opens it
 /// again with Skip, twice: what was done after the damage survives, the damage is still
-/// reported, and Refuse still refuses. With `lsns`, also: the reopened report still covers
-/// every lost LSN, and the log never holds two frames with one LSN (the writer did not reuse
-/// the LSNs of skipped frames).
-fn check_usable_after_skip(damage: &dyn Fn(&Case), what: &str, want: &Want, lsns: bool) {
+/// reported exactly as at first, and Refuse still refuses. The frames written after the damage
+/// have consecutive LSNs above every LSN the damaged log held; the caller checks with
+/// [`AfterSkip::check_lsns_above_the_report`] that they are above every LSN the report names as
+/// lost too (the writer never reuses the LSN of a skipped frame).
+fn check_usable_after_skip(damage: &dyn Fn(&Case), what: &str, want: &Want) -> AfterSkip {
     let case = Case::new();
     damage(&case);
+    let damaged_files = case.files();
     let s = check_middle_damage(&case, what, want);
-    let first_range = s.recovery_report().damaged[0].clone();
+    let damaged = s.recovery_report().damaged.clone();
     // New ids are new: none of them is the id of a message the store still holds.
     let held: BTreeSet<u64> = Snapshot::of(&s)
         .queues
@@ -1799,26 +1750,10 @@ fn check_usable_after_skip(damage: &dyn Fn(&Case), what: &str, want: &Want, lsns
             .unwrap_or_else(|e| panic!("{what}: Skip failed to reopen: {e}"));
         let r = s.recovery_report().clone();
         assert!(r.torn_tail.is_none(), "{what}: {r:?}");
-        assert!(
-            !r.damaged.is_empty(),
-            "{what}: the damage is still there: {r:?}"
+        assert_eq!(
+            r.damaged, damaged,
+            "{what}: the damage is reported as it was at first"
         );
-        if lsns {
-            for lsn in &want.lost {
-                assert!(
-                    r.damaged
-                        .iter()
-                        .any(|d| (d.lsn_from..=d.lsn_to).contains(lsn)),
-                    "{what}: lost LSN {lsn} is no longer reported: {:?}",
-                    r.damaged
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                );
-            }
-        }
-        assert_eq!(r.damaged[0].segment, first_range.segment, "{what}: {r:?}");
-        assert_eq!(r.damaged[0].lsn_from, first_range.lsn_from, "{what}: {r:?}");
         assert!(
             matches!(s.get("orders", top), Err(Error::NotFound { .. })),
             "{what}"
@@ -1840,25 +1775,60 @@ fn check_usable_after_skip(damage: &dyn Fn(&Case), what: &str, want: &Want, lsns
         ),
         "{what}: Refuse still refuses"
     );
-    if lsns {
-        let lsns = every_frame_lsn(&case);
-        let mut seen = BTreeSet::new();
-        let dup: Vec<u64> = lsns.into_iter().filter(|l| !seen.insert(*l)).collect();
-        assert!(
-            dup.is_empty(),
-            "{what}: LSNs used by two frames in the log: {dup:?}"
-        );
+    let old = frame_lsns(&damaged_files, &BTreeMap::new());
+    let new = frame_lsns(&case.files(), &damaged_files);
+    assert!(!new.is_empty(), "{what}: no frame written after the damage");
+    assert!(
+        new.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: the LSNs written after the damage are not consecutive: {new:?}"
+    );
+    let top = old.iter().copied().max().unwrap_or(0);
+    assert!(
+        new[0] > top,
+        "{what}: the frames written after Skip start at LSN {}, but the damaged log holds LSN \
+         {top}",
+        new[0]
+    );
+    AfterSkip {
+        what: what.to_string(),
+        damaged,
+        first_new_lsn: new[0],
     }
 }
 
-/// The LSN of every checksum-valid frame in every segment file of a case, whatever its header.
-fn every_frame_lsn(case: &Case) -> Vec<u64> {
+/// What [`check_usable_after_skip`] found.
+struct AfterSkip {
+    what: String,
+    /// The damage Skip reported (the same at every open).
+    damaged: Vec<DamagedRange>,
+    /// The LSN of the first frame written after the damage.
+    first_new_lsn: u64,
+}
+
+impl AfterSkip {
+    /// No LSN the report names as lost was written after the damage.
+    fn check_lsns_above_the_report(&self) {
+        let what = &self.what;
+        for d in &self.damaged {
+            assert!(
+                self.first_new_lsn > d.lsn_to,
+                "{what}: the frames written after Skip start at LSN {}, in the range reported \
+                 lost: {d}",
+                self.first_new_lsn
+            );
+        }
+    }
+}
+
+/// The LSN of every checksum-valid frame in the segment files of `files`, whatever their
+/// header, in file order; only past the first `skip[name].len()` bytes of a file `skip` has.
+fn frame_lsns(files: &BTreeMap<String, Vec<u8>>, skip: &BTreeMap<String, Vec<u8>>) -> Vec<u64> {
     let mut out = Vec::new();
-    for (name, data) in case.files() {
+    for (name, data) in files {
         if !name.starts_with("log/") {
             continue;
         }
-        let mut pos = SEGMENT_HEADER_LEN;
+        let mut pos = skip.get(name).map_or(0, Vec::len).max(SEGMENT_HEADER_LEN);
         while pos < data.len() {
             match check_frame(&data[pos..]) {
                 FrameCheck::Valid { lsn, len, .. } => {
@@ -1879,8 +1849,8 @@ fn after_skipping_a_damaged_frame_the_store_is_usable_and_reopens() {
         &|c| c.xor(&seg_file(f.seg), f.offset + f.payload_byte(), 0x20),
         "payload flip in a middle frame",
         &Want::frames(f.seg, f.offset, vec![f.lsn]),
-        true,
-    );
+    )
+    .check_lsns_above_the_report();
 }
 
 #[test]
@@ -1890,8 +1860,8 @@ fn after_skipping_a_damaged_segment_header_the_store_is_usable_and_reopens() {
         &|c| c.xor(&seg_file(seg), 33, 0x01),
         "base LSN flip in a middle segment header",
         &Want::segment(seg),
-        true,
-    );
+    )
+    .check_lsns_above_the_report();
 }
 
 #[test]
@@ -1900,90 +1870,232 @@ fn after_skipping_a_missing_segment_the_store_is_usable_and_reopens() {
     check_usable_after_skip(
         &|c| c.remove(&seg_file(seg)),
         "a missing middle segment",
-        &Want {
-            // a_missing_middle_segment_costs_skip_only_its_own_frames
-            exact: false,
-            ..Want::segment(seg)
-        },
-        true,
-    );
-}
-
-fn damaged_last_segment_header() -> (u64, Want) {
-    let p = pristine();
-    let seg = p.last_seg();
-    let lsns = p.seg_lsns(seg);
-    let want = Want {
-        lsn_to: *lsns.end()..=u64::MAX,
-        ..Want::segment(seg)
-    };
-    (seg, want)
+        &Want::segment(seg),
+    )
+    .check_lsns_above_the_report();
 }
 
 #[test]
 fn after_skipping_a_damaged_last_segment_the_store_is_usable_and_reopens() {
-    let (seg, want) = damaged_last_segment_header();
+    // The skipped segment's LSNs stay reported, and new frames go above them.
+    let seg = pristine().last_seg();
     check_usable_after_skip(
         &|c| c.xor(&seg_file(seg), 17, 0x01),
         "store id flip in the last segment's header",
-        &want,
-        // a_skipped_last_segment_keeps_its_lsns_reported_and_unused
-        false,
-    );
-}
-
-#[test]
-fn a_skipped_last_segment_keeps_its_lsns_reported_and_unused() {
-    let (seg, want) = damaged_last_segment_header();
-    check_usable_after_skip(
-        &|c| c.xor(&seg_file(seg), 17, 0x01),
-        "store id flip in the last segment's header",
-        &want,
-        true,
-    );
+        &Want::segment(seg),
+    )
+    .check_lsns_above_the_report();
 }
 
 #[test]
 fn after_skipping_a_foreign_segment_the_store_is_usable_and_reopens() {
-    let p = pristine();
-    let next = p.last_seg() + 1;
+    let next = pristine().last_seg() + 1;
+    // The stray segment holds only stale frames, so its reported range is the one LSN after
+    // the last (`Want::stray`); new frames must go above it.
     check_usable_after_skip(
         &|c| c.write(&seg_file(next), &foreign_files()[&seg_file(2)]),
         "a foreign segment after the last",
-        &Want {
-            segment: next,
-            offset: Some(0),
-            lsn_from: p.last_lsn() + 1..=p.last_lsn() + 1,
-            lsn_to: 0..=u64::MAX,
-            lost: Vec::new(),
-            exact: true,
-        },
-        // Its frames have LSNs of ours: the uniqueness check does not apply.
-        false,
-    );
+        &Want::stray(next),
+    )
+    .check_lsns_above_the_report();
 }
 
 // --- topics after Skip ------------------------------------------------------------------------
 
 #[test]
 fn a_topic_reader_gets_every_retained_message_after_skip() {
+    // Skipping segment 2 drops publishes: the retained sequence numbers have a gap. A cursor
+    // from any sequence number (in the gap too) reads every retained message from there on,
+    // once, in order.
     let p = pristine();
     let seg = p.segs[1];
+    let lost: BTreeSet<u64> = p.seg_lsns(seg).collect();
+    let want = replay(p.frames.iter().filter(|f| !lost.contains(&f.lsn)))
+        .contents
+        .topics["news"]
+        .clone();
+    let seqs: Vec<u64> = want.iter().map(|(seq, _)| *seq).collect();
+    let last = seqs[seqs.len() - 1];
+    assert!(
+        (seqs.len() as u64) < last,
+        "segment {seg} holds publishes: {seqs:?}"
+    );
     let case = Case::new();
     case.xor(&seg_file(seg), 0, 0x04);
     let s = case
         .open(RecoveryPolicy::Skip, "segment 2's header damaged")
         .unwrap();
-    let retained = retained(&s, "news");
-    let mut c = s.cursor_at("news", 1).unwrap();
-    let mut read = Vec::new();
-    while let Some(m) = s.topic_next(&mut c).unwrap() {
-        read.push(m.seq);
-    }
-    let want: Vec<u64> = retained.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(
-        read, want,
+        retained(&s, "news"),
+        want,
         "a cursor from seq 1 reads every retained message once"
     );
+    for from in 1..=last + 1 {
+        let mut c = s.cursor_at("news", from).unwrap();
+        let mut read = Vec::new();
+        while let Some(m) = s.topic_next(&mut c).unwrap() {
+            read.push(m.seq);
+        }
+        let expected: Vec<u64> = seqs.iter().copied().filter(|&q| q >= from).collect();
+        assert_eq!(read, expected, "a cursor at seq {from}");
+    }
     s.close().unwrap();
+}
+
+// --- 7. torn tail or damage: what the frames after a bad one prove ----------------------------
+
+/// A small store written with `Durability::Sync` by one thread: each frame is synced before
+/// the next is written, so each frame's `synced_lsn` is the LSN of the frame before it.
+fn sync_pristine() -> &'static Pristine {
+    static SYNC: OnceLock<Pristine> = OnceLock::new();
+    SYNC.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            dir.path(),
+            Options {
+                durability: Durability::Sync,
+                ..options(RecoveryPolicy::Refuse)
+            },
+        )
+        .unwrap();
+        for i in 0..24u32 {
+            let queue = ["left", "right"][i as usize % 2];
+            s.push(queue, Push::new(payload(queue, i))).unwrap();
+        }
+        s.close().unwrap();
+        let p = Pristine::of(read_store_files(dir.path()));
+        for f in &p.frames {
+            assert_eq!(
+                f.synced_lsn,
+                f.lsn - 1,
+                "with Durability::Sync and one thread, frame {} proves the one before it",
+                f.lsn
+            );
+        }
+        p
+    })
+}
+
+/// Cuts the empty frame a clean close appended off the end of the log of a copy of `p`, as if
+/// the store had stopped without closing.
+fn cut_close_marker(case: &Case, p: &Pristine) {
+    let marker = p.last_frame();
+    assert!(marker.entries.is_empty(), "{marker:?}");
+    case.truncate(&seg_file(marker.seg), marker.offset);
+}
+
+#[test]
+fn a_bad_frame_a_later_frame_proves_durable_is_damage_even_without_a_close_marker() {
+    let p = sync_pristine();
+    let marker = p.last_frame();
+    let frames = p.seg_frames(marker.seg);
+    let n = frames.len();
+    assert!(n >= 5, "{n} frames in the last segment");
+    // Without the marker, `c` ends the log; its synced_lsn is `b`'s LSN, `b`'s is `a`'s.
+    let (a, b, c) = (frames[n - 4], frames[n - 3], frames[n - 2]);
+    let rel = seg_file(marker.seg);
+
+    // A flipped byte in the second last frame: the last one proves it durable.
+    let case = Case::with_files(&p.files);
+    cut_close_marker(&case, p);
+    case.xor(&rel, b.offset + b.payload_byte(), 0x10);
+    let what = format!(
+        "no close marker, payload flip in LSN {} of {}",
+        b.lsn, c.lsn
+    );
+    check_middle_damage_in(p, &case, &what, &Want::frames(b.seg, b.offset, vec![b.lsn]))
+        .close()
+        .unwrap();
+
+    // Zeroes from the middle of the third last frame to the middle of the second last.
+    let case = Case::with_files(&p.files);
+    cut_close_marker(&case, p);
+    let (from, to) = (a.offset + a.len / 2, b.offset + b.len / 2);
+    case.put(&rel, from, &vec![0; to - from]);
+    let what = format!(
+        "no close marker, bytes {from}..{to} (LSNs {}-{}) zeroed",
+        a.lsn, b.lsn
+    );
+    let want = Want::frames(a.seg, a.offset, vec![a.lsn, b.lsn]);
+    check_middle_damage_in(p, &case, &what, &want)
+        .close()
+        .unwrap();
+
+    // The same flip in the last frame: nothing after it proves it durable, a torn tail.
+    check_torn_tail_in(
+        p,
+        &|case| {
+            cut_close_marker(case, p);
+            case.xor(&rel, c.offset + c.payload_byte(), 0x10);
+        },
+        &format!(
+            "no close marker, payload flip in the last frame (LSN {})",
+            c.lsn
+        ),
+        &Torn::nothing_after(c.seg, c.offset, vec![c.lsn, marker.lsn]),
+    );
+}
+
+#[test]
+fn a_bad_frame_no_later_frame_proves_durable_is_a_torn_tail_that_takes_the_frames_after_it() {
+    // Written with Durability::None: the frames of the last segment carry the synced_lsn of the
+    // segment's creation, below all of them. Only the close marker proves them durable.
+    let p = pristine();
+    let marker = p.last_frame();
+    let frames = p.seg_frames(marker.seg);
+    let n = frames.len();
+    assert!(n >= 5, "{n} frames in the last segment");
+    let (bad, next) = (frames[(n - 1) / 2], frames[(n - 1) / 2 + 1]);
+    for f in &frames[..n - 1] {
+        assert!(f.synced_lsn < bad.lsn, "{f:?}");
+    }
+    let rel = seg_file(marker.seg);
+    let spot = bad.offset + 9;
+
+    // With the close marker, the flipped checksum is damage.
+    let case = Case::new();
+    case.xor(&rel, spot, 0x10);
+    let what = format!("checksum flip in LSN {}", bad.lsn);
+    check_middle_damage(
+        &case,
+        &what,
+        &Want::frames(bad.seg, bad.offset, vec![bad.lsn]),
+    )
+    .close()
+    .unwrap();
+
+    // Without it, a torn tail: the bad frame and every frame after it are cut off.
+    let lost: Vec<u64> = (bad.lsn..=marker.lsn).collect();
+    check_torn_tail(
+        &|case| {
+            cut_close_marker(case, p);
+            case.xor(&rel, spot, 0x10);
+        },
+        &format!("no close marker, checksum flip in LSN {}", bad.lsn),
+        &Torn {
+            seg: bad.seg,
+            offset: bad.offset,
+            lost: lost.clone(),
+            valid_frames_discarded: marker.lsn - 1 - bad.lsn,
+        },
+    );
+
+    // Zeroes from the middle of the bad frame to the middle of the next: both bad.
+    let (from, to) = (bad.offset + bad.len / 2, next.offset + next.len / 2);
+    check_torn_tail(
+        &|case| {
+            cut_close_marker(case, p);
+            case.put(&rel, from, &vec![0; to - from]);
+        },
+        &format!(
+            "no close marker, bytes {from}..{to} (LSNs {}-{}) zeroed",
+            bad.lsn, next.lsn
+        ),
+        &Torn {
+            seg: bad.seg,
+            offset: bad.offset,
+            lost,
+            valid_frames_discarded: marker.lsn - 1 - next.lsn,
+        },
+    );
 }

@@ -28,6 +28,7 @@ pub mod entry;
 pub mod error;
 pub mod frame;
 mod message;
+mod msgtable;
 pub mod name;
 pub mod options;
 mod queue;

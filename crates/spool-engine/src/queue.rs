@@ -123,7 +123,7 @@ fn origin_name(state: &State, m: &crate::state::Msg) -> Option<String> {
 
 /// Checks a receipt against the message it names.
 fn check_receipt(q: &Queue, receipt: Receipt) -> Result<()> {
-    let m = q.msgs.get(&receipt.id).ok_or_else(|| Error::NotFound {
+    let m = q.msgs.get(receipt.id).ok_or_else(|| Error::NotFound {
         queue: q.name.clone(),
         id: receipt.id,
     })?;
@@ -369,7 +369,7 @@ impl Store {
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
             check_receipt(q, receipt)?;
-            let m = q.msgs.get(&receipt.id).ok_or_else(|| unknown(queue))?;
+            let m = q.msgs.get(receipt.id).ok_or_else(|| unknown(queue))?;
             let entry = Entry::Nack {
                 queue: qid,
                 id: receipt.id,
@@ -397,7 +397,7 @@ impl Store {
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
             check_receipt(q, receipt)?;
-            let m = q.msgs.get(&receipt.id).ok_or_else(|| unknown(queue))?;
+            let m = q.msgs.get(receipt.id).ok_or_else(|| unknown(queue))?;
             let until = txn.now + vis;
             let entry = Entry::Lease {
                 queue: qid,
@@ -520,7 +520,7 @@ impl Store {
                     break;
                 };
                 let state = &txn.core.state;
-                let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(&id)) else {
+                let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(id)) else {
                     break;
                 };
                 if m.expired(now) {
@@ -560,7 +560,7 @@ impl Store {
         let q = state.queue_by_name(queue).ok_or_else(|| unknown(queue))?;
         Ok(ids
             .iter()
-            .filter_map(|id| q.msgs.get(id))
+            .filter_map(|id| q.msgs.get(*id))
             .map(|m| Message::from_msg(m, None, origin_name(state, m)))
             .collect())
     }
@@ -579,7 +579,7 @@ impl Store {
             .queue_by_name(queue)
             .ok_or_else(|| unknown(queue))?;
         q.msgs
-            .get(&id)
+            .get(id)
             .filter(|m| m.ticket <= committed)
             .map(|m| Message::from_msg(m, None, origin_name(&core.state, m)))
             .ok_or_else(|| Error::NotFound {
@@ -622,7 +622,7 @@ impl Store {
                 .queues
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
-            if !q.msgs.contains_key(&id) {
+            if !q.msgs.contains_key(id) {
                 return Err(Error::NotFound {
                     queue: queue.to_string(),
                     id,
@@ -817,7 +817,7 @@ fn push_txn(
                     if !over(c, b) {
                         break 'plan;
                     }
-                    if let Some(m) = q.msgs.get(&id) {
+                    if let Some(m) = q.msgs.get(id) {
                         c -= 1;
                         b -= m.size();
                         evict.push(id);
@@ -885,7 +885,7 @@ fn lease_txn(
         };
         let vis = vis.unwrap_or(q.config.visibility.as_millis() as u64);
         let max_receives = q.config.max_receives;
-        let Some(m) = q.msgs.get(&id) else { break };
+        let Some(m) = q.msgs.get(id) else { break };
         let (expired, receive_count, lease_gen, first_received_ms) = (
             m.expired(now),
             m.receive_count,
@@ -935,7 +935,7 @@ fn lease_txn(
         };
         txn.emit(entry);
         let state = &txn.core.state;
-        if let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(&id)) {
+        if let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(id)) {
             out.push(Message::from_msg(m, Some(receipt), origin_name(state, m)));
         }
     }

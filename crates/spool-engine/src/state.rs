@@ -18,8 +18,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::msgtable::MsgTable;
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 
 use crate::entry::{Enqueue, Entry, MoveReason, RemoveReason};
 use crate::options::{QueueConfig, TopicConfig};
@@ -134,9 +134,8 @@ pub(crate) struct Lane {
 pub(crate) struct Queue {
     pub name: String,
     pub config: QueueConfig,
-    /// Messages by id. FxHash: ids are our own sequential numbers, not attacker-chosen keys, and
-    /// SipHash was a tenth of the push path's time.
-    pub msgs: FxHashMap<u64, Msg>,
+    /// Messages by id (sorted deque, see `msgtable.rs`).
+    pub msgs: MsgTable,
     /// Lanes by priority, highest first.
     lanes: BTreeMap<Reverse<u8>, Lane>,
     delayed: BTreeSet<(u64, u64)>,
@@ -152,7 +151,7 @@ impl Queue {
         Self {
             name,
             config,
-            msgs: FxHashMap::default(),
+            msgs: MsgTable::default(),
             lanes: BTreeMap::new(),
             delayed: BTreeSet::new(),
             leased: BTreeSet::new(),
@@ -172,11 +171,18 @@ impl Queue {
 
     /// Takes a message out of its state structure (lanes are cleaned lazily).
     fn detach(&mut self, id: u64) {
-        let Some(m) = self.msgs.get(&id) else { return };
+        let Some(m) = self.msgs.get(id) else { return };
         match m.state {
             MessageState::Ready => {
                 self.n_ready -= 1;
                 if let Some(l) = self.lanes.get_mut(&Reverse(m.priority)) {
+                    // Usually the message leaves from the front of its lane: drop it there
+                    // now rather than finding it stale later.
+                    // It can be in both (a replayed lease of a message not at the front, expired
+                    // since): clear both.
+                    if l.fresh.front() == Some(&id) {
+                        l.fresh.pop_front();
+                    }
                     l.returned.remove(&id);
                 }
             }
@@ -192,7 +198,7 @@ impl Queue {
     /// Puts a message (already detached, or new) into `state`. `fresh` is for pushes, which
     /// arrive in id order and go to the back of their lane.
     fn attach(&mut self, id: u64, state: MessageState, fresh: bool) {
-        let Some(m) = self.msgs.get_mut(&id) else {
+        let Some(m) = self.msgs.get_mut(id) else {
             return;
         };
         m.state = state;
@@ -230,7 +236,7 @@ impl Queue {
 
     fn take(&mut self, id: u64) -> Option<Msg> {
         self.detach(id);
-        let m = self.msgs.remove(&id)?;
+        let m = self.msgs.remove(id)?;
         self.bytes -= m.size();
         Some(m)
     }
@@ -242,7 +248,7 @@ impl Queue {
                 break;
             }
             self.delayed.pop_first();
-            if let Some(m) = self.msgs.get_mut(&id) {
+            if let Some(m) = self.msgs.get_mut(id) {
                 m.state = MessageState::Ready;
             }
             self.attach(id, MessageState::Ready, false);
@@ -271,10 +277,18 @@ impl Queue {
     fn lane_front(&mut self, prio: u8) -> Option<u64> {
         let lane = self.lanes.get_mut(&Reverse(prio))?;
         while let Some(&id) = lane.fresh.front() {
-            match self.msgs.get(&id) {
+            match self.msgs.get(id) {
                 Some(m) if m.state == MessageState::Ready && m.priority == prio => break,
                 _ => {
                     lane.fresh.pop_front();
+                }
+            }
+        }
+        while let Some(&id) = lane.returned.first() {
+            match self.msgs.get(id) {
+                Some(m) if m.state == MessageState::Ready && m.priority == prio => break,
+                _ => {
+                    lane.returned.pop_first();
                 }
             }
         }
@@ -286,15 +300,28 @@ impl Queue {
         }
     }
 
-    /// The next ready message in delivery order (priority desc, id asc), optionally limited to
-    /// priorities in `range`; lanes that are empty are removed.
+    /// The next ready message in delivery order (priority desc, id asc), or with
+    /// `lowest_first` from the lowest priority up; only lanes of priority <= `max_prio`.
+    /// Lanes found empty are removed. No allocation: this runs once per message leased.
     pub fn next_ready(&mut self, lowest_first: bool, max_prio: u8) -> Option<u64> {
-        let prios: Vec<u8> = if lowest_first {
-            self.lanes.keys().rev().map(|r| r.0).collect()
-        } else {
-            self.lanes.keys().map(|r| r.0).collect()
-        };
-        for p in prios {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut after: Option<Reverse<u8>> = None;
+        loop {
+            let key = {
+                let mut range = match after {
+                    None => self.lanes.range(..),
+                    Some(k) if lowest_first => self.lanes.range(..k),
+                    Some(k) => self.lanes.range((Excluded(k), Unbounded)),
+                };
+                let next = if lowest_first {
+                    range.next_back()
+                } else {
+                    range.next()
+                };
+                *next?.0
+            };
+            after = Some(key);
+            let p = key.0;
             if p > max_prio {
                 continue;
             }
@@ -303,13 +330,12 @@ impl Queue {
             }
             if self
                 .lanes
-                .get(&Reverse(p))
+                .get(&key)
                 .is_some_and(|l| l.fresh.is_empty() && l.returned.is_empty())
             {
-                self.lanes.remove(&Reverse(p));
+                self.lanes.remove(&key);
             }
         }
-        None
     }
 
     /// Ready messages in delivery order without changing anything (for peek), at most `n`,
@@ -319,7 +345,7 @@ impl Queue {
         for (Reverse(prio), lane) in &self.lanes {
             let fresh = lane.fresh.iter().filter(|id| {
                 self.msgs
-                    .get(id)
+                    .get(**id)
                     .is_some_and(|m| m.state == MessageState::Ready && m.priority == *prio)
             });
             // Merge the two id-ordered sequences.
@@ -346,7 +372,7 @@ impl Queue {
                     (None, None) => break,
                 };
                 let Some(&id) = next else { break };
-                if let Some(m) = self.msgs.get(&id) {
+                if let Some(m) = self.msgs.get(id) {
                     if keep(m) {
                         out.push(id);
                     }
@@ -524,11 +550,11 @@ impl State {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                if !q.msgs.contains_key(&id) {
+                if !q.msgs.contains_key(id) {
                     return;
                 }
                 q.detach(id);
-                if let Some(m) = q.msgs.get_mut(&id) {
+                if let Some(m) = q.msgs.get_mut(id) {
                     m.receive_count = receive_count;
                     m.lease_gen = lease_gen;
                     m.first_received_ms = first_received_ms;
@@ -546,11 +572,11 @@ impl State {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                if !q.msgs.contains_key(&id) {
+                if !q.msgs.contains_key(id) {
                     return;
                 }
                 q.detach(id);
-                if let Some(m) = q.msgs.get_mut(&id) {
+                if let Some(m) = q.msgs.get_mut(id) {
                     m.lease_gen = lease_gen;
                     m.priority = priority;
                 }
@@ -559,7 +585,7 @@ impl State {
                 } else {
                     MessageState::Ready
                 };
-                if let Some(m) = q.msgs.get_mut(&id) {
+                if let Some(m) = q.msgs.get_mut(id) {
                     m.delivered = false;
                 }
                 q.attach(id, state, false);
@@ -643,7 +669,7 @@ impl State {
                     .collect();
                 ready.sort_unstable();
                 for id in ready {
-                    if let Some(m) = q.msgs.get(&id) {
+                    if let Some(m) = q.msgs.get(id) {
                         let p = m.priority;
                         q.lanes.entry(Reverse(p)).or_default().returned.insert(id);
                     }
@@ -723,7 +749,7 @@ impl State {
         let Some(q) = self.queues.get_mut(&e.queue) else {
             return;
         };
-        if q.msgs.contains_key(&e.id) {
+        if q.msgs.contains_key(e.id) {
             return;
         }
         q.counters.pushed += 1;

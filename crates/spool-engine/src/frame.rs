@@ -237,6 +237,11 @@ impl SegmentHeader {
     }
 }
 
+/// The largest segment id the engine writes or accepts (far beyond any real store: a segment
+/// per second for 292 billion years), so that "the next segment" never overflows. A file with
+/// a larger number is damage.
+pub const SEGMENT_ID_MAX: u64 = u64::MAX >> 1;
+
 /// The file name of segment `seg_id`.
 pub fn segment_file_name(seg_id: u64) -> String {
     format!("{seg_id:020}.seg")

@@ -21,7 +21,7 @@ use crate::entry::decode_entries;
 use crate::error::{Error, Result};
 use crate::frame::{
     check_frame, find_next_frame, parse_segment_file_name, valid_frames_after, FrameCheck,
-    SegmentHeader, SEGMENT_HEADER_LEN,
+    SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_ID_MAX,
 };
 use crate::options::RecoveryPolicy;
 use crate::segment::ActiveSegment;
@@ -81,6 +81,9 @@ pub struct RecoveryReport {
     pub damaged: Vec<DamagedRange>,
     /// Leases open at the crash, released.
     pub leases_released: u64,
+    /// Bytes at the end of the log written again and synced because a write or fsync of
+    /// them had failed (see `segment::record_sync_failure`).
+    pub rewritten_bytes: u64,
     /// Milliseconds recovery took.
     pub duration_ms: u64,
 }
@@ -146,15 +149,21 @@ fn state_entries(state: &State) -> u64 {
 }
 
 /// Checks the frame at `pos` (it must have LSN `lsn`), decodes its entries and applies them.
-/// Returns the frame's length, or why it is not a good frame (then nothing was applied).
-fn replay_frame(data: &[u8], pos: usize, lsn: u64, state: &mut State) -> Result<usize, String> {
+/// Returns the frame's length and `synced_lsn`, or why it is not a good frame (then nothing was
+/// applied).
+fn replay_frame(
+    data: &[u8],
+    pos: usize,
+    lsn: u64,
+    state: &mut State,
+) -> Result<(usize, u64), String> {
     match check_frame(&data[pos..]) {
         FrameCheck::Valid {
             lsn: found,
+            synced_lsn,
             n_entries,
             entries,
             len,
-            ..
         } if found == lsn => {
             let body = &data[pos + entries.start..pos + entries.end];
             let mut batch = Vec::new();
@@ -166,7 +175,7 @@ fn replay_frame(data: &[u8], pos: usize, lsn: u64, state: &mut State) -> Result<
             for e in batch {
                 state.apply(e, 0);
             }
-            Ok(len)
+            Ok((len, synced_lsn))
         }
         FrameCheck::Valid { lsn: found, .. } => Err(format!(
             "frame has LSN {found} where LSN {lsn} was expected"
@@ -191,6 +200,7 @@ pub(crate) fn recover(
     let mut report = RecoveryReport::default();
 
     let ids = list_segments(vfs.as_ref(), log_dir)?;
+    let failed_from = crate::segment::read_sync_failure(vfs.as_ref(), log_dir);
     let mut segs = Vec::with_capacity(ids.len());
     for id in ids {
         let path = log_dir.join(crate::frame::segment_file_name(id));
@@ -260,6 +270,10 @@ pub(crate) fn recover(
             )),
             Ok(h) if h.base_lsn == 0 => Err("segment starts at LSN 0".to_string()),
             Ok(_) if seg.id == 0 => Err("segment number 0 is never used".to_string()),
+            Ok(_) if seg.id > SEGMENT_ID_MAX => Err(format!(
+                "segment number {} is above the largest one used ({SEGMENT_ID_MAX})",
+                seg.id
+            )),
             Ok(h) => Ok(*h),
         };
         let header = match header {
@@ -324,7 +338,7 @@ pub(crate) fn recover(
         // --- the frames
         while pos < seg.data.len() {
             let problem = match replay_frame(&seg.data, pos, lsn_next, &mut state) {
-                Ok(len) => {
+                Ok((len, _synced_lsn)) => {
                     report.frames += 1;
                     report.bytes += len as u64;
                     ceiling = ceiling.max(lsn_next);
@@ -409,8 +423,19 @@ pub(crate) fn recover(
                     .map_err(|e| Error::io("truncate torn tail", &seg.path, e))?;
             }
             // What was replayed may still be only in the page cache (a process crash in
-            // Durability::None): make it durable before anything is appended after it, so that
-            // the synced_lsn stamped into new frames is true.
+            // Durability::None): sync it before anything is appended after it, so that the
+            // synced_lsn stamped into new frames is true. After a failed write or fsync (the
+            // marker says from where), the kernel may consider those pages clean although they
+            // never reached the disk: write them again first.
+            if let Some(from) = failed_from.filter(|&(s, _)| s == seg.id).map(|(_, o)| o) {
+                // From 0 when the segment's own creation failed: its header too.
+                let from = from.min(offset);
+                if from < offset {
+                    file.write_all_at(&seg.data[from as usize..offset as usize], from)
+                        .map_err(|e| Error::io("rewrite unsynced tail", &seg.path, e))?;
+                    report.rewritten_bytes = offset - from;
+                }
+            }
             file.sync_data()
                 .map_err(|e| Error::io("sync", &seg.path, e))?;
             let next = expected.unwrap_or(ceiling + 1);
@@ -426,6 +451,8 @@ pub(crate) fn recover(
                 segment_bytes,
                 unsynced: false,
                 synced_lsn: next - 1,
+                synced_offset: offset,
+                failed_next: None,
                 appended: false,
             });
         }
@@ -435,7 +462,13 @@ pub(crate) fn recover(
     } else {
         let seg_id = match end {
             Some((idx, _)) => segs[idx].id,
-            None => segs.last().map_or(1, |s| s.id + 1),
+            // Past the last file in range (ids above SEGMENT_ID_MAX are damage, left alone).
+            None => segs
+                .iter()
+                .map(|s| s.id)
+                .filter(|&id| id <= SEGMENT_ID_MAX)
+                .max()
+                .map_or(1, |id| id + 1),
         };
         let next = expected.unwrap_or(ceiling + 1).max(ceiling + 1);
         ActiveSegment::create(
@@ -446,9 +479,25 @@ pub(crate) fn recover(
             next,
             now_ms,
             segment_bytes,
-        )?
+        )
+        .inspect_err(|_| {
+            // Its header may sit in the page cache only: the next recovery writes it again.
+            let _ = crate::segment::record_sync_failure(vfs.as_ref(), log_dir, seg_id, 0);
+        })?
     };
 
+    // The tail a failed sync left is durable now (rewritten and synced above): the marker can
+    // go. A crash before this point simply rewrites it again.
+    let marker = log_dir.join(crate::segment::SYNC_FAILED_FILE);
+    if vfs
+        .exists(&marker)
+        .map_err(|e| Error::io("stat", &marker, e))?
+    {
+        vfs.remove_file(&marker)
+            .map_err(|e| Error::io("remove", &marker, e))?;
+        vfs.sync_dir(log_dir)
+            .map_err(|e| Error::io("sync directory", log_dir, e))?;
+    }
     report.damaged = damaged;
     report.leases_released = state.release_all_leases() as u64;
     report.duration_ms = started.elapsed().as_millis() as u64;

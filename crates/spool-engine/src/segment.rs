@@ -31,6 +31,11 @@ pub(crate) struct ActiveSegment {
     pub unsynced: bool,
     /// Every frame up to this LSN is durable (stamped into each new frame as `synced_lsn`).
     pub synced_lsn: u64,
+    /// Every byte of the segment before this offset is durable.
+    pub synced_offset: u64,
+    /// Set when creating the next segment failed: (its id, 0), what a failure marker must
+    /// name instead of this segment.
+    pub failed_next: Option<(u64, u64)>,
     /// Whether a frame was appended since the store was opened.
     pub appended: bool,
 }
@@ -75,6 +80,8 @@ impl ActiveSegment {
             segment_bytes,
             unsynced: false,
             synced_lsn: base_lsn.saturating_sub(1),
+            synced_offset: SEGMENT_HEADER_LEN as u64,
+            failed_next: None,
             appended: false,
         })
     }
@@ -119,24 +126,102 @@ impl ActiveSegment {
                 .map_err(|e| Error::io("sync", &self.path, e))?;
             self.unsynced = false;
             self.synced_lsn = self.next_lsn - 1;
+            self.synced_offset = self.offset;
         }
         Ok(())
     }
 
     fn roll(&mut self, now_ms: u64) -> Result<()> {
         self.sync()?;
+        let next_id = self
+            .seg_id
+            .checked_add(1)
+            .filter(|&id| id <= crate::frame::SEGMENT_ID_MAX + 1)
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                reason: "segment numbers exhausted".into(),
+            })?;
         let next = Self::create(
             self.vfs.clone(),
             &self.log_dir.clone(),
             self.store_id,
-            self.seg_id + 1,
+            next_id,
             self.next_lsn,
             now_ms,
             self.segment_bytes,
-        )?;
+        )
+        .inspect_err(|_| {
+            // Its header may sit in the page cache only (a failed fsync): recovery must write
+            // it again (nothing in it was acknowledged).
+            self.failed_next = Some((next_id, 0));
+        })?;
         let appended = self.appended;
         *self = next;
         self.appended = appended;
         Ok(())
     }
+}
+
+/// Name of the marker a failed write or fsync leaves in `log/` (see [`record_sync_failure`]).
+pub(crate) const SYNC_FAILED_FILE: &str = "SYNC_FAILED";
+/// Bytes of the marker: seg_id u64, offset u64, crc32c u32.
+const SYNC_FAILED_LEN: usize = 20;
+
+impl ActiveSegment {
+    /// After a write or `fdatasync` of the active segment failed: records, in a small file of
+    /// its own, from which offset the segment is not known to be durable. The pages of a failed
+    /// fsync are marked clean by the kernel although they never reached the disk (fsyncgate),
+    /// so a reopen on the same machine would read them back and build on them; recovery uses
+    /// this marker to write that region again and sync it before anything is appended. Only
+    /// bytes that were never acknowledged are rewritten, so a crash during the rewrite loses
+    /// nothing that was. Best effort: if the disk refuses this too, it is gone for good anyway.
+    pub fn record_sync_failure(&self) -> Result<()> {
+        let (seg_id, from) = self
+            .failed_next
+            .unwrap_or((self.seg_id, self.synced_offset));
+        record_sync_failure(self.vfs.as_ref(), &self.log_dir, seg_id, from)
+    }
+}
+
+/// Writes the failure marker: segment `seg_id` is not known durable from offset `from` on.
+pub(crate) fn record_sync_failure(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+    seg_id: u64,
+    from: u64,
+) -> Result<()> {
+    {
+        let mut b = [0u8; SYNC_FAILED_LEN];
+        b[0..8].copy_from_slice(&seg_id.to_le_bytes());
+        b[8..16].copy_from_slice(&from.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..16]);
+        b[16..20].copy_from_slice(&crc.to_le_bytes());
+        let path = log_dir.join(SYNC_FAILED_FILE);
+        let f = vfs
+            .open(&path, OpenMode::Create)
+            .map_err(|e| Error::io("create", &path, e))?;
+        f.set_len(0).map_err(|e| Error::io("truncate", &path, e))?;
+        f.write_all_at(&b, 0)
+            .map_err(|e| Error::io("write", &path, e))?;
+        f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
+        vfs.sync_dir(log_dir)
+            .map_err(|e| Error::io("sync directory", log_dir, e))
+    }
+}
+
+/// Reads the marker left by [`ActiveSegment::record_sync_failure`]: (segment, offset).
+pub(crate) fn read_sync_failure(vfs: &dyn Vfs, log_dir: &Path) -> Option<(u64, u64)> {
+    let path = log_dir.join(SYNC_FAILED_FILE);
+    let f = vfs.open(&path, OpenMode::Read).ok()?;
+    let mut b = [0u8; SYNC_FAILED_LEN];
+    f.read_exact_at(&mut b, 0).ok()?;
+    let crc = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
+    if crc32c::crc32c(&b[..16]) != crc {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[0..8]);
+    let seg = u64::from_le_bytes(a);
+    a.copy_from_slice(&b[8..16]);
+    Some((seg, u64::from_le_bytes(a)))
 }

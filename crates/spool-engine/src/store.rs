@@ -127,6 +127,17 @@ impl Store {
             options.segment_bytes,
             now,
         )?;
+        // Directory entries: an earlier fsync of a directory may have failed (the store was
+        // poisoned, its caller told), leaving a segment, `log/` or the store itself not durable.
+        // Sync them again before anything new is acknowledged.
+        for d in [Some(log_dir.as_path()), Some(dir.as_path()), dir.parent()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            vfs.sync_dir(d)
+                .map_err(|e| Error::io("sync directory", d, e))?;
+        }
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 state: recovered.state,

@@ -213,6 +213,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
                     if core.pending.is_empty() && Instant::now() >= due {
                         drop(core);
                         if let Err(e) = seg.sync() {
+                            let _ = seg.record_sync_failure();
                             shared.poison(e.to_string());
                         }
                         last_sync = Instant::now();
@@ -274,7 +275,10 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
                     }
                 }
             }
-            Err(e) => shared.poison(e.to_string()),
+            Err(e) => {
+                let _ = seg.record_sync_failure();
+                shared.poison(e.to_string());
+            }
         }
         core = shared.lock_core();
         for f in batch {

@@ -4,3 +4,4 @@ pub mod model;
 pub mod sim_vfs;
 
 pub use sim_vfs::{CrashModel, Fault, SimVfs};
+pub mod crash;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use spool_engine::{Push, QueueConfig};
+use spool_engine::{Push, QueueConfig, Store};
 
 use crate::Env;
 
@@ -73,4 +73,49 @@ fn many_segments_roll_and_replay() {
     assert!(s.recovery_report().segments > 10);
     let left: Vec<u64> = s.messages("q").unwrap().iter().map(|m| m.id).collect();
     assert_eq!(left, ids[250..]);
+}
+
+#[test]
+fn a_segment_numbered_beyond_the_maximum_is_damage_and_skip_keeps_the_store_usable() {
+    use spool_engine::frame::segment_file_name;
+    use spool_engine::vfs::Vfs;
+    use spool_engine::{Error, RecoveryPolicy};
+    use std::path::Path;
+
+    let env = Env::new();
+    let mut opts = env.options();
+    opts.segment_bytes = 4096;
+    {
+        let s = env.open_with(opts.clone());
+        for i in 0..200 {
+            s.push("q", Push::new(format!("m{i}"))).unwrap();
+        }
+    }
+    let log = Path::new("/s/log");
+    let last = *env
+        .vfs
+        .read_dir(log)
+        .unwrap()
+        .iter()
+        .filter_map(|n| spool_engine::frame::parse_segment_file_name(n))
+        .collect::<Vec<_>>()
+        .last()
+        .unwrap();
+    env.vfs
+        .rename(
+            &log.join(segment_file_name(last)),
+            &log.join(segment_file_name(u64::MAX)),
+        )
+        .unwrap();
+    assert!(matches!(
+        Store::open_with_vfs(env.vfs.clone(), "/s", opts.clone()),
+        Err(Error::Corrupt { .. })
+    ));
+    opts.recovery = RecoveryPolicy::Skip;
+    for round in 0..3 {
+        let s = Store::open_with_vfs(env.vfs.clone(), "/s", opts.clone())
+            .unwrap_or_else(|e| panic!("skip open {round}: {e}"));
+        assert!(!s.recovery_report().damaged.is_empty());
+        s.push("q", Push::new(format!("after {round}"))).unwrap();
+    }
 }

@@ -147,10 +147,11 @@ impl Store {
                 closing: false,
                 writer_waiting: false,
                 spare: Vec::new(),
+                waiting: Vec::new(),
             }),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitState::default()),
-            commit_cv: Condvar::new(),
+            ended: std::sync::atomic::AtomicBool::new(false),
             committed: AtomicU64::new(0),
             options,
         });
@@ -302,6 +303,16 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
     ) -> Result<(R, Option<u64>)> {
+        self.txn_with(f, true)
+    }
+
+    /// [`Store::txn`]; `park` registers the calling thread to be unparked when the ticket is
+    /// committed (for [`Store::wait`]; futures are woken through their wakers instead).
+    fn txn_with<R>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
+        park: bool,
+    ) -> Result<(R, Option<u64>)> {
         let shared = &self.inner.shared;
         let mut core = shared.lock_core();
         if let Some(cause) = &core.poisoned {
@@ -348,6 +359,9 @@ impl Store {
             return result.map(|r| (r, None));
         }
         core.last_ticket = ticket;
+        if park {
+            core.waiting.push((ticket, std::thread::current()));
+        }
         if let Some(back) = core.pending.back_mut() {
             back.last_ticket = ticket;
             // A frame body must stay under the limit: move this transaction's bytes into a
@@ -407,7 +421,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
     ) -> Committed<R> {
-        match self.txn(f) {
+        match self.txn_with(f, false) {
             Ok((r, ticket)) => Committed {
                 shared: self.inner.shared.clone(),
                 ticket,

@@ -48,6 +48,11 @@ pub(crate) struct Core {
     pub writer_waiting: bool,
     /// Frame buffers the writer has written, kept for reuse (see `SPARE_BUFFERS_MAX`).
     pub spare: Vec<Vec<u8>>,
+    /// Threads waiting for their ticket to be committed. A transaction registers its thread
+    /// here under the store lock it already holds, and the writer takes out the ones a commit
+    /// covers when it takes the store lock anyway: no second lock on either side (with many
+    /// producers, a separate waiters lock was a contended hand-off per message).
+    pub waiting: Vec<(u64, std::thread::Thread)>,
 }
 
 /// Written frame buffers kept for reuse: enough for the writer's group plus the one being
@@ -72,7 +77,8 @@ pub(crate) struct Shared {
     /// The writer waits on it for work.
     pub work_cv: Condvar,
     pub commit: Mutex<CommitState>,
-    pub commit_cv: Condvar,
+    /// Set once no ticket will ever be committed again (poisoned, or the writer stopped).
+    pub ended: std::sync::atomic::AtomicBool,
     /// Mirror of `commit.committed`, readable under the store lock without taking `commit`.
     pub committed: AtomicU64,
     pub options: Options,
@@ -86,26 +92,38 @@ impl Shared {
         self.commit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Blocks until `ticket` is committed.
+    /// Blocks until `ticket` is committed. The calling thread must have registered itself in
+    /// `Core::waiting` in the transaction that got the ticket; it parks until the writer unparks
+    /// it (only when its ticket is covered, or the store failed or closed).
     pub fn wait_committed(&self, ticket: u64) -> Result<()> {
-        let mut c = self.lock_commit();
         loop {
-            if c.committed >= ticket {
+            if self.committed.load(Ordering::Acquire) >= ticket {
                 return Ok(());
             }
-            if let Some(cause) = &c.failed {
-                return Err(Error::Poisoned {
-                    cause: cause.clone(),
-                });
+            if self.ended.load(Ordering::Acquire) {
+                let c = self.lock_commit();
+                if let Some(r) = Self::settled(&c, ticket) {
+                    return r;
+                }
             }
-            if c.writer_done {
-                return Err(Error::Closed);
-            }
-            c = self
-                .commit_cv
-                .wait(c)
-                .unwrap_or_else(PoisonError::into_inner);
+            std::thread::park();
         }
+    }
+
+    /// The outcome for `ticket` if it is known: committed, or never will be.
+    fn settled(c: &CommitState, ticket: u64) -> Option<Result<()>> {
+        if c.committed >= ticket {
+            return Some(Ok(()));
+        }
+        if let Some(cause) = &c.failed {
+            return Some(Err(Error::Poisoned {
+                cause: cause.clone(),
+            }));
+        }
+        if c.writer_done {
+            return Some(Err(Error::Closed));
+        }
+        None
     }
 
     /// Non-blocking check for futures: `Some` when done, else registers the waker.
@@ -128,6 +146,8 @@ impl Shared {
         None
     }
 
+    /// Publishes `ticket` as committed and wakes the futures waiting (threads are woken by the
+    /// writer loop, see `Core::waiting`).
     fn complete(&self, ticket: u64) {
         let wakers = {
             let mut c = self.lock_commit();
@@ -135,7 +155,20 @@ impl Shared {
             self.committed.store(ticket, Ordering::Release);
             std::mem::take(&mut c.wakers)
         };
-        self.commit_cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// After a failure or the writer's end: every waiter learns its outcome.
+    fn wake_all(&self, mut c: MutexGuard<'_, CommitState>) {
+        self.ended.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut c.wakers);
+        drop(c);
+        let threads = std::mem::take(&mut self.lock_core().waiting);
+        for (_, t) in threads {
+            t.unpark();
+        }
         for w in wakers {
             w.wake();
         }
@@ -156,30 +189,18 @@ impl Shared {
                 t.signal.notify();
             }
         }
-        let wakers = {
-            let mut c = self.lock_commit();
-            if c.failed.is_none() {
-                c.failed = Some(cause);
-            }
-            std::mem::take(&mut c.wakers)
-        };
-        self.commit_cv.notify_all();
-        for w in wakers {
-            w.wake();
+        let mut c = self.lock_commit();
+        if c.failed.is_none() {
+            c.failed = Some(cause);
         }
+        self.wake_all(c);
     }
 
     fn finish(&self, close_error: Option<String>) {
-        let wakers = {
-            let mut c = self.lock_commit();
-            c.writer_done = true;
-            c.close_error = close_error;
-            std::mem::take(&mut c.wakers)
-        };
-        self.commit_cv.notify_all();
-        for w in wakers {
-            w.wake();
-        }
+        let mut c = self.lock_commit();
+        c.writer_done = true;
+        c.close_error = close_error;
+        self.wake_all(c);
     }
 }
 
@@ -281,6 +302,18 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             }
         }
         core = shared.lock_core();
+        let committed = shared.committed.load(Ordering::Acquire);
+        if core.waiting.iter().any(|(t, _)| *t <= committed) {
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut core.waiting)
+                .into_iter()
+                .partition(|(t, _)| *t <= committed);
+            core.waiting = waiting;
+            drop(core);
+            for (_, t) in done {
+                t.unpark();
+            }
+            core = shared.lock_core();
+        }
         for f in batch {
             if core.spare.len() < SPARE_BUFFERS_MAX
                 && f.frame.buf.capacity() <= SPARE_BUFFER_BYTES_MAX

@@ -17,14 +17,39 @@ pub(crate) struct MsgTable {
 
 impl MsgTable {
     fn find(&self, id: u64) -> Result<usize, usize> {
-        // Fast paths: the front and the back are where most lookups land.
-        match (self.slots.front(), self.slots.back()) {
-            (Some(&(f, _)), _) if f == id => return Ok(0),
-            (_, Some(&(b, _))) if b == id => return Ok(self.slots.len() - 1),
-            (_, Some(&(b, _))) if b < id => return Err(self.slots.len()),
-            _ => {}
+        let (Some(&(front, _)), Some(&(back, _))) = (self.slots.front(), self.slots.back()) else {
+            return Err(0);
+        };
+        if id < front {
+            return Err(0);
         }
-        self.slots.binary_search_by_key(&id, |(i, _)| *i)
+        if id > back {
+            return Err(self.slots.len());
+        }
+        // Ids grow by at least one per slot, so `id - front` bounds the index from above, and
+        // is the index itself when the queue's ids are contiguous (one producer queue: the
+        // common case). Check there first, then search below it.
+        let guess = usize::try_from(id - front)
+            .map_or(self.slots.len() - 1, |g| g.min(self.slots.len() - 1));
+        match self.slots[guess].0.cmp(&id) {
+            std::cmp::Ordering::Equal => Ok(guess),
+            std::cmp::Ordering::Greater => self.search_below(id, guess),
+            // Unreachable by the bound above; searched in full to stay correct regardless.
+            std::cmp::Ordering::Less => self.search_below(id, self.slots.len()),
+        }
+    }
+
+    fn search_below(&self, id: u64, end: usize) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.slots[mid].0.cmp(&id) {
+                std::cmp::Ordering::Equal => return Ok(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Err(lo)
     }
 
     pub fn len(&self) -> usize {

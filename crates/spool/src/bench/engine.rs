@@ -18,6 +18,7 @@ use crate::cli::BenchArgs;
 pub mod engine_names {
     pub const PUSH_SINGLE: &str = "engine push, 1/call, 1 producer";
     pub const PUSH_CONCURRENT: &str = "engine push, 1/call, N producers";
+    pub const PUSH_CONCURRENT_ASYNC: &str = "engine push, 1/call, N async producers";
     pub const PUSH_BATCH: &str = "engine push, batched";
     pub const PUSH_LARGE: &str = "engine push, large payloads";
     pub const LEASE_ACK: &str = "engine lease+ack, batched";
@@ -83,6 +84,74 @@ pub fn push_concurrent(
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    let ops = count.load(Ordering::Relaxed);
+    store.close()?;
+    Ok(Throughput::new(ops, ops * payload.len() as u64, elapsed))
+}
+
+/// `producers` concurrent single-message pushes through the async API (`push_async`), driven
+/// by as many OS threads as there are CPUs, each polling its share of the futures: the way an
+/// async server drives the engine, without one OS thread per producer.
+pub fn push_concurrent_async(
+    dir: &Path,
+    producers: usize,
+    payload: &[u8],
+    duration: Duration,
+) -> Result<Throughput> {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    type Pending = Pin<Box<spool_engine::Committed<Vec<u64>>>>;
+
+    let store = open(dir)?;
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let share = producers / threads + usize::from(t < producers % threads);
+            let (store, stop, count, payload) =
+                (store.clone(), stop.clone(), count.clone(), payload.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+                let mut cx = Context::from_waker(&waker);
+                let push =
+                    || -> Pending { Box::pin(store.push_async(QUEUE, Push::new(payload.clone()))) };
+                let mut pending: Vec<Pending> = (0..share).map(|_| push()).collect();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut progressed = false;
+                    for f in &mut pending {
+                        if let Poll::Ready(r) = f.as_mut().poll(&mut cx) {
+                            r?;
+                            count.fetch_add(1, Ordering::Relaxed);
+                            *f = push();
+                            progressed = true;
+                        }
+                    }
+                    if !progressed {
+                        std::thread::park_timeout(Duration::from_millis(5));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join()
             .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     }
     let elapsed = start.elapsed();
@@ -169,6 +238,22 @@ pub fn run_latency(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result
             .target(Target::AtLeastRatio(40.0))
             .note(format!(
                 "{} producer threads, 1 msg per call, {} msgs",
+                cfg.producers, t.ops
+            )),
+    );
+    progress(cfg, en::PUSH_CONCURRENT_ASYNC);
+    let t = push_concurrent_async(
+        &dir.join("engine-concurrent-async"),
+        cfg.producers,
+        &small,
+        cfg.concurrent_duration,
+    )?;
+    report.add(
+        Figure::new(en::PUSH_CONCURRENT_ASYNC, t.per_sec(), "msg/s")
+            .ratio_to(en::PUSH_SINGLE)
+            .target(Target::AtLeastRatio(40.0))
+            .note(format!(
+                "{} concurrent push_async calls, 1 msg each, polled by one thread per CPU, {} msgs",
                 cfg.producers, t.ops
             )),
     );

@@ -509,28 +509,13 @@ impl Store {
             let now = txn.now;
             let mut out = Vec::new();
             while out.len() < n {
-                let q = txn
-                    .core
-                    .state
-                    .queues
-                    .get_mut(&qid)
-                    .ok_or_else(|| unknown(queue))?;
-                q.promote(now);
-                let Some(id) = q.next_ready(false, u8::MAX) else {
+                let Some(id) = next_deliverable(txn, qid) else {
                     break;
                 };
                 let state = &txn.core.state;
                 let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(id)) else {
                     break;
                 };
-                if m.expired(now) {
-                    txn.emit(Entry::Remove {
-                        queue: qid,
-                        id,
-                        reason: RemoveReason::Expired,
-                    });
-                    continue;
-                }
                 let mut msg = Message::from_msg(m, None, origin_name(state, m));
                 msg.receive_count += 1;
                 msg.first_received_at.get_or_insert(now);
@@ -862,6 +847,26 @@ fn push_txn(
     Ok(ids)
 }
 
+/// The next message of queue `qid` that can be handed out now (priority desc, then id), after
+/// promoting due delays and expired leases; expired messages met on the way are dropped (and
+/// counted) in the same transaction.
+fn next_deliverable(txn: &mut Txn<'_>, qid: u32) -> Option<u64> {
+    let now = txn.now;
+    loop {
+        let q = txn.core.state.queues.get_mut(&qid)?;
+        q.promote(now);
+        let id = q.next_ready(false, u8::MAX)?;
+        if !q.msgs.get(id)?.expired(now) {
+            return Some(id);
+        }
+        txn.emit(Entry::Remove {
+            queue: qid,
+            id,
+            reason: RemoveReason::Expired,
+        });
+    }
+}
+
 fn lease_txn(
     txn: &mut Txn<'_>,
     queue: &str,
@@ -873,33 +878,17 @@ fn lease_txn(
     let now = txn.now;
     let mut out = Vec::new();
     while out.len() < n {
-        let q = txn
-            .core
-            .state
-            .queues
-            .get_mut(&qid)
-            .ok_or_else(|| unknown(queue))?;
-        q.promote(now);
-        let Some(id) = q.next_ready(false, u8::MAX) else {
+        let Some(id) = next_deliverable(txn, qid) else {
+            break;
+        };
+        let Some(q) = txn.core.state.queues.get(&qid) else {
             break;
         };
         let vis = vis.unwrap_or(q.config.visibility.as_millis() as u64);
         let max_receives = q.config.max_receives;
         let Some(m) = q.msgs.get(id) else { break };
-        let (expired, receive_count, lease_gen, first_received_ms) = (
-            m.expired(now),
-            m.receive_count,
-            m.lease_gen,
-            m.first_received_ms,
-        );
-        if expired {
-            txn.emit(Entry::Remove {
-                queue: qid,
-                id,
-                reason: RemoveReason::Expired,
-            });
-            continue;
-        }
+        let (receive_count, lease_gen, first_received_ms) =
+            (m.receive_count, m.lease_gen, m.first_received_ms);
         if max_receives > 0 && receive_count >= max_receives {
             if let Some(dlq) = ensure_dlq(txn, qid, default) {
                 let new_id = txn.core.state.next_msg_id;

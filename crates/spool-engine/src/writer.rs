@@ -55,6 +55,11 @@ pub(crate) struct Core {
     pub waiting: Vec<(u64, std::thread::Thread)>,
 }
 
+/// The adaptive linger waits at most this fraction of the last fsync's duration...
+const LINGER_FRACTION: u32 = 1;
+/// ...and never longer than this.
+const LINGER_MAX: Duration = Duration::from_millis(1);
+
 /// Written frame buffers kept for reuse: enough for the writer's group plus the one being
 /// filled. Reuse matters: a fresh buffer of a few MiB costs a page fault per 4 KiB.
 pub(crate) const SPARE_BUFFERS_MAX: usize = 4;
@@ -128,17 +133,12 @@ impl Shared {
 
     /// Non-blocking check for futures: `Some` when done, else registers the waker.
     pub fn poll_committed(&self, ticket: u64, waker: &Waker) -> Option<Result<()>> {
-        let mut c = self.lock_commit();
-        if c.committed >= ticket {
+        if self.committed.load(Ordering::Acquire) >= ticket {
             return Some(Ok(()));
         }
-        if let Some(cause) = &c.failed {
-            return Some(Err(Error::Poisoned {
-                cause: cause.clone(),
-            }));
-        }
-        if c.writer_done {
-            return Some(Err(Error::Closed));
+        let mut c = self.lock_commit();
+        if let Some(r) = Self::settled(&c, ticket) {
+            return Some(r);
         }
         if !c.wakers.iter().any(|w| w.will_wake(waker)) {
             c.wakers.push(waker.clone());
@@ -212,6 +212,11 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         _ => None,
     };
     let mut last_sync = Instant::now();
+    // For the adaptive linger: how long the last write + fsync took, how many transactions the
+    // last group held, and the last ticket taken.
+    let mut last_sync_duration = Duration::ZERO;
+    let mut last_group = 0u64;
+    let mut taken = 0u64;
     let mut core = shared.lock_core();
     loop {
         if core.pending.is_empty() {
@@ -251,6 +256,27 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             }
             continue;
         }
+        // Adaptive linger (Sync only): when the last group held several transactions and fewer
+        // are waiting now, wait a moment for the rest. Producers answered by the last commit
+        // come back one by one; taking only the first would split them over two fsyncs and
+        // halve the group size. Bounded by a fraction of the last fsync's duration; a lone
+        // producer (groups of one) never waits.
+        if durability == Durability::Sync && last_group > 1 {
+            let deadline = Instant::now() + (last_sync_duration / LINGER_FRACTION).min(LINGER_MAX);
+            while core.last_ticket - taken < last_group && !core.closing {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                core.writer_waiting = true;
+                core = shared
+                    .work_cv
+                    .wait_timeout(core, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                core.writer_waiting = false;
+            }
+        }
         // Take a group: every waiting frame, up to the byte bound (at least one).
         let mut batch = Vec::new();
         let mut bytes = 0usize;
@@ -264,9 +290,13 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
                 batch.push(f);
             }
         }
+        let group_end = batch.last().map_or(taken, |f| f.last_ticket);
+        last_group = group_end - taken;
+        taken = group_end;
         drop(core);
 
         let now = shared.options.clock.now_ms();
+        let sync_started = Instant::now();
         let mut result = Ok(());
         for f in &mut batch {
             if let Err(e) = seg.append(&mut f.frame, now) {
@@ -283,6 +313,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             if sync_now {
                 result = seg.sync();
                 last_sync = Instant::now();
+                last_sync_duration = sync_started.elapsed();
             }
         }
         match result {

@@ -260,12 +260,29 @@ pub fn run_latency(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result
     Ok(())
 }
 
+/// Before each bulk scenario: wait (bounded) until the disk syncs at its normal rate again,
+/// so that a figure is not the price of the scenario before it (virtual disks flush for
+/// seconds after a large write). Notes in the report how long it waited.
+fn settle(dir: &Path, cfg: &BenchConfig, report: &Report, what: &str) -> Result<String> {
+    let Some(reference) = report.value(names::RAW_FDATASYNC) else {
+        return Ok(String::new());
+    };
+    let probe = (cfg.sync_duration / 8).max(Duration::from_millis(50));
+    let waited = super::baseline::settle(dir, reference, probe, Duration::from_secs(20))
+        .with_context(|| format!("waiting for the disk before {what}"))?;
+    Ok(match waited {
+        Some(d) => format!("; disk settled {} ms before", d.as_millis()),
+        None => "; disk had not settled after 20 s".to_string(),
+    })
+}
+
 /// The bandwidth-bound engine scenarios (run after `run_bulk_baselines`).
 pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
     let small = payload(cfg.payload_size, 4);
     let large = payload(cfg.large_payload_size, 5);
 
     progress(cfg, en::PUSH_BATCH);
+    let settled = settle(dir, cfg, report, en::PUSH_BATCH)?;
     let t = push_batched(
         &dir.join("engine-batch"),
         &small,
@@ -278,12 +295,13 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
             .target(Target::AtLeast(2_000_000.0))
             .target(Target::AtLeastRatio(2.5))
             .note(format!(
-                "{} B, {}/call, {} msgs",
+                "{} B, {}/call, {} msgs{settled}",
                 cfg.payload_size, cfg.batch_size, t.ops
             )),
     );
 
     progress(cfg, en::PUSH_LARGE);
+    let settled = settle(dir, cfg, report, en::PUSH_LARGE)?;
     let t = push_batched(
         &dir.join("engine-large"),
         &large,
@@ -295,7 +313,7 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
             .ratio_to(names::RAW_SEQ_WRITE)
             .target(Target::AtLeastRatio(0.7))
             .note(format!(
-                "{} KiB, {}/call, {} MiB",
+                "{} KiB, {}/call, {} MiB{settled}",
                 cfg.large_payload_size >> 10,
                 cfg.large_batch_size,
                 t.bytes >> 20
@@ -305,6 +323,7 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
     progress(cfg, en::LEASE_ACK);
     let store = open(&dir.join("engine-lease"))?;
     prefill(&store, &small, cfg.lease_prefill, cfg.batch_size)?;
+    let settled = settle(dir, cfg, report, en::LEASE_ACK)?;
     let t = lease_ack_loop(&store, cfg.lease_batch_size, cfg.lease_duration)?;
     store.close()?;
     report.add(
@@ -312,7 +331,7 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
             .ratio_to(names::SQLITE_LEASE_ACK)
             .target(Target::AtLeast(1_000_000.0))
             .note(format!(
-                "lease {n}/call + ack {n}/call, each durable, {} of {} prefilled msgs",
+                "lease {n}/call + ack {n}/call, each durable, {} of {} prefilled msgs{settled}",
                 t.ops,
                 cfg.lease_prefill,
                 n = cfg.lease_batch_size

@@ -97,6 +97,9 @@ fn ensure_queue(txn: &mut Txn<'_>, name: &str, config: &QueueConfig) -> u32 {
         name: name.to_string(),
         config: config.clone(),
     });
+    // Wakes `lease_wait` calls waiting for this queue to exist.
+    let created = txn.core.state.created.clone();
+    txn.touch(&created);
     id
 }
 
@@ -284,7 +287,8 @@ impl Store {
 
     /// Like [`Store::lease`], but when nothing is visible waits up to `timeout` for a push, an
     /// expiring delay or an expiring lease (woken by them, no polling). Returns an empty vector
-    /// on timeout.
+    /// on timeout. With `auto_create` on, a queue that does not exist yet is waited for (a
+    /// worker may start before its producer); with it off, that is [`Error::UnknownQueue`].
     pub fn lease_wait(
         &self,
         queue: &str,
@@ -296,13 +300,20 @@ impl Store {
         let vis = visibility.map(check_visibility).transpose()?;
         let timeout_ms = check_duration("wait timeout", timeout)?;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        name::validate(queue)?;
         let default = self.shared().options.default_queue.clone();
+        let auto_create = self.shared().options.auto_create;
         loop {
             let mut wait_for = None;
             let (got, ticket) = self.txn(|txn| {
+                // Read a signal's version under the lock: a commit after this point wakes us.
+                let state = &txn.core.state;
+                if state.queue_by_name(queue).is_none() && auto_create {
+                    wait_for = Some((state.created.clone(), state.created.version(), None));
+                    return Ok(Vec::new());
+                }
                 let got = lease_txn(txn, queue, n, vis, &default)?;
                 if got.is_empty() {
-                    // Read the signal version under the lock: a commit after this point wakes us.
                     let q = txn
                         .core
                         .state

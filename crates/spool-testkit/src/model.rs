@@ -885,6 +885,25 @@ impl Model {
 
     // --- lease and friends ------------------------------------------------------------------
 
+    /// [`Store::lease_wait`] with a zero timeout: like `lease`, except that with `auto_create`
+    /// a queue that does not exist yet is waited for (so: nothing), after the name is checked.
+    pub fn lease_wait(
+        &mut self,
+        now_ms: u64,
+        queue: &str,
+        n: usize,
+        visibility: Option<Duration>,
+    ) -> ModelResult<Vec<Message>> {
+        self.tick(now_ms);
+        check_count(n)?;
+        visibility.map(check_visibility).transpose()?;
+        validate_name(queue)?;
+        if self.auto_create && !self.queues.contains_key(queue) {
+            return Ok(Vec::new());
+        }
+        self.lease(now_ms, queue, n, visibility)
+    }
+
     /// [`Store::lease`].
     pub fn lease(
         &mut self,

@@ -547,7 +547,11 @@ impl Harness {
                     Call::Async => block_on(s.lease_async(q, *n, vis)),
                     Call::Wait => s.lease_wait(q, *n, vis, Duration::ZERO),
                 };
-                if let Some(msgs) = agree(&ctx, got, m.lease(now, q, *n, vis))? {
+                let want = match c {
+                    Call::Wait => m.lease_wait(now, q, *n, vis),
+                    Call::Sync | Call::Async => m.lease(now, q, *n, vis),
+                };
+                if let Some(msgs) = agree(&ctx, got, want)? {
                     for msg in msgs {
                         self.ids.push((q, msg.id));
                         if let Some(r) = msg.receipt {

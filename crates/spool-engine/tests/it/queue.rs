@@ -344,3 +344,34 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[test]
+fn lease_wait_waits_for_a_queue_that_does_not_exist_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s =
+        spool_engine::Store::open(tmp.path().join("s"), spool_engine::Options::default()).unwrap();
+    let s2 = s.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        s2.push("later", Push::new("first")).unwrap();
+    });
+    let got = s
+        .lease_wait("later", 1, None, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(&got[0].payload[..], b"first");
+    t.join().unwrap();
+    // Without auto_create, an unknown queue is an error at once.
+    drop(s);
+    let s = spool_engine::Store::open(
+        tmp.path().join("s2"),
+        spool_engine::Options {
+            auto_create: false,
+            ..spool_engine::Options::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        s.lease_wait("nope", 1, None, Duration::from_secs(30)),
+        Err(Error::UnknownQueue { .. })
+    ));
+}

@@ -95,10 +95,27 @@ impl Cli {
             .unwrap_or_else(|| PathBuf::from("spool-data"))
     }
 
+    /// Opens the store, creating it when missing (commands that write: push, publish, demo).
     fn open(&self) -> Result<Store> {
         let dir = self.dir();
         Store::open(&dir, Options::default())
             .with_context(|| format!("cannot open the store in {}", dir.display()))
+    }
+
+    /// Opens an existing store (commands that only read or act on what is there): a mistyped
+    /// `--dir` must not quietly create an empty store and report "nothing there".
+    fn open_existing(&self) -> Result<Store> {
+        let dir = self.dir();
+        let is_store = dir.join("FORMAT").exists();
+        let has_files = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        if !is_store && !has_files {
+            anyhow::bail!(
+                "no spool store in {}: check --dir (or $SPOOL_DIR); `spool push` creates a store",
+                dir.display()
+            );
+        }
+        // A directory with other files is refused by `Store::open` with the reason.
+        self.open()
     }
 }
 

@@ -116,7 +116,7 @@ pub struct LeaseArgs {
 }
 
 pub fn lease(cli: &Cli, a: &LeaseArgs) -> Result<()> {
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let msgs = match a.wait {
         Some(w) => store.lease_wait(&a.queue, a.count, a.visibility, w),
         None => store.lease(&a.queue, a.count, a.visibility),
@@ -144,7 +144,7 @@ fn parse_receipts(v: &[String]) -> Result<Vec<Receipt>> {
 
 pub fn ack(cli: &Cli, a: &AckArgs) -> Result<()> {
     let receipts = parse_receipts(&a.receipts)?;
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let results = store
         .ack_batch(&a.queue, &receipts)
         .with_context(|| format!("cannot ack in queue {:?}", a.queue))?;
@@ -183,7 +183,7 @@ pub struct NackArgs {
 
 pub fn nack(cli: &Cli, a: &NackArgs) -> Result<()> {
     let receipt: Receipt = a.receipt.parse()?;
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     store
         .nack(&a.queue, receipt, a.delay, None)
         .with_context(|| format!("cannot nack in queue {:?}", a.queue))?;
@@ -204,7 +204,7 @@ pub struct ReadArgs {
 }
 
 pub fn pop(cli: &Cli, a: &ReadArgs) -> Result<()> {
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let msgs = store
         .pop(&a.queue, a.count)
         .with_context(|| format!("cannot pop from queue {:?}", a.queue))?;
@@ -214,7 +214,7 @@ pub fn pop(cli: &Cli, a: &ReadArgs) -> Result<()> {
 }
 
 pub fn peek(cli: &Cli, a: &ReadArgs) -> Result<()> {
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let msgs = store
         .peek(&a.queue, a.count)
         .with_context(|| format!("cannot peek into queue {:?}", a.queue))?;
@@ -233,7 +233,7 @@ pub struct StatsArgs {
 }
 
 pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<()> {
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let names = match &a.queue {
         Some(q) => vec![q.clone()],
         None => store.queues(),
@@ -278,7 +278,7 @@ pub struct QueuesArgs {
 }
 
 pub fn queues(cli: &Cli, a: &QueuesArgs) -> Result<()> {
-    let store = cli.open()?;
+    let store = cli.open_existing()?;
     let names = store.queues();
     let mut out = io::stdout().lock();
     if a.json {

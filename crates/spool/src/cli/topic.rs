@@ -52,7 +52,10 @@ pub struct ReadArgs {
 }
 
 pub fn run(cli: &Cli, c: &TopicCommand) -> Result<()> {
-    let store = cli.open()?;
+    let store = match c {
+        TopicCommand::Publish(_) => cli.open()?,
+        TopicCommand::Read(_) | TopicCommand::List => cli.open_existing()?,
+    };
     let mut out = io::stdout().lock();
     match c {
         TopicCommand::Publish(a) => {

@@ -214,3 +214,24 @@ fn spool_dir_env_is_the_default_directory() {
     assert!(out.status.success());
     assert!(d.join("FORMAT").exists());
 }
+
+#[test]
+fn read_only_commands_do_not_create_a_store_for_a_mistyped_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("typo");
+    for args in [
+        &["stats"][..],
+        &["queues"],
+        &["peek", "q"],
+        &["lease", "q"],
+        &["topic", "read", "t"],
+    ] {
+        let out = run(&d, args, None);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no spool store"), "{args:?}: {err}");
+        assert!(!d.exists(), "{args:?} created {}", d.display());
+    }
+    ok(&d, &["push", "q", "x"]);
+    assert!(ok(&d, &["stats"]).contains('q'));
+}

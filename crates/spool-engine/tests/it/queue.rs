@@ -375,3 +375,15 @@ fn lease_wait_waits_for_a_queue_that_does_not_exist_yet() {
         Err(Error::UnknownQueue { .. })
     ));
 }
+
+#[test]
+fn lease_wait_is_woken_by_an_expiring_delay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s =
+        spool_engine::Store::open(tmp.path().join("s"), spool_engine::Options::default()).unwrap();
+    s.push("q", Push::new("later").delay(Duration::from_millis(100)))
+        .unwrap();
+    assert!(s.lease("q", 1, None).unwrap().is_empty(), "not visible yet");
+    let got = s.lease_wait("q", 1, None, Duration::from_secs(30)).unwrap();
+    assert_eq!(&got[0].payload[..], b"later");
+}

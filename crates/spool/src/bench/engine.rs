@@ -260,20 +260,17 @@ pub fn run_latency(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result
     Ok(())
 }
 
-/// Before each bulk scenario: wait (bounded) until the disk syncs at its normal rate again,
-/// so that a figure is not the price of the scenario before it (virtual disks flush for
-/// seconds after a large write). Notes in the report how long it waited.
-fn settle(dir: &Path, cfg: &BenchConfig, report: &Report, what: &str) -> Result<String> {
+/// Before each bulk scenario (baseline or engine alike): wait, for at most 20 s, until the disk
+/// syncs at its normal rate again, so that a figure is not the price of the scenario before it
+/// (virtual disks flush for seconds after a large write or delete).
+fn settle(dir: &Path, cfg: &BenchConfig, report: &Report) -> Result<()> {
     let Some(reference) = report.value(names::RAW_FDATASYNC) else {
-        return Ok(String::new());
+        return Ok(());
     };
     let probe = (cfg.sync_duration / 8).max(Duration::from_millis(50));
-    let waited = super::baseline::settle(dir, reference, probe, Duration::from_secs(20))
-        .with_context(|| format!("waiting for the disk before {what}"))?;
-    Ok(match waited {
-        Some(d) => format!("; disk settled {} ms before", d.as_millis()),
-        None => "; disk had not settled after 20 s".to_string(),
-    })
+    super::baseline::settle(dir, reference, probe, Duration::from_secs(20))
+        .context("waiting for the disk to settle")?;
+    Ok(())
 }
 
 /// The large-payload scenario, run right before the raw sequential write it is compared with
@@ -281,7 +278,6 @@ fn settle(dir: &Path, cfg: &BenchConfig, report: &Report, what: &str) -> Result<
 pub fn run_large(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
     let large = payload(cfg.large_payload_size, 5);
     progress(cfg, en::PUSH_LARGE);
-    let settled = settle(dir, cfg, report, en::PUSH_LARGE)?;
     let t = push_batched(
         &dir.join("engine-large"),
         &large,
@@ -293,7 +289,7 @@ pub fn run_large(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<(
             .ratio_to(names::RAW_SEQ_WRITE)
             .target(Target::AtLeastRatio(0.7))
             .note(format!(
-                "{} KiB, {}/call, {} MiB{settled}",
+                "{} KiB, {}/call, {} MiB",
                 cfg.large_payload_size >> 10,
                 cfg.large_batch_size,
                 t.bytes >> 20
@@ -303,12 +299,10 @@ pub fn run_large(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<(
     Ok(())
 }
 
-/// The other bandwidth-bound engine scenarios (run after `run_bulk_baselines`).
-pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
+/// Batched push of small messages (compared with [`names::SQLITE_PUSH_BATCH`]).
+pub fn run_batch(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
     let small = payload(cfg.payload_size, 4);
-
     progress(cfg, en::PUSH_BATCH);
-    let settled = settle(dir, cfg, report, en::PUSH_BATCH)?;
     let t = push_batched(
         &dir.join("engine-batch"),
         &small,
@@ -321,15 +315,20 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
             .target(Target::AtLeast(2_000_000.0))
             .target(Target::AtLeastRatio(2.5))
             .note(format!(
-                "{} B, {}/call, {} msgs{settled}",
+                "{} B, {}/call, {} msgs",
                 cfg.payload_size, cfg.batch_size, t.ops
             )),
     );
 
+    Ok(())
+}
+
+/// Batched lease + ack (compared with [`names::SQLITE_LEASE_ACK`]).
+pub fn run_lease_ack(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
+    let small = payload(cfg.payload_size, 4);
     progress(cfg, en::LEASE_ACK);
     let store = open(&dir.join("engine-lease"))?;
     prefill(&store, &small, cfg.lease_prefill, cfg.batch_size)?;
-    let settled = settle(dir, cfg, report, en::LEASE_ACK)?;
     let t = lease_ack_loop(&store, cfg.lease_batch_size, cfg.lease_duration)?;
     store.close()?;
     report.add(
@@ -337,13 +336,20 @@ pub fn run_bulk(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()
             .ratio_to(names::SQLITE_LEASE_ACK)
             .target(Target::AtLeast(1_000_000.0))
             .note(format!(
-                "lease {n}/call + ack {n}/call, each durable, {} of {} prefilled msgs{settled}",
+                "lease {n}/call + ack {n}/call, each durable, {} of {} prefilled msgs",
                 t.ops,
                 cfg.lease_prefill,
                 n = cfg.lease_batch_size
             )),
     );
 
+    Ok(())
+}
+
+/// Disk bytes per payload byte for push + lease + ack (compared with
+/// [`names::SQLITE_WRITE_AMP`]).
+pub fn run_write_amp(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Result<()> {
+    let small = payload(cfg.payload_size, 4);
     progress(cfg, en::WRITE_AMP);
     let amp_dir = dir.join("engine-amp");
     let store = open(&amp_dir)?;
@@ -420,17 +426,40 @@ pub fn run_engine_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<
     Ok(())
 }
 
-/// Baselines and engine, interleaved so that sync-bound figures are measured before bulk writes.
+/// An engine bulk scenario.
+type EngineScenario = fn(&Path, &BenchConfig, &mut Report) -> Result<()>;
+
+/// Baselines and engine in one run. The sync-bound scenarios come first (a bulk write slows
+/// every fdatasync after it on virtual disks); then each bulk engine scenario runs right next
+/// to the baseline it is compared with, with the disk settled before each one.
 pub fn run_all(dir: &Path, cfg: &BenchConfig) -> Result<Report> {
+    use super::BulkBaseline as B;
     let mut report = super::new_report(dir, cfg)?;
     report.context(
         "engine durability",
         "Sync (fdatasync before every call returns)",
     );
+    report.note(
+        "bulk scenarios: each engine scenario runs right after its baseline, and before each \
+         one (baseline or engine) the benchmark waits, up to 20 s, until fdatasync runs at 80% \
+         of its initial rate again",
+    );
     super::run_latency_baselines(dir, cfg, &mut report)?;
     run_latency(dir, cfg, &mut report)?;
-    run_large(dir, cfg, &mut report)?;
-    super::run_bulk_baselines(dir, cfg, &mut report)?;
-    run_bulk(dir, cfg, &mut report)?;
+    let steps: [(B, Option<EngineScenario>); 5] = [
+        (B::RawSequentialWrite, Some(run_large)),
+        (B::SqlitePushLarge, None),
+        (B::SqlitePushBatched, Some(run_batch)),
+        (B::SqliteLeaseAck, Some(run_lease_ack)),
+        (B::SqliteWriteAmplification, Some(run_write_amp)),
+    ];
+    for (baseline, engine) in steps {
+        settle(dir, cfg, &report)?;
+        super::run_bulk_baseline(dir, cfg, &mut report, baseline)?;
+        if let Some(e) = engine {
+            settle(dir, cfg, &report)?;
+            e(dir, cfg, &mut report)?;
+        }
+    }
     Ok(report)
 }

@@ -96,11 +96,14 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         "  queue {queue}: {} left ({} were there before), totals: pushed {} acked {}",
         s.messages, before, s.counters.pushed, s.counters.acked
     )?;
+    // The binary as it was started (after `cargo run`, `spool` is not on the PATH).
+    let me = std::env::args()
+        .next()
+        .unwrap_or_else(|| "spool".to_string());
     writeln!(
         out,
-        "  try: spool --dir {} push {queue} hello && spool --dir {} lease {queue} --json",
-        dir.display(),
-        dir.display()
+        "  try: {me} --dir {d} push {queue} hello && {me} --dir {d} lease {queue} --json",
+        d = dir.display()
     )?;
     store.close()?;
     Ok(())

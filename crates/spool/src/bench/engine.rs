@@ -359,36 +359,22 @@ pub fn run_write_amp(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Resu
     let drained = lease_ack_loop(&store, cfg.lease_batch_size, Duration::MAX)?;
     store.close()?;
     let volume = meter.finish()?;
-    anyhow::ensure!(
-        drained.ops == cfg.amplification_messages,
-        "engine amplification run drained {} of {} messages",
+    super::add_write_amp(
+        report,
+        cfg,
+        en::WRITE_AMP,
+        &volume,
         drained.ops,
-        cfg.amplification_messages
-    );
-    let payload_bytes = cfg.amplification_messages * cfg.payload_size as u64;
-    for (i, f) in volume
-        .figures(en::WRITE_AMP, payload_bytes)
-        .into_iter()
-        .enumerate()
-    {
-        report.add(if i == 0 && f.value.is_some() {
+        "/call (whole log kept: no segment deletion yet)",
+        |f| {
             f.ratio_to(names::SQLITE_WRITE_AMP)
                 .target(Target::AtMostRatio(1.0))
-                .note(format!(
-                    "push {}/call + lease/ack {}/call, {} msgs (whole log kept: no segment deletion yet)",
-                    cfg.batch_size, cfg.lease_batch_size, cfg.amplification_messages
-                ))
-        } else {
-            f
-        });
-    }
-    Ok(())
+        },
+    )
 }
 
 fn progress(cfg: &BenchConfig, what: &str) {
-    if cfg.progress {
-        eprintln!("bench: {what}...");
-    }
+    super::progress_fn(cfg)(what);
 }
 
 /// A scratch directory, removed (best effort) when dropped.

@@ -23,6 +23,10 @@
 //! # Ok::<(), spool_engine::Error>(())
 //! ```
 
+#[doc(hidden)]
+pub mod blob;
+#[doc(hidden)]
+pub mod ckpt;
 pub mod clock;
 pub mod entry;
 pub mod error;
@@ -33,6 +37,8 @@ pub mod name;
 pub mod options;
 mod queue;
 pub mod recovery;
+#[doc(hidden)]
+pub mod segindex;
 mod segment;
 mod signal;
 mod state;

@@ -26,6 +26,11 @@ pub enum RemoveReason {
     Expired = 4,
     /// Evicted to make room for a push (overflow policy `EvictLowestPriority`).
     Evicted = 5,
+    /// Moved to the dead-letter queue (max receives passed, or `dead`); the dead-letter
+    /// queue's `ENQUEUE` in the same frame carries it on.
+    DeadLettered = 6,
+    /// Moved back from a dead-letter queue to its source queue by `redrive`.
+    Redriven = 7,
 }
 
 impl RemoveReason {
@@ -36,29 +41,8 @@ impl RemoveReason {
             3 => Self::Deleted,
             4 => Self::Expired,
             5 => Self::Evicted,
-            _ => return None,
-        })
-    }
-}
-
-/// Why a message moved between queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum MoveReason {
-    /// Passed `max_receives`: moved to the dead-letter queue by a lease.
-    MaxReceives = 1,
-    /// Sent to the dead-letter queue by a consumer (`dead`).
-    Rejected = 2,
-    /// Sent back from the dead-letter queue to its source (`redrive`); counters reset.
-    Redrive = 3,
-}
-
-impl MoveReason {
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::MaxReceives,
-            2 => Self::Rejected,
-            3 => Self::Redrive,
+            6 => Self::DeadLettered,
+            7 => Self::Redriven,
             _ => return None,
         })
     }
@@ -78,6 +62,39 @@ pub struct Enqueue {
     pub subject: Option<String>,
     pub headers: Vec<(String, Bytes)>,
     pub payload: Bytes,
+    /// For a dead letter: where it came from and its delivery history, carried on.
+    pub carried: Option<Carried>,
+    /// Moved back from a dead-letter queue by `redrive` (counted as redriven, not pushed).
+    pub redrive: bool,
+}
+
+/// What a dead letter carries from the queue it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub origin_queue: u32,
+    pub origin_id: u64,
+    pub receive_count: u32,
+    pub lease_gen: u32,
+    pub first_received_ms: u64,
+}
+
+/// Where a queue message's record (its `ENQUEUE` entry) is, and what the state needs of it.
+/// An entry that takes a message out of its lane (lease, remove) names it, so that replay
+/// never has to look the record up (it may be in a segment whose index is on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecRef {
+    /// Segment and byte offset of the record's entry header, and its length in bytes.
+    pub seg: u64,
+    pub off: u32,
+    pub len: u32,
+    /// Bytes accounted against the queue's capacity (payload, subject, headers).
+    pub size: u32,
+    /// CRC32C of the record's bytes, checked whenever it is read back.
+    pub crc: u32,
+    /// The priority lane the record is in (its priority when pushed).
+    pub prio: u8,
+    pub expires_ms: u64,
+    pub enqueued_ms: u64,
 }
 
 /// A log entry.
@@ -101,6 +118,8 @@ pub enum Entry {
         lease_gen: u32,
         until_ms: u64,
         first_received_ms: u64,
+        /// The record, when the message is taken from its lane (its first lease).
+        rec: Option<RecRef>,
     },
     /// A lease is released early; the message is visible again at `visible_ms`.
     Nack {
@@ -115,16 +134,8 @@ pub enum Entry {
         queue: u32,
         id: u64,
         reason: RemoveReason,
-    },
-    /// A message moves to another queue with a new id (dead-lettering, redrive): one entry, so
-    /// the move is atomic and the payload is not written again.
-    Move {
-        src: u32,
-        id: u64,
-        dst: u32,
-        new_id: u64,
-        reason: MoveReason,
-        at_ms: u64,
+        /// The record, when the message leaves straight from its lane (never leased).
+        rec: Option<RecRef>,
     },
     /// Every message of the queue with an id below `below_id` is removed.
     Purge { queue: u32, below_id: u64 },
@@ -157,7 +168,7 @@ pub(crate) mod kind {
     pub const LEASE: u8 = 4;
     pub const NACK: u8 = 5;
     pub const REMOVE: u8 = 6;
-    pub const MOVE: u8 = 7;
+    // 7 was MOVE in format 1 (a dead-letter move is now REMOVE + ENQUEUE in one frame).
     pub const PURGE: u8 = 8;
     pub const TOPIC_DEF: u8 = 9;
     pub const TOPIC_DROP: u8 = 10;
@@ -209,6 +220,25 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
 }
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// `flag u8` (0 none, 1 present) then seg u64, off u32, len u32, size u32, crc u32, prio u8,
+/// expires_ms u64, enqueued_ms u64.
+fn put_rec(out: &mut Vec<u8>, rec: Option<&RecRef>) {
+    match rec {
+        None => put_u8(out, 0),
+        Some(r) => {
+            put_u8(out, 1);
+            put_u64(out, r.seg);
+            put_u32(out, r.off);
+            put_u32(out, r.len);
+            put_u32(out, r.size);
+            put_u32(out, r.crc);
+            put_u8(out, r.prio);
+            put_u64(out, r.expires_ms);
+            put_u64(out, r.enqueued_ms);
+        }
+    }
 }
 
 fn put_queue_config(out: &mut Vec<u8>, c: &QueueConfig) {
@@ -263,12 +293,19 @@ impl Entry {
                 put_u64(out, e.enqueued_ms);
                 put_u64(out, e.expires_ms);
                 put_u64(out, e.visible_ms);
-                match &e.subject {
-                    None => put_u8(out, 0),
-                    Some(s) => {
-                        put_u8(out, 1);
-                        put_bytes16(out, s.as_bytes());
-                    }
+                let flags = u8::from(e.subject.is_some())
+                    | (u8::from(e.carried.is_some()) << 1)
+                    | (u8::from(e.redrive) << 2);
+                put_u8(out, flags);
+                if let Some(s) = &e.subject {
+                    put_bytes16(out, s.as_bytes());
+                }
+                if let Some(c) = &e.carried {
+                    put_u32(out, c.origin_queue);
+                    put_u64(out, c.origin_id);
+                    put_u32(out, c.receive_count);
+                    put_u32(out, c.lease_gen);
+                    put_u64(out, c.first_received_ms);
                 }
                 put_u16(out, e.headers.len() as u16);
                 for (k, v) in &e.headers {
@@ -285,6 +322,7 @@ impl Entry {
                 lease_gen,
                 until_ms,
                 first_received_ms,
+                rec,
             } => {
                 put_u32(out, *queue);
                 put_u64(out, *id);
@@ -292,6 +330,7 @@ impl Entry {
                 put_u32(out, *lease_gen);
                 put_u64(out, *until_ms);
                 put_u64(out, *first_received_ms);
+                put_rec(out, rec.as_ref());
                 kind::LEASE
             }
             Entry::Nack {
@@ -308,27 +347,17 @@ impl Entry {
                 put_u8(out, *priority);
                 kind::NACK
             }
-            Entry::Remove { queue, id, reason } => {
+            Entry::Remove {
+                queue,
+                id,
+                reason,
+                rec,
+            } => {
                 put_u32(out, *queue);
                 put_u64(out, *id);
                 put_u8(out, *reason as u8);
+                put_rec(out, rec.as_ref());
                 kind::REMOVE
-            }
-            Entry::Move {
-                src,
-                id,
-                dst,
-                new_id,
-                reason,
-                at_ms,
-            } => {
-                put_u32(out, *src);
-                put_u64(out, *id);
-                put_u32(out, *dst);
-                put_u64(out, *new_id);
-                put_u8(out, *reason as u8);
-                put_u64(out, *at_ms);
-                kind::MOVE
             }
             Entry::Purge { queue, below_id } => {
                 put_u32(out, *queue);
@@ -383,6 +412,7 @@ impl Entry {
         payload: usize,
         subject: Option<&str>,
         headers: &[(String, Bytes)],
+        carried: bool,
     ) -> usize {
         ENTRY_HEADER_LEN
             + 4
@@ -391,6 +421,7 @@ impl Entry {
             + 24
             + 1
             + subject.map_or(0, |s| 2 + s.len())
+            + if carried { 28 } else { 0 }
             + 2
             + headers
                 .iter()
@@ -457,6 +488,22 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    fn rec(&mut self) -> Result<Option<RecRef>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(RecRef {
+                seg: self.u64()?,
+                off: self.u32()?,
+                len: self.u32()?,
+                size: self.u32()?,
+                crc: self.u32()?,
+                prio: self.u8()?,
+                expires_ms: self.u64()?,
+                enqueued_ms: self.u64()?,
+            })),
+            _ => Err(self.err("bad record flag")),
+        }
+    }
     fn name(&mut self) -> Result<String, DecodeError> {
         let s = self.str8()?;
         if crate::name::validate(&s).is_err() {
@@ -519,9 +566,18 @@ fn topic_config(r: &mut Reader<'_>) -> Result<TopicConfig, DecodeError> {
 /// Decodes the entries of a frame body (after the frame's own header fields), calling `f` for
 /// each. `base` is the body's offset in its file, for error messages.
 pub fn decode_entries(
-    mut buf: &[u8],
+    buf: &[u8],
     base: usize,
     mut f: impl FnMut(Entry),
+) -> Result<usize, DecodeError> {
+    decode_entries_at(buf, base, |e, _, _| f(e))
+}
+
+/// [`decode_entries`], also giving each entry's offset in `buf` and its encoded length.
+pub fn decode_entries_at(
+    mut buf: &[u8],
+    base: usize,
+    mut f: impl FnMut(Entry, usize, usize),
 ) -> Result<usize, DecodeError> {
     let mut pos = 0;
     let mut n = 0;
@@ -541,12 +597,34 @@ pub fn decode_entries(
             });
         }
         let body = &buf[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + len];
-        f(decode_one(kind, body, base + pos + ENTRY_HEADER_LEN)?);
+        f(
+            decode_one(kind, body, base + pos + ENTRY_HEADER_LEN)?,
+            pos,
+            ENTRY_HEADER_LEN + len,
+        );
         n += 1;
         pos += ENTRY_HEADER_LEN + len;
         buf = &buf[ENTRY_HEADER_LEN + len..];
     }
     Ok(n)
+}
+
+/// Decodes one entry from its encoded bytes (header included), e.g. a record read back by
+/// its [`RecRef`].
+pub fn decode_record(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    let mut n = 0;
+    let mut out = None;
+    decode_entries(bytes, 0, |e| {
+        n += 1;
+        out = Some(e);
+    })?;
+    match (n, out) {
+        (1, Some(e)) => Ok(e),
+        _ => Err(DecodeError {
+            offset: 0,
+            reason: "not exactly one entry",
+        }),
+    }
 }
 
 fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> {
@@ -569,13 +647,26 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             let enqueued_ms = r.u64()?;
             let expires_ms = r.u64()?;
             let visible_ms = r.u64()?;
-            let subject = match r.u8()? {
-                0 => None,
-                1 => {
-                    let b = r.bytes16()?;
-                    Some(String::from_utf8(b.to_vec()).map_err(|_| r.err("subject is not UTF-8"))?)
-                }
-                _ => return Err(r.err("bad subject flag")),
+            let flags = r.u8()?;
+            if flags & !0b111 != 0 {
+                return Err(r.err("unknown enqueue flags"));
+            }
+            let subject = if flags & 1 != 0 {
+                let b = r.bytes16()?;
+                Some(String::from_utf8(b.to_vec()).map_err(|_| r.err("subject is not UTF-8"))?)
+            } else {
+                None
+            };
+            let carried = if flags & 2 != 0 {
+                Some(Carried {
+                    origin_queue: r.u32()?,
+                    origin_id: r.u64()?,
+                    receive_count: r.u32()?,
+                    lease_gen: r.u32()?,
+                    first_received_ms: r.u64()?,
+                })
+            } else {
+                None
             };
             let n_headers = r.u16()?;
             let mut headers = Vec::with_capacity(usize::from(n_headers.min(64)));
@@ -597,6 +688,8 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 subject,
                 headers,
                 payload,
+                carried,
+                redrive: flags & 4 != 0,
             })
         }
         kind::LEASE => Entry::Lease {
@@ -606,6 +699,7 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             lease_gen: r.u32()?,
             until_ms: r.u64()?,
             first_received_ms: r.u64()?,
+            rec: r.rec()?,
         },
         kind::NACK => Entry::Nack {
             queue: r.u32()?,
@@ -619,23 +713,12 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             let id = r.u64()?;
             let reason =
                 RemoveReason::from_u8(r.u8()?).ok_or_else(|| r.err("unknown remove reason"))?;
-            Entry::Remove { queue, id, reason }
-        }
-        kind::MOVE => {
-            let src = r.u32()?;
-            let id = r.u64()?;
-            let dst = r.u32()?;
-            let new_id = r.u64()?;
-            let reason =
-                MoveReason::from_u8(r.u8()?).ok_or_else(|| r.err("unknown move reason"))?;
-            let at_ms = r.u64()?;
-            Entry::Move {
-                src,
+            let rec = r.rec()?;
+            Entry::Remove {
+                queue,
                 id,
-                dst,
-                new_id,
                 reason,
-                at_ms,
+                rec,
             }
         }
         kind::PURGE => Entry::Purge {
@@ -697,6 +780,14 @@ mod tests {
                 subject: Some("sensors/a".into()),
                 headers: vec![("qos".into(), Bytes::from_static(b"1"))],
                 payload: Bytes::from_static(b"hello"),
+                carried: Some(Carried {
+                    origin_queue: 4,
+                    origin_id: 17,
+                    receive_count: 3,
+                    lease_gen: 5,
+                    first_received_ms: 900,
+                }),
+                redrive: false,
             }),
             Entry::Enqueue(Enqueue {
                 queue: 1,
@@ -708,6 +799,8 @@ mod tests {
                 subject: None,
                 headers: vec![],
                 payload: Bytes::new(),
+                carried: None,
+                redrive: true,
             }),
             Entry::Lease {
                 queue: 1,
@@ -716,6 +809,25 @@ mod tests {
                 lease_gen: 3,
                 until_ms: 9,
                 first_received_ms: 4,
+                rec: Some(RecRef {
+                    seg: 3,
+                    off: 64,
+                    len: 70,
+                    size: 5,
+                    crc: 0xdead_beef,
+                    prio: 9,
+                    expires_ms: 5000,
+                    enqueued_ms: 1000,
+                }),
+            },
+            Entry::Lease {
+                queue: 1,
+                id: 42,
+                receive_count: 3,
+                lease_gen: 4,
+                until_ms: 10,
+                first_received_ms: 4,
+                rec: None,
             },
             Entry::Nack {
                 queue: 1,
@@ -728,14 +840,22 @@ mod tests {
                 queue: 1,
                 id: 42,
                 reason: RemoveReason::Evicted,
+                rec: None,
             },
-            Entry::Move {
-                src: 1,
-                id: 42,
-                dst: 2,
-                new_id: 99,
-                reason: MoveReason::Redrive,
-                at_ms: 77,
+            Entry::Remove {
+                queue: 1,
+                id: 43,
+                reason: RemoveReason::DeadLettered,
+                rec: Some(RecRef {
+                    seg: 1,
+                    off: 100,
+                    len: 60,
+                    size: 0,
+                    crc: 1,
+                    prio: 0,
+                    expires_ms: 0,
+                    enqueued_ms: 1,
+                }),
             },
             Entry::Purge {
                 queue: 1,
@@ -785,7 +905,12 @@ mod tests {
                 e.encode(&mut buf);
                 assert_eq!(
                     buf.len(),
-                    Entry::enqueue_len(q.payload.len(), q.subject.as_deref(), &q.headers)
+                    Entry::enqueue_len(
+                        q.payload.len(),
+                        q.subject.as_deref(),
+                        &q.headers,
+                        q.carried.is_some()
+                    )
                 );
             }
         }

@@ -96,6 +96,14 @@ pub enum Error {
     #[error("log damaged in {} range(s), first: {}; nothing was changed. Run `spool inspect verify`, then open with recovery policy `skip` to drop the damaged frames (or salvage the store)", .ranges.len(), first_range(.ranges))]
     Corrupt { ranges: Vec<DamagedRange> },
 
+    /// A message's record failed its checksum (or is cut short) when it was read back.
+    #[error("the record at segment {segment} offset {offset} is damaged ({reason}); run `spool inspect verify` to see the extent, then delete the message or salvage the store")]
+    DamagedRecord {
+        segment: u64,
+        offset: u64,
+        reason: String,
+    },
+
     /// The store was closed.
     #[error("store is closed")]
     Closed,

@@ -261,7 +261,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 /// `b"SPOOLFMT"`.
 pub const FORMAT_MAGIC: [u8; 8] = *b"SPOOLFMT";
 /// The store format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the FORMAT file.
 pub const FORMAT_LEN: usize = 36;
 

@@ -32,10 +32,10 @@ pub mod entry;
 pub mod error;
 pub mod frame;
 mod message;
-mod msgtable;
 pub mod name;
 pub mod options;
 mod queue;
+mod reader;
 pub mod recovery;
 #[doc(hidden)]
 pub mod segindex;
@@ -48,7 +48,7 @@ pub mod vfs;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use entry::{MoveReason, RemoveReason};
+pub use entry::RemoveReason;
 pub use error::{Error, Result};
 pub use message::{Message, Push, Receipt};
 pub use options::{Durability, Options, Overflow, QueueConfig, RecoveryPolicy, TopicConfig};

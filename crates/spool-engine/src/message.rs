@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::entry::{decode_record, Entry, RecRef};
 use crate::error::Error;
-use crate::state::{MessageState, Msg};
+use crate::state::MessageState;
+use crate::writer::Shared;
 
 /// A message to push. Build with [`Push::new`] and the setters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,23 +119,101 @@ pub struct Message {
     pub dead_letter_of: Option<(String, u64)>,
 }
 
-impl Message {
-    pub(crate) fn from_msg(m: &Msg, receipt: Option<Receipt>, origin_name: Option<String>) -> Self {
-        Self {
-            id: m.id,
-            receipt,
-            payload: m.payload.clone(),
-            priority: m.priority,
-            subject: m.subject().map(str::to_string),
-            headers: m.headers().to_vec(),
-            enqueued_at: m.enqueued_ms,
-            expires_at: (m.expires_ms != 0).then_some(m.expires_ms),
-            receive_count: m.receive_count,
-            first_received_at: (m.first_received_ms != 0).then_some(m.first_received_ms),
-            state: m.state,
-            dead_letter_of: origin_name.zip(m.origin().map(|(_, id)| id)),
+/// How a read message's counters are known: from the state (touched), or from its record
+/// (never handed out: a dead letter carries its counters in its record, others have none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counts {
+    Known {
+        receive_count: u32,
+        first_received_ms: u64,
+    },
+    FromRecord {
+        /// Added to the carried receive count (1 for a pop).
+        add: u32,
+        /// First-received time when the record carries none (0 = none).
+        first_if_none: u64,
+    },
+}
+
+/// A message picked under the store lock, to be read from the log once the lock is released
+/// (and, for a lease or pop, once its entries are committed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Out {
+    pub id: u64,
+    pub rec: RecRef,
+    pub receipt: Option<Receipt>,
+    pub priority: u8,
+    pub counts: Counts,
+    pub state: MessageState,
+}
+
+fn damaged(rec: &RecRef, reason: String) -> Error {
+    Error::DamagedRecord {
+        segment: rec.seg,
+        offset: u64::from(rec.off),
+        reason,
+    }
+}
+
+/// Reads the records of `outs` and builds the messages, in order.
+pub(crate) fn read_messages(shared: &Shared, outs: &[Out]) -> Result<Vec<Message>, Error> {
+    if outs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let recs: Vec<RecRef> = outs.iter().map(|o| o.rec).collect();
+    let bytes = shared.reader.read_many(&recs)?;
+    let mut msgs = Vec::with_capacity(outs.len());
+    let mut origins = Vec::with_capacity(outs.len());
+    for (o, b) in outs.iter().zip(bytes) {
+        let e = match decode_record(&b) {
+            Ok(Entry::Enqueue(e)) if e.id == o.id => e,
+            Ok(Entry::Enqueue(e)) => {
+                return Err(damaged(
+                    &o.rec,
+                    format!("found message {} where message {} was expected", e.id, o.id),
+                ))
+            }
+            Ok(_) => return Err(damaged(&o.rec, "not a message record".into())),
+            Err(e) => return Err(damaged(&o.rec, e.to_string())),
+        };
+        let (receive_count, first) = match o.counts {
+            Counts::Known {
+                receive_count,
+                first_received_ms,
+            } => (receive_count, first_received_ms),
+            Counts::FromRecord { add, first_if_none } => (
+                e.carried.map_or(0, |c| c.receive_count) + add,
+                e.carried
+                    .map(|c| c.first_received_ms)
+                    .filter(|&f| f != 0)
+                    .unwrap_or(first_if_none),
+            ),
+        };
+        origins.push(e.carried.map(|c| (c.origin_queue, c.origin_id)));
+        msgs.push(Message {
+            id: o.id,
+            receipt: o.receipt,
+            payload: e.payload,
+            priority: o.priority,
+            subject: e.subject,
+            headers: e.headers,
+            enqueued_at: e.enqueued_ms,
+            expires_at: (e.expires_ms != 0).then_some(e.expires_ms),
+            receive_count,
+            first_received_at: (first != 0).then_some(first),
+            state: o.state,
+            dead_letter_of: None,
+        });
+    }
+    if origins.iter().any(Option::is_some) {
+        let core = shared.lock_core();
+        for (m, o) in msgs.iter_mut().zip(origins) {
+            if let Some((q, id)) = o {
+                m.dead_letter_of = core.state.queues.get(&q).map(|q| (q.name.clone(), id));
+            }
         }
     }
+    Ok(msgs)
 }
 
 #[cfg(test)]

@@ -8,9 +8,17 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 
-/// The largest body of one log frame. Every atomic batch fits in one frame (so a torn tail
-/// never leaves half a batch), hence this is also the bound on a batch's encoded size.
-pub const FRAME_BODY_MAX: usize = 64 << 20;
+/// The largest encoded size of one transaction (an atomic batch). Every transaction lies in
+/// one frame, so a torn tail never leaves half a batch.
+pub const TXN_BYTES_MAX: usize = 64 << 20;
+/// The most `group_bytes_max` may be set to.
+pub const GROUP_BYTES_LIMIT: usize = 32 << 20;
+/// The largest body of one log frame, checked before anything is allocated when reading: a
+/// frame takes transactions until it holds `group_bytes_max`, and the last one may be a full
+/// transaction (plus its evictions).
+pub const FRAME_BODY_MAX: usize = 128 << 20;
+/// The largest segment size accepted (record offsets are 32-bit).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 /// The largest payload a queue or topic may be configured to accept. Larger payloads go to
 /// blob files (a later format addition); until then they must fit, with their batch, in a frame.
 pub const PAYLOAD_MAX: usize = 32 << 20;
@@ -95,10 +103,16 @@ impl Default for Options {
 
 impl Options {
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.segment_bytes < 4096 {
+        if self.segment_bytes < 4096 || self.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
-                "segment_bytes {} is below the minimum of 4096",
+                "segment_bytes {} is out of range: use 4096 to {SEGMENT_BYTES_MAX}",
                 self.segment_bytes
+            )));
+        }
+        if self.group_bytes_max == 0 || self.group_bytes_max > GROUP_BYTES_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "group_bytes_max {} is out of range: use 1 to {GROUP_BYTES_LIMIT}",
+                self.group_bytes_max
             )));
         }
         if let Durability::Interval(0) = self.durability {

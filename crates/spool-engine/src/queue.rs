@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::entry::{Enqueue, Entry, MoveReason, RemoveReason};
+use crate::entry::{decode_record, Carried, Enqueue, Entry, RecRef, RemoveReason};
 use crate::error::{Error, Result};
-use crate::message::{Message, Push, Receipt};
+use crate::message::{read_messages, Counts, Message, Out, Push, Receipt};
 use crate::name;
-use crate::options::{Overflow, QueueConfig, BATCH_LEN_MAX, DURATION_MAX, FRAME_BODY_MAX};
-use crate::state::{MessageState, Queue, QueueCounters, State};
+use crate::options::{Overflow, QueueConfig, BATCH_LEN_MAX, DURATION_MAX, TXN_BYTES_MAX};
+use crate::state::{Found, MessageState, Queue, QueueCounters, State, Touched};
 use crate::store::{Committed, Store, Txn};
 
 /// The most messages one lease, pop or peek call returns.
@@ -118,32 +118,162 @@ fn ensure_dlq(txn: &mut Txn<'_>, qid: u32, default: &QueueConfig) -> Option<u32>
     Some(ensure_queue(txn, &dlq, &config))
 }
 
-fn origin_name(state: &State, m: &crate::state::Msg) -> Option<String> {
-    m.origin()
-        .and_then(|(qid, _)| state.queues.get(&qid))
-        .map(|q| q.name.clone())
-}
+/// Bytes of copied messages (dead-letter moves, redrives) one transaction emits at most; the
+/// rest waits for the next call.
+const MOVE_BYTES_BUDGET: usize = 16 << 20;
 
-/// Checks a receipt against the message it names.
-fn check_receipt(q: &Queue, receipt: Receipt) -> Result<()> {
-    let m = q.msgs.get(receipt.id).ok_or_else(|| Error::NotFound {
+/// Checks a receipt against the message it names; returns the message.
+fn check_receipt(q: &Queue, receipt: Receipt) -> Result<&Touched> {
+    let lost = || Error::LeaseLost {
         queue: q.name.clone(),
         id: receipt.id,
-    })?;
+        receipt: receipt.to_string(),
+    };
+    let Some(t) = q.touched.get(&receipt.id) else {
+        // Never leased (or gone).
+        if q.contains(receipt.id) {
+            return Err(lost());
+        }
+        return Err(Error::NotFound {
+            queue: q.name.clone(),
+            id: receipt.id,
+        });
+    };
     // The generation must be the one the last lease handed out, and still in force: leased,
     // or ready again because that lease expired and nobody leased it since (SQS-like
     // leniency). A nack bumps the generation without handing it out (`delivered` false).
-    let current = m.delivered
-        && m.lease_gen == receipt.generation
-        && matches!(m.state, MessageState::Leased(_) | MessageState::Ready);
+    let current = t.delivered
+        && t.lease_gen == receipt.generation
+        && matches!(t.state, MessageState::Leased(_) | MessageState::Ready);
     if !current {
-        return Err(Error::LeaseLost {
-            queue: q.name.clone(),
-            id: receipt.id,
-            receipt: receipt.to_string(),
-        });
+        return Err(lost());
     }
-    Ok(())
+    Ok(t)
+}
+
+/// The record of a message that is still in its lane's stream, for entries that take it out.
+fn stream_rec(f: Found<'_>) -> Option<RecRef> {
+    match f {
+        Found::Stream(e) => Some(e.rec),
+        Found::Touched(_) => None,
+    }
+}
+
+/// A message's counters for moving it: (receive count, lease generation, first received).
+/// A message never handed out carries its counters in its record when it is a dead letter.
+fn counters_of(f: Found<'_>, record: &Enqueue) -> (u32, u32, u64) {
+    match f {
+        Found::Touched(t) => (t.receive_count, t.lease_gen, t.first_received_ms),
+        Found::Stream(_) => record.carried.map_or((0, 0, 0), |c| {
+            (c.receive_count, c.lease_gen, c.first_received_ms)
+        }),
+    }
+}
+
+/// Reads a message's record under the lock. `Ok(None)` when it is not committed yet (then it
+/// is not visible to this operation).
+fn read_record(txn: &Txn<'_>, rec: &RecRef, id: u64) -> Result<Option<Enqueue>> {
+    let Some(bytes) = txn.read_committed(rec) else {
+        return Ok(None);
+    };
+    let bad = |reason: String| Error::DamagedRecord {
+        segment: rec.seg,
+        offset: u64::from(rec.off),
+        reason,
+    };
+    match decode_record(&bytes?) {
+        Ok(Entry::Enqueue(e)) if e.id == id => Ok(Some(e)),
+        Ok(_) => Err(bad(format!("not the record of message {id}"))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Moves message `id` of queue `src` to queue `dst` under a new id, in one frame: `REMOVE`
+/// from the source and an `ENQUEUE` (a copy of the record) into the destination. A dead
+/// letter carries its origin and counters; a redrive starts afresh. `Ok(None)` when the
+/// record is not committed yet.
+fn move_message(
+    txn: &mut Txn<'_>,
+    src: u32,
+    id: u64,
+    dst: u32,
+    reason: RemoveReason,
+) -> Result<Option<u64>> {
+    let q = txn.core.state.queues.get(&src).ok_or(Error::Closed)?;
+    let f = q.find(id).ok_or_else(|| Error::NotFound {
+        queue: q.name.clone(),
+        id,
+    })?;
+    let rec = f.rec();
+    let priority = match f {
+        Found::Touched(t) => t.priority,
+        Found::Stream(e) => e.rec.prio,
+    };
+    let Some(record) = read_record(txn, &rec, id)? else {
+        return Ok(None);
+    };
+    let q = txn.core.state.queues.get(&src).ok_or(Error::Closed)?;
+    let f = q.find(id).ok_or(Error::Closed)?;
+    let (receive_count, lease_gen, first_received_ms) = counters_of(f, &record);
+    let from_stream = stream_rec(f);
+    let redrive = reason == RemoveReason::Redriven;
+    let new_id = txn.core.state.next_msg_id;
+    txn.emit(Entry::Remove {
+        queue: src,
+        id,
+        reason,
+        rec: from_stream,
+    });
+    txn.emit(Entry::Enqueue(Enqueue {
+        queue: dst,
+        id: new_id,
+        priority,
+        enqueued_ms: record.enqueued_ms,
+        expires_ms: record.expires_ms,
+        visible_ms: 0,
+        subject: record.subject,
+        headers: record.headers,
+        payload: record.payload,
+        carried: (!redrive).then_some(Carried {
+            origin_queue: src,
+            origin_id: id,
+            receive_count,
+            lease_gen,
+            first_received_ms,
+        }),
+        redrive,
+    }));
+    if let Some(s) = txn.core.state.queues.get(&dst).map(|q| q.signal.clone()) {
+        txn.touch(&s);
+    }
+    Ok(Some(new_id))
+}
+
+fn out_of(id: u64, f: Found<'_>, receipt: Option<Receipt>) -> Out {
+    match f {
+        Found::Touched(t) => Out {
+            id,
+            rec: t.rec,
+            receipt,
+            priority: t.priority,
+            counts: Counts::Known {
+                receive_count: t.receive_count,
+                first_received_ms: t.first_received_ms,
+            },
+            state: t.state,
+        },
+        Found::Stream(e) => Out {
+            id,
+            rec: e.rec,
+            receipt,
+            priority: e.rec.prio,
+            counts: Counts::FromRecord {
+                add: 0,
+                first_if_none: 0,
+            },
+            state: MessageState::Ready,
+        },
+    }
 }
 
 impl Store {
@@ -266,7 +396,8 @@ impl Store {
         check_count(n)?;
         let vis = visibility.map(check_visibility).transpose()?;
         let default = self.shared().options.default_queue.clone();
-        self.commit(|txn| lease_txn(txn, queue, n, vis, &default))
+        let outs = self.commit(|txn| lease_txn(txn, queue, n, vis, &default))?;
+        read_messages(self.shared(), &outs)
     }
 
     /// [`Store::lease`] for async callers (it never blocks on an empty queue; the future
@@ -278,11 +409,14 @@ impl Store {
         visibility: Option<Duration>,
     ) -> Committed<Vec<Message>> {
         let default = self.shared().options.default_queue.clone();
-        self.commit_async(|txn| {
-            check_count(n)?;
-            let vis = visibility.map(check_visibility).transpose()?;
-            lease_txn(txn, queue, n, vis, &default)
-        })
+        self.commit_async_then(
+            |txn| {
+                check_count(n)?;
+                let vis = visibility.map(check_visibility).transpose()?;
+                lease_txn(txn, queue, n, vis, &default)
+            },
+            |shared, outs| read_messages(shared, &outs),
+        )
     }
 
     /// Like [`Store::lease`], but when nothing is visible waits up to `timeout` for a push, an
@@ -325,10 +459,10 @@ impl Store {
             })?;
             self.wait(ticket)?;
             if !got.is_empty() {
-                return Ok(got);
+                return read_messages(self.shared(), &got);
             }
             let Some((signal, seen, due)) = wait_for else {
-                return Ok(got);
+                return Ok(Vec::new());
             };
             let now_wall = Instant::now();
             if now_wall >= deadline {
@@ -379,14 +513,13 @@ impl Store {
                 .queues
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
-            check_receipt(q, receipt)?;
-            let m = q.msgs.get(receipt.id).ok_or_else(|| unknown(queue))?;
+            let t = check_receipt(q, receipt)?;
             let entry = Entry::Nack {
                 queue: qid,
                 id: receipt.id,
-                lease_gen: m.lease_gen + 1,
+                lease_gen: t.lease_gen + 1,
                 visible_ms: if delay == 0 { 0 } else { txn.now + delay },
-                priority: priority.unwrap_or(m.priority),
+                priority: priority.unwrap_or(t.priority),
             };
             let signal = q.signal.clone();
             txn.emit(entry);
@@ -407,16 +540,16 @@ impl Store {
                 .queues
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
-            check_receipt(q, receipt)?;
-            let m = q.msgs.get(receipt.id).ok_or_else(|| unknown(queue))?;
+            let t = check_receipt(q, receipt)?;
             let until = txn.now + vis;
             let entry = Entry::Lease {
                 queue: qid,
                 id: receipt.id,
-                receive_count: m.receive_count,
-                lease_gen: m.lease_gen,
+                receive_count: t.receive_count,
+                lease_gen: t.lease_gen,
                 until_ms: until,
-                first_received_ms: m.first_received_ms,
+                first_received_ms: t.first_received_ms,
+                rec: None,
             };
             txn.emit(entry);
             Ok(until)
@@ -427,40 +560,36 @@ impl Store {
     /// it can never be processed). Returns its id in the dead-letter queue.
     pub fn dead(&self, queue: &str, receipt: Receipt) -> Result<u64> {
         let default = self.shared().options.default_queue.clone();
-        self.commit(|txn| {
-            let qid = txn.core.state.queue_id(queue)?;
-            let q = txn
-                .core
-                .state
-                .queues
-                .get(&qid)
-                .ok_or_else(|| unknown(queue))?;
-            check_receipt(q, receipt)?;
-            if q.config
-                .dead_letter_queue_of(&q.name)
-                .is_none_or(|d| d == q.name)
-            {
-                return Err(Error::NoDeadLetterQueue {
-                    queue: queue.to_string(),
-                });
-            }
-            let dlq = ensure_dlq(txn, qid, &default).ok_or_else(|| Error::NoDeadLetterQueue {
-                queue: queue.to_string(),
+        loop {
+            let moved = self.commit(|txn| {
+                let qid = txn.core.state.queue_id(queue)?;
+                let q = txn
+                    .core
+                    .state
+                    .queues
+                    .get(&qid)
+                    .ok_or_else(|| unknown(queue))?;
+                check_receipt(q, receipt)?;
+                if q.config
+                    .dead_letter_queue_of(&q.name)
+                    .is_none_or(|d| d == q.name)
+                {
+                    return Err(Error::NoDeadLetterQueue {
+                        queue: queue.to_string(),
+                    });
+                }
+                let dlq =
+                    ensure_dlq(txn, qid, &default).ok_or_else(|| Error::NoDeadLetterQueue {
+                        queue: queue.to_string(),
+                    })?;
+                move_message(txn, qid, receipt.id, dlq, RemoveReason::DeadLettered)
             })?;
-            let new_id = txn.core.state.next_msg_id;
-            txn.emit(Entry::Move {
-                src: qid,
-                id: receipt.id,
-                dst: dlq,
-                new_id,
-                reason: MoveReason::Rejected,
-                at_ms: txn.now,
-            });
-            if let Some(s) = txn.core.state.queues.get(&dlq).map(|q| q.signal.clone()) {
-                txn.touch(&s);
+            if let Some(id) = moved {
+                return Ok(id);
             }
-            Ok(new_id)
-        })
+            // Its record is not durable yet (pushed a moment ago): wait, then move it.
+            self.wait_for_pending()?;
+        }
     }
 
     /// Moves up to `n` messages from dead-letter queue `dlq` back to the queues they came from
@@ -468,6 +597,7 @@ impl Store {
     /// Returns how many moved.
     pub fn redrive(&self, dlq: &str, n: usize) -> Result<usize> {
         check_count(n)?;
+        self.wait_for_pending()?;
         self.commit(|txn| {
             let qid = txn.core.state.queue_id(dlq)?;
             let now = txn.now;
@@ -478,32 +608,33 @@ impl Store {
                 .get_mut(&qid)
                 .ok_or_else(|| unknown(dlq))?;
             q.promote(now);
-            let mut ids: Vec<(u64, u32)> = q
-                .msgs
-                .values()
-                .filter(|m| m.state == MessageState::Ready)
-                .filter_map(|m| m.origin().map(|(src, _)| (m.id, src)))
+            // Ready dead letters (they carry their origin), oldest id first.
+            let mut candidates: Vec<(u64, RecRef)> = q
+                .ready_in_order()
+                .filter(|(_, f)| match f {
+                    Found::Stream(e) => e.carried,
+                    Found::Touched(t) => t.carried,
+                })
+                .map(|(id, f)| (id, f.rec()))
                 .collect();
-            ids.sort_unstable();
+            candidates.sort_unstable_by_key(|(id, _)| *id);
             let mut moved = 0;
-            for (id, src) in ids {
-                if moved >= n {
+            for (id, rec) in candidates {
+                if moved >= n || txn.emitted_bytes() > MOVE_BYTES_BUDGET {
                     break;
                 }
-                let Some(signal) = txn.core.state.queues.get(&src).map(|q| q.signal.clone()) else {
+                let Some(record) = read_record(txn, &rec, id)? else {
                     continue;
                 };
-                let new_id = txn.core.state.next_msg_id;
-                txn.emit(Entry::Move {
-                    src: qid,
-                    id,
-                    dst: src,
-                    new_id,
-                    reason: MoveReason::Redrive,
-                    at_ms: now,
-                });
-                txn.touch(&signal);
-                moved += 1;
+                let Some(src) = record.carried.map(|c| c.origin_queue) else {
+                    continue;
+                };
+                if !txn.core.state.queues.contains_key(&src) {
+                    continue;
+                }
+                if move_message(txn, qid, id, src, RemoveReason::Redriven)?.is_some() {
+                    moved += 1;
+                }
             }
             Ok(moved)
         })
@@ -515,7 +646,7 @@ impl Store {
     /// cannot bring them back; a crash before it returns may).
     pub fn pop(&self, queue: &str, n: usize) -> Result<Vec<Message>> {
         check_count(n)?;
-        self.commit(|txn| {
+        let outs = self.commit(|txn| {
             let qid = txn.core.state.queue_id(queue)?;
             let now = txn.now;
             let mut out = Vec::new();
@@ -523,89 +654,125 @@ impl Store {
                 let Some(id) = next_deliverable(txn, qid) else {
                     break;
                 };
-                let state = &txn.core.state;
-                let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(id)) else {
+                let Some(f) = txn.core.state.queues.get(&qid).and_then(|q| q.find(id)) else {
                     break;
                 };
-                let mut msg = Message::from_msg(m, None, origin_name(state, m));
-                msg.receive_count += 1;
-                msg.first_received_at.get_or_insert(now);
+                let mut o = out_of(id, f, None);
+                o.counts = match o.counts {
+                    Counts::Known {
+                        receive_count,
+                        first_received_ms,
+                    } => Counts::Known {
+                        receive_count: receive_count + 1,
+                        first_received_ms: if first_received_ms == 0 {
+                            now
+                        } else {
+                            first_received_ms
+                        },
+                    },
+                    Counts::FromRecord { .. } => Counts::FromRecord {
+                        add: 1,
+                        first_if_none: now,
+                    },
+                };
+                let rec = stream_rec(f);
                 txn.emit(Entry::Remove {
                     queue: qid,
                     id,
                     reason: RemoveReason::Popped,
+                    rec,
                 });
-                out.push(msg);
+                out.push(o);
             }
             Ok(out)
-        })
+        })?;
+        read_messages(self.shared(), &outs)
     }
 
     /// Up to `n` visible messages in delivery order, without changing anything.
     pub fn peek(&self, queue: &str, n: usize) -> Result<Vec<Message>> {
         check_count(n)?;
-        let committed = self.committed();
         let now = self.now();
-        let mut core = self.shared().lock_core();
-        let state = &mut core.state;
-        let q = state
-            .queue_by_name_mut(queue)
-            .ok_or_else(|| unknown(queue))?;
-        q.promote(now);
-        let ids = q.ready_in_order(n, |m| m.ticket <= committed && !m.expired(now));
-        let q = state.queue_by_name(queue).ok_or_else(|| unknown(queue))?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| q.msgs.get(*id))
-            .map(|m| Message::from_msg(m, None, origin_name(state, m)))
-            .collect())
+        let outs = {
+            let mut core = self.shared().lock_core();
+            let core = &mut *core;
+            let q = core
+                .state
+                .queue_by_name_mut(queue)
+                .ok_or_else(|| unknown(queue))?;
+            q.promote(now);
+            let q = core
+                .state
+                .queue_by_name(queue)
+                .ok_or_else(|| unknown(queue))?;
+            q.ready_in_order()
+                .filter(|(_, f)| {
+                    let r = f.rec();
+                    !f.expired(now) && core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
+                })
+                .take(n)
+                .map(|(id, f)| out_of(id, f, None))
+                .collect::<Vec<Out>>()
+        };
+        read_messages(self.shared(), &outs)
     }
 
     /// One message by id, in any state, without changing it.
     pub fn get(&self, queue: &str, id: u64) -> Result<Message> {
-        let committed = self.committed();
         let now = self.now();
-        let mut core = self.shared().lock_core();
-        core.state
-            .queue_by_name_mut(queue)
-            .ok_or_else(|| unknown(queue))?
-            .promote(now);
-        let q = core
-            .state
-            .queue_by_name(queue)
-            .ok_or_else(|| unknown(queue))?;
-        q.msgs
-            .get(id)
-            .filter(|m| m.ticket <= committed)
-            .map(|m| Message::from_msg(m, None, origin_name(&core.state, m)))
-            .ok_or_else(|| Error::NotFound {
-                queue: queue.to_string(),
-                id,
-            })
+        let out = {
+            let mut core = self.shared().lock_core();
+            let core = &mut *core;
+            core.state
+                .queue_by_name_mut(queue)
+                .ok_or_else(|| unknown(queue))?
+                .promote(now);
+            let q = core
+                .state
+                .queue_by_name(queue)
+                .ok_or_else(|| unknown(queue))?;
+            q.find(id)
+                .filter(|f| {
+                    let r = f.rec();
+                    core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
+                })
+                .map(|f| out_of(id, f, None))
+                .ok_or_else(|| Error::NotFound {
+                    queue: queue.to_string(),
+                    id,
+                })?
+        };
+        let mut v = read_messages(self.shared(), &[out])?;
+        v.pop().ok_or(Error::NotFound {
+            queue: queue.to_string(),
+            id,
+        })
     }
 
     /// Every message of a queue in id order, in any state (for inspection and tests).
     pub fn messages(&self, queue: &str) -> Result<Vec<Message>> {
-        let committed = self.committed();
         let now = self.now();
-        let mut core = self.shared().lock_core();
-        let q = core
-            .state
-            .queue_by_name_mut(queue)
-            .ok_or_else(|| unknown(queue))?;
-        q.promote(now);
-        let q = core
-            .state
-            .queue_by_name(queue)
-            .ok_or_else(|| unknown(queue))?;
-        let mut v: Vec<Message> = q
-            .msgs
-            .values()
-            .filter(|m| m.ticket <= committed)
-            .map(|m| Message::from_msg(m, None, origin_name(&core.state, m)))
-            .collect();
-        v.sort_by_key(|m| m.id);
-        Ok(v)
+        let outs = {
+            let mut core = self.shared().lock_core();
+            let core = &mut *core;
+            core.state
+                .queue_by_name_mut(queue)
+                .ok_or_else(|| unknown(queue))?
+                .promote(now);
+            let q = core
+                .state
+                .queue_by_name(queue)
+                .ok_or_else(|| unknown(queue))?;
+            q.all()
+                .into_iter()
+                .filter(|(_, f)| {
+                    let r = f.rec();
+                    core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
+                })
+                .map(|(id, f)| out_of(id, f, None))
+                .collect::<Vec<Out>>()
+        };
+        read_messages(self.shared(), &outs)
     }
 
     /// Deletes a message by id, whatever its state.
@@ -618,16 +785,16 @@ impl Store {
                 .queues
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
-            if !q.msgs.contains_key(id) {
-                return Err(Error::NotFound {
-                    queue: queue.to_string(),
-                    id,
-                });
-            }
+            let f = q.find(id).ok_or_else(|| Error::NotFound {
+                queue: queue.to_string(),
+                id,
+            })?;
+            let rec = stream_rec(f);
             txn.emit(Entry::Remove {
                 queue: qid,
                 id,
                 reason: RemoveReason::Deleted,
+                rec,
             });
             Ok(())
         })
@@ -643,7 +810,7 @@ impl Store {
                 .queues
                 .get(&qid)
                 .ok_or_else(|| unknown(queue))?;
-            let n = q.msgs.len() as u64;
+            let n = q.len();
             if n > 0 {
                 let below_id = txn.core.state.next_msg_id;
                 txn.emit(Entry::Purge {
@@ -672,16 +839,21 @@ impl Store {
         let dead = dlq_name
             .as_deref()
             .and_then(|d| core.state.queue_by_name(d))
-            .map_or(0, |d| d.msgs.len() as u64);
-        let oldest = q.msgs.values().map(|m| m.enqueued_ms).min();
+            .map_or(0, Queue::len);
+        let oldest = q
+            .lanes
+            .values()
+            .flat_map(|l| l.stream.iter().map(|e| e.rec.enqueued_ms))
+            .chain(q.touched.values().map(|t| t.rec.enqueued_ms))
+            .min();
         Ok(QueueStats {
             name: q.name.clone(),
-            visible: q.n_ready,
+            visible: q.n_ready(),
             delayed: q.n_delayed(),
             leased: q.n_leased(),
             dead,
-            messages: q.msgs.len() as u64,
-            bytes: q.bytes,
+            messages: q.len(),
+            bytes: q.bytes(),
             oldest_age_ms: oldest.map_or(0, |o| now.saturating_sub(o)),
             dead_letter_queue: dlq_name,
             counters: q.counters,
@@ -748,7 +920,7 @@ fn push_txn(
             Some(t) => Some(check_duration("ttl", t)?),
             None => config.retention.map(|r| r.as_millis() as u64),
         };
-        encoded += Entry::enqueue_len(m.payload.len(), m.subject.as_deref(), &m.headers);
+        encoded += Entry::enqueue_len(m.payload.len(), m.subject.as_deref(), &m.headers, false);
         new_bytes += (m.payload.len()
             + m.subject.as_ref().map_or(0, String::len)
             + m.headers
@@ -759,20 +931,21 @@ fn push_txn(
         plans.push((delay, ttl));
     }
     // Headroom for the queue definition and evictions sharing the frame.
-    if encoded > FRAME_BODY_MAX - (1 << 20) {
+    let limit = TXN_BYTES_MAX - (1 << 20);
+    if encoded > limit {
         return Err(Error::BatchTooLarge {
             what: "the encoded batch",
             size: encoded,
-            max: FRAME_BODY_MAX - (1 << 20),
+            max: limit,
         });
     }
     // Capacity.
     let n_new = msgs.len() as u64;
-    let mut evict = Vec::new();
+    let mut evict: Vec<(u64, Option<RecRef>)> = Vec::new();
     if config.max_messages != 0 || config.max_bytes != 0 {
         let (count, bytes) = existing
             .and_then(|id| txn.core.state.queues.get(&id))
-            .map_or((0, 0), |q| (q.msgs.len() as u64, q.bytes));
+            .map_or((0, 0), |q| (q.len(), q.bytes()));
         let over = |c: u64, b: u64| {
             (config.max_messages != 0 && c + n_new > config.max_messages)
                 || (config.max_bytes != 0 && b + new_bytes > config.max_bytes)
@@ -799,25 +972,21 @@ fn push_txn(
             };
             q.promote(txn.now);
             let (mut c, mut b) = (count, bytes);
-            let mut lanes: Vec<u8> = q
-                .msgs
-                .values()
-                .filter(|m| m.state == MessageState::Ready && m.priority <= min_prio)
-                .map(|m| m.priority)
+            let lanes: Vec<u8> = q
+                .lanes
+                .keys()
+                .rev()
+                .map(|k| k.0)
+                .filter(|&p| p <= min_prio)
                 .collect();
-            lanes.sort_unstable();
-            lanes.dedup();
             'plan: for p in lanes {
-                let ids = q.ready_in_order(usize::MAX, |m| m.priority == p);
-                for id in ids {
+                for (id, f) in q.lane_ready(p) {
                     if !over(c, b) {
                         break 'plan;
                     }
-                    if let Some(m) = q.msgs.get(id) {
-                        c -= 1;
-                        b -= m.size();
-                        evict.push(id);
-                    }
+                    c -= 1;
+                    b -= u64::from(f.rec().size);
+                    evict.push((id, stream_rec(f)));
                 }
             }
             if over(c, b) {
@@ -828,11 +997,12 @@ fn push_txn(
     }
     // Everything is checked: emit.
     let qid = ensure_queue(txn, queue, &config);
-    for id in evict {
+    for (id, rec) in evict {
         txn.emit(Entry::Remove {
             queue: qid,
             id,
             reason: RemoveReason::Evicted,
+            rec,
         });
     }
     let now = txn.now;
@@ -849,6 +1019,8 @@ fn push_txn(
             subject: m.subject,
             headers: m.headers,
             payload: m.payload,
+            carried: None,
+            redrive: false,
         }));
         ids.push(id);
     }
@@ -867,13 +1039,16 @@ fn next_deliverable(txn: &mut Txn<'_>, qid: u32) -> Option<u64> {
         let q = txn.core.state.queues.get_mut(&qid)?;
         q.promote(now);
         let id = q.next_ready(false, u8::MAX)?;
-        if !q.msgs.get(id)?.expired(now) {
+        let f = q.find(id)?;
+        if !f.expired(now) {
             return Some(id);
         }
+        let rec = stream_rec(f);
         txn.emit(Entry::Remove {
             queue: qid,
             id,
             reason: RemoveReason::Expired,
+            rec,
         });
     }
 }
@@ -884,7 +1059,7 @@ fn lease_txn(
     n: usize,
     vis: Option<u64>,
     default: &QueueConfig,
-) -> Result<Vec<Message>> {
+) -> Result<Vec<Out>> {
     let qid = txn.core.state.queue_id(queue)?;
     let now = txn.now;
     let mut out = Vec::new();
@@ -897,47 +1072,73 @@ fn lease_txn(
         };
         let vis = vis.unwrap_or(q.config.visibility.as_millis() as u64);
         let max_receives = q.config.max_receives;
-        let Some(m) = q.msgs.get(id) else { break };
-        let (receive_count, lease_gen, first_received_ms) =
-            (m.receive_count, m.lease_gen, m.first_received_ms);
+        let Some(f) = q.find(id) else { break };
+        let rec = f.rec();
+        let from_stream = stream_rec(f);
+        let (mut receive_count, mut lease_gen, mut first_received_ms, priority) = match f {
+            Found::Touched(t) => (
+                t.receive_count,
+                t.lease_gen,
+                t.first_received_ms,
+                t.priority,
+            ),
+            Found::Stream(e) => (e.rc, 0, 0, e.rec.prio),
+        };
+        if matches!(f, Found::Stream(e) if e.carried) {
+            // A dead letter never handed out in this queue: its counters are in its record.
+            match read_record(txn, &rec, id) {
+                Ok(Some(record)) => {
+                    if let Some(c) = record.carried {
+                        (receive_count, lease_gen, first_received_ms) =
+                            (c.receive_count, c.lease_gen, c.first_received_ms);
+                    }
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                // Not durable yet (not visible to a lease yet), or unreadable: stop here.
+                Ok(None) | Err(_) => break,
+            }
+        }
         if max_receives > 0 && receive_count >= max_receives {
             if let Some(dlq) = ensure_dlq(txn, qid, default) {
-                let new_id = txn.core.state.next_msg_id;
-                txn.emit(Entry::Move {
-                    src: qid,
-                    id,
-                    dst: dlq,
-                    new_id,
-                    reason: MoveReason::MaxReceives,
-                    at_ms: now,
-                });
-                if let Some(s) = txn.core.state.queues.get(&dlq).map(|q| q.signal.clone()) {
-                    txn.touch(&s);
+                if txn.emitted_bytes() > MOVE_BYTES_BUDGET {
+                    break;
                 }
-                continue;
+                match move_message(txn, qid, id, dlq, RemoveReason::DeadLettered) {
+                    Ok(Some(_)) => continue,
+                    Err(e) if out.is_empty() => return Err(e),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         let receipt = Receipt {
             id,
             generation: lease_gen + 1,
         };
-        let entry = Entry::Lease {
+        let first = if first_received_ms == 0 {
+            now
+        } else {
+            first_received_ms
+        };
+        txn.emit(Entry::Lease {
             queue: qid,
             id,
             receive_count: receive_count + 1,
             lease_gen: lease_gen + 1,
             until_ms: now + vis,
-            first_received_ms: if first_received_ms == 0 {
-                now
-            } else {
-                first_received_ms
+            first_received_ms: first,
+            rec: from_stream,
+        });
+        out.push(Out {
+            id,
+            rec,
+            receipt: Some(receipt),
+            priority,
+            counts: Counts::Known {
+                receive_count: receive_count + 1,
+                first_received_ms: first,
             },
-        };
-        txn.emit(entry);
-        let state = &txn.core.state;
-        if let Some(m) = state.queues.get(&qid).and_then(|q| q.msgs.get(id)) {
-            out.push(Message::from_msg(m, Some(receipt), origin_name(state, m)));
-        }
+            state: MessageState::Leased(now + vis),
+        });
     }
     Ok(out)
 }
@@ -953,11 +1154,12 @@ fn ack_txn(txn: &mut Txn<'_>, queue: &str, receipts: &[Receipt]) -> Result<Vec<R
             .get(&qid)
             .ok_or_else(|| unknown(queue))?;
         match check_receipt(q, r) {
-            Ok(()) => {
+            Ok(_) => {
                 txn.emit(Entry::Remove {
                     queue: qid,
                     id: r.id,
                     reason: RemoveReason::Acked,
+                    rec: None,
                 });
                 out.push(Ok(()));
             }

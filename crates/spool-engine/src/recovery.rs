@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::entry::decode_entries;
+use crate::entry::{decode_entries_at, Entry};
 use crate::error::{Error, Result};
 use crate::frame::{
     check_frame, find_next_frame, parse_segment_file_name, valid_frames_after, FrameCheck,
@@ -25,7 +25,7 @@ use crate::frame::{
 };
 use crate::options::RecoveryPolicy;
 use crate::segment::ActiveSegment;
-use crate::state::State;
+use crate::state::{At, State};
 use crate::vfs::{OpenMode, Vfs};
 
 /// A stretch of the log that could not be read.
@@ -152,6 +152,7 @@ fn state_entries(state: &State) -> u64 {
 /// Returns the frame's length and `synced_lsn`, or why it is not a good frame (then nothing was
 /// applied).
 fn replay_frame(
+    seg_id: u64,
     data: &[u8],
     pos: usize,
     lsn: u64,
@@ -165,15 +166,22 @@ fn replay_frame(
             entries,
             len,
         } if found == lsn => {
-            let body = &data[pos + entries.start..pos + entries.end];
+            let base = pos + entries.start;
+            let body = &data[base..pos + entries.end];
             let mut batch = Vec::new();
-            decode_entries(body, pos + entries.start, |e| batch.push(e))
+            decode_entries_at(body, base, |e, off, len| batch.push((e, off, len)))
                 .map_err(|e| e.to_string())?;
             if batch.len() as u64 != u64::from(n_entries) {
                 return Err("frame entry count mismatch".to_string());
             }
-            for e in batch {
-                state.apply(e, 0);
+            for (e, off, len) in batch {
+                let at = matches!(e, Entry::Enqueue(_) | Entry::Publish { .. }).then(|| At {
+                    seg: seg_id,
+                    off: (base + off) as u32,
+                    len: len as u32,
+                    crc: crc32c::crc32c(&body[off..off + len]),
+                });
+                state.apply(e, at);
             }
             Ok((len, synced_lsn))
         }
@@ -337,7 +345,7 @@ pub(crate) fn recover(
         let mut pos = SEGMENT_HEADER_LEN;
         // --- the frames
         while pos < seg.data.len() {
-            let problem = match replay_frame(&seg.data, pos, lsn_next, &mut state) {
+            let problem = match replay_frame(seg.id, &seg.data, pos, lsn_next, &mut state) {
                 Ok((len, _synced_lsn)) => {
                     report.frames += 1;
                     report.bytes += len as u64;

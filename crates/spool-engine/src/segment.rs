@@ -12,6 +12,14 @@ use crate::error::{Error, Result};
 use crate::frame::{segment_file_name, FrameBuf, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
+/// Where a frame goes: segment, byte offset, LSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub seg: u64,
+    pub off: u64,
+    pub lsn: u64,
+}
+
 /// The segment frames are appended to.
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
@@ -86,12 +94,17 @@ impl ActiveSegment {
         })
     }
 
-    /// Seals `frame` with the next LSN and appends it (rolling first when the segment is full).
-    pub fn append(&mut self, frame: &mut FrameBuf, now_ms: u64) -> Result<()> {
-        if self.offset + frame.buf.len() as u64 > self.segment_bytes
-            && self.offset > SEGMENT_HEADER_LEN as u64
-        {
+    /// Seals `frame` with its LSN and appends it at its placement (decided when the frame was
+    /// opened, see `writer::Core::open_frame`): the next segment means rolling first.
+    pub fn append(&mut self, frame: &mut FrameBuf, at: Placement, now_ms: u64) -> Result<()> {
+        if at.seg != self.seg_id {
+            if at.seg != self.seg_id + 1 || at.off != SEGMENT_HEADER_LEN as u64 {
+                return Err(self.misplaced(at));
+            }
             self.roll(now_ms)?;
+        }
+        if at.off != self.offset || at.lsn != self.next_lsn {
+            return Err(self.misplaced(at));
         }
         let frame = frame.seal(self.next_lsn, self.synced_lsn);
         self.file
@@ -104,15 +117,26 @@ impl ActiveSegment {
         Ok(())
     }
 
-    /// At a clean close: syncs, then appends an empty frame whose `synced_lsn` proves that the
-    /// whole log before it is durable (so later damage to the last frames is reported as damage
-    /// instead of being cut as a torn tail), and syncs it. Only if something was written since
-    /// the store was opened, so that opening and closing a store does not grow its log.
-    pub fn close(&mut self, now_ms: u64) -> Result<()> {
+    fn misplaced(&self, at: Placement) -> Error {
+        Error::Format {
+            path: self.path.clone(),
+            reason: format!(
+                "internal error: a frame placed at segment {} offset {} LSN {} does not follow the log end (segment {} offset {} LSN {})",
+                at.seg, at.off, at.lsn, self.seg_id, self.offset, self.next_lsn
+            ),
+        }
+    }
+
+    /// At a clean close: syncs, then appends an empty frame (placed by the caller at the log
+    /// end) whose `synced_lsn` proves that the whole log before it is durable (so later damage
+    /// to the last frames is reported as damage instead of being cut as a torn tail), and syncs
+    /// it. Only if something was written since the store was opened, so that opening and
+    /// closing a store does not grow its log.
+    pub fn close(&mut self, marker: Option<Placement>, now_ms: u64) -> Result<()> {
         self.sync()?;
-        if self.appended {
-            let mut marker = FrameBuf::with_capacity(0);
-            self.append(&mut marker, now_ms)?;
+        if let (true, Some(at)) = (self.appended, marker) {
+            let mut frame = FrameBuf::with_capacity(0);
+            self.append(&mut frame, at, now_ms)?;
             self.sync()?;
         }
         Ok(())

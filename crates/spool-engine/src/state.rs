@@ -1,27 +1,29 @@
-//! The in-memory state of a store: queues with their messages, topics with their retained
-//! messages. It changes only through [`State::apply`], called with each log entry both on the
-//! live path (right after the entry is encoded into the pending frame) and during recovery
-//! (for each entry read back from the log), so a restart rebuilds exactly what was committed.
+//! The in-memory state of a store. It changes only through [`State::apply`], called with each
+//! log entry both on the live path (right after the entry is encoded into the pending frame)
+//! and during recovery (for each entry read back from the log), so a restart rebuilds exactly
+//! what was committed.
+//!
+//! **Messages are not held in memory.** A message's bytes stay in its log record (its
+//! `ENQUEUE` entry); the state keeps where the record is ([`RecRef`]) and what deciding needs.
+//! Per queue and priority, a *lane* holds:
+//! - a **stream** of the messages never handed out, in id order, with a *floor* (every such
+//!   message at or below it has left the stream) and a small *dead* set (messages that left
+//!   out of order, e.g. deleted by id);
+//! - the **returned** set: messages that were leased (or delayed) and are ready again.
+//!
+//! A message leased once, or pushed with a delay, becomes *touched*: it leaves the stream and
+//! gets an entry in the queue's `touched` map (receive count, lease generation, state). Touched
+//! messages are bounded by what consumers hold; the stream is what grows with the backlog.
 //!
 //! `apply` never fails and never panics on entries that refer to things that do not exist
 //! (possible after `RecoveryPolicy::Skip` dropped damaged frames): such entries are ignored.
-//!
-//! Per queue, a message is in exactly one state: ready (in a priority lane), delayed (in
-//! `delayed`, keyed by visible-at) or leased (in `leased`, keyed by lease expiry). A lane keeps
-//! freshly pushed ids in a `VecDeque` (they arrive in id order) and ids that became ready again
-//! (nack, lease expiry, delay over) in a `BTreeSet`; the next message is the smaller of the two
-//! fronts, which is FIFO by id within the priority. Lane entries are checked when reached and
-//! skipped when stale (the message left, or is no longer ready in this lane), so removing a
-//! message from the middle of a lane is O(1).
+//! It never reads the clock and never does I/O.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::msgtable::MsgTable;
-use bytes::Bytes;
-
-use crate::entry::{Enqueue, Entry, MoveReason, RemoveReason};
+use crate::entry::{Enqueue, Entry, RecRef, RemoveReason};
 use crate::options::{QueueConfig, TopicConfig};
 use crate::signal::Signal;
 
@@ -36,72 +38,161 @@ pub enum MessageState {
     Leased(u64),
 }
 
+/// Where an entry that is a record (`ENQUEUE`, `PUBLISH`) sits in the log: given to `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct At {
+    pub seg: u64,
+    pub off: u32,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// The bytes a message counts against its queue's capacity.
+pub(crate) fn message_size(e: &Enqueue) -> u64 {
+    (e.payload.len()
+        + e.subject.as_ref().map_or(0, String::len)
+        + e.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()) as u64
+}
+
+/// A message that left its lane's stream: leased at least once, or pushed with a delay.
 #[derive(Debug, Clone)]
-pub(crate) struct Msg {
-    pub id: u64,
+pub(crate) struct Touched {
+    pub rec: RecRef,
+    /// Its priority now (a nack may change it); `rec.prio` is the lane it was pushed to.
     pub priority: u8,
-    pub enqueued_ms: u64,
-    pub expires_ms: u64,
-    pub payload: Bytes,
     pub receive_count: u32,
     pub lease_gen: u32,
     pub first_received_ms: u64,
     pub state: MessageState,
-    /// The commit ticket of the entry that put the message here; readers that do not write
-    /// (peek, get) only show messages whose ticket is committed.
-    pub ticket: u64,
     /// A lease handed out the current `lease_gen` and no nack withdrew it since: only then
     /// does a receipt with that generation count (a nack bumps the generation without
     /// handing it to anyone).
     pub delivered: bool,
-    /// Rarely used fields, boxed so that a plain message stays small (one per message is
-    /// held in memory).
-    pub extra: Option<Box<MsgExtra>>,
+    /// The record carries a dead letter's history (origin, counters).
+    pub carried: bool,
 }
 
-/// The fields most messages do not have.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct MsgExtra {
-    pub subject: Option<String>,
-    pub headers: Vec<(String, Bytes)>,
-    /// For a dead-lettered message: the queue it came from and its id there.
-    pub origin: Option<(u32, u64)>,
+/// A message in its lane's stream: never handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamEntry {
+    pub id: u64,
+    pub rec: RecRef,
+    /// The receive count it carries (a dead letter keeps the count it had).
+    pub rc: u32,
+    /// The record carries a dead letter's history: read it for the full counters.
+    pub carried: bool,
 }
 
-impl Msg {
-    pub fn size(&self) -> u64 {
-        (self.payload.len()
-            + self.subject().map_or(0, str::len)
-            + self
-                .headers()
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()) as u64
+/// The messages of a lane never handed out, in id order.
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    entries: VecDeque<StreamEntry>,
+    /// Every stream message with an id at or below this has left the stream.
+    floor: u64,
+    /// Stream messages above the floor that left out of order.
+    dead: BTreeSet<u64>,
+    pub live: u64,
+    pub live_bytes: u64,
+}
+
+impl Stream {
+    fn is_live(&self, id: u64) -> bool {
+        id > self.floor && !self.dead.contains(&id)
     }
-    pub fn subject(&self) -> Option<&str> {
-        self.extra.as_ref().and_then(|x| x.subject.as_deref())
+
+    /// Adds a pushed message (ids normally arrive in increasing order; an older id, possible
+    /// only after damaged frames were skipped, is inserted in place). Returns false if the id
+    /// is already there or below the floor (then the message does not exist).
+    fn push(&mut self, e: StreamEntry) -> bool {
+        if !self.is_live(e.id) {
+            return false;
+        }
+        match self.entries.back() {
+            Some(b) if b.id >= e.id => {
+                let i = self.entries.partition_point(|x| x.id < e.id);
+                if self.entries.get(i).is_some_and(|x| x.id == e.id) {
+                    return false;
+                }
+                self.entries.insert(i, e);
+            }
+            _ => self.entries.push_back(e),
+        }
+        self.live += 1;
+        self.live_bytes += u64::from(e.rec.size);
+        true
     }
-    pub fn headers(&self) -> &[(String, Bytes)] {
-        self.extra.as_ref().map_or(&[], |x| &x.headers)
-    }
-    pub fn origin(&self) -> Option<(u32, u64)> {
-        self.extra.as_ref().and_then(|x| x.origin)
-    }
-    fn set_origin(&mut self, origin: Option<(u32, u64)>) {
-        match (&mut self.extra, origin) {
-            (Some(x), o) => x.origin = o,
-            (None, None) => {}
-            (None, Some(o)) => {
-                self.extra = Some(Box::new(MsgExtra {
-                    origin: Some(o),
-                    ..MsgExtra::default()
-                }));
+
+    /// The first message still in the stream (drops what left from the front).
+    pub fn front(&mut self) -> Option<StreamEntry> {
+        while let Some(e) = self.entries.front() {
+            let id = e.id;
+            if id <= self.floor {
+                self.entries.pop_front();
+            } else if self.dead.remove(&id) {
+                self.floor = id;
+                self.entries.pop_front();
+            } else {
+                return Some(*e);
             }
         }
+        None
     }
-    pub fn expired(&self, now: u64) -> bool {
-        self.expires_ms != 0 && self.expires_ms <= now
+
+    pub fn get(&self, id: u64) -> Option<&StreamEntry> {
+        if !self.is_live(id) {
+            return None;
+        }
+        let i = self.entries.partition_point(|x| x.id < id);
+        self.entries.get(i).filter(|e| e.id == id)
     }
+
+    /// The message leaves the stream (leased, popped, removed). Returns it, if it was there.
+    fn take(&mut self, id: u64) -> Option<StreamEntry> {
+        let e = *self.get(id)?;
+        if self.front().is_some_and(|f| f.id == id) {
+            self.floor = id;
+            self.entries.pop_front();
+        } else {
+            self.dead.insert(id);
+        }
+        self.live -= 1;
+        self.live_bytes -= u64::from(e.rec.size);
+        Some(e)
+    }
+
+    /// Messages still in the stream, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &StreamEntry> + '_ {
+        self.entries.iter().filter(|e| self.is_live(e.id))
+    }
+
+    /// Every message below `below` leaves; returns them.
+    fn purge_below(&mut self, below: u64) -> Vec<StreamEntry> {
+        let gone: Vec<StreamEntry> = self.iter().filter(|e| e.id < below).copied().collect();
+        for e in &gone {
+            self.live -= 1;
+            self.live_bytes -= u64::from(e.rec.size);
+        }
+        let floor = below.saturating_sub(1);
+        if floor > self.floor {
+            self.floor = floor;
+            self.dead = self.dead.split_off(&below);
+        }
+        while self.entries.front().is_some_and(|e| e.id <= self.floor) {
+            self.entries.pop_front();
+        }
+        gone
+    }
+}
+
+/// One priority of a queue.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    pub stream: Stream,
+    /// Touched messages of this priority that are ready, by id.
+    pub returned: BTreeSet<u64>,
 }
 
 /// Totals of a queue, rebuilt from the log at open.
@@ -124,24 +215,36 @@ pub struct QueueCounters {
     pub rejected_full: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Lane {
-    fresh: VecDeque<u64>,
-    returned: BTreeSet<u64>,
+/// A message as the state sees it: in its lane's stream, or touched.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Found<'a> {
+    Stream(&'a StreamEntry),
+    Touched(&'a Touched),
+}
+
+impl Found<'_> {
+    pub fn rec(&self) -> RecRef {
+        match self {
+            Found::Stream(e) => e.rec,
+            Found::Touched(t) => t.rec,
+        }
+    }
+    pub fn expired(&self, now: u64) -> bool {
+        let e = self.rec().expires_ms;
+        e != 0 && e <= now
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     pub name: String,
     pub config: QueueConfig,
-    /// Messages by id (sorted deque, see `msgtable.rs`).
-    pub msgs: MsgTable,
     /// Lanes by priority, highest first.
-    lanes: BTreeMap<Reverse<u8>, Lane>,
+    pub lanes: BTreeMap<Reverse<u8>, Lane>,
+    pub touched: HashMap<u64, Touched>,
+    touched_bytes: u64,
     delayed: BTreeSet<(u64, u64)>,
     leased: BTreeSet<(u64, u64)>,
-    pub n_ready: u64,
-    pub bytes: u64,
     pub counters: QueueCounters,
     pub signal: Arc<Signal>,
 }
@@ -151,12 +254,11 @@ impl Queue {
         Self {
             name,
             config,
-            msgs: MsgTable::default(),
             lanes: BTreeMap::new(),
+            touched: HashMap::new(),
+            touched_bytes: 0,
             delayed: BTreeSet::new(),
             leased: BTreeSet::new(),
-            n_ready: 0,
-            bytes: 0,
             counters: QueueCounters::default(),
             signal: Arc::new(Signal::default()),
         }
@@ -168,21 +270,54 @@ impl Queue {
     pub fn n_leased(&self) -> u64 {
         self.leased.len() as u64
     }
+    /// Messages that can be leased now (expired ones not yet dropped included).
+    pub fn n_ready(&self) -> u64 {
+        self.lanes
+            .values()
+            .map(|l| l.stream.live + l.returned.len() as u64)
+            .sum()
+    }
+    /// All messages held.
+    pub fn len(&self) -> u64 {
+        self.lanes.values().map(|l| l.stream.live).sum::<u64>() + self.touched.len() as u64
+    }
+    /// Bytes held (payloads, subjects, headers).
+    pub fn bytes(&self) -> u64 {
+        self.lanes
+            .values()
+            .map(|l| l.stream.live_bytes)
+            .sum::<u64>()
+            + self.touched_bytes
+    }
 
-    /// Takes a message out of its state structure (lanes are cleaned lazily).
+    /// A message by id, in any state.
+    pub fn find(&self, id: u64) -> Option<Found<'_>> {
+        if let Some(t) = self.touched.get(&id) {
+            return Some(Found::Touched(t));
+        }
+        self.lanes
+            .values()
+            .find_map(|l| l.stream.get(id))
+            .map(Found::Stream)
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.find(id).is_some()
+    }
+
+    fn lane(&mut self, prio: u8) -> &mut Lane {
+        self.lanes.entry(Reverse(prio)).or_default()
+    }
+
+    /// Takes a touched message out of its state structure.
     fn detach(&mut self, id: u64) {
-        let Some(m) = self.msgs.get(id) else { return };
-        match m.state {
+        let Some(t) = self.touched.get(&id) else {
+            return;
+        };
+        let (state, prio) = (t.state, t.priority);
+        match state {
             MessageState::Ready => {
-                self.n_ready -= 1;
-                if let Some(l) = self.lanes.get_mut(&Reverse(m.priority)) {
-                    // Usually the message leaves from the front of its lane: drop it there
-                    // now rather than finding it stale later.
-                    // It can be in both (a replayed lease of a message not at the front, expired
-                    // since): clear both.
-                    if l.fresh.front() == Some(&id) {
-                        l.fresh.pop_front();
-                    }
+                if let Some(l) = self.lanes.get_mut(&Reverse(prio)) {
                     l.returned.remove(&id);
                 }
             }
@@ -195,22 +330,16 @@ impl Queue {
         }
     }
 
-    /// Puts a message (already detached, or new) into `state`. `fresh` is for pushes, which
-    /// arrive in id order and go to the back of their lane.
-    fn attach(&mut self, id: u64, state: MessageState, fresh: bool) {
-        let Some(m) = self.msgs.get_mut(id) else {
+    /// Puts a touched message (already detached, or new) into `state`.
+    fn attach(&mut self, id: u64, state: MessageState) {
+        let Some(t) = self.touched.get_mut(&id) else {
             return;
         };
-        m.state = state;
+        t.state = state;
+        let prio = t.priority;
         match state {
             MessageState::Ready => {
-                self.n_ready += 1;
-                let lane = self.lanes.entry(Reverse(m.priority)).or_default();
-                if fresh {
-                    lane.fresh.push_back(id);
-                } else {
-                    lane.returned.insert(id);
-                }
+                self.lane(prio).returned.insert(id);
             }
             MessageState::Delayed(at) => {
                 self.delayed.insert((at, id));
@@ -221,24 +350,25 @@ impl Queue {
         }
     }
 
-    /// Adds a message in the state it carries (a delayed one stays delayed until `promote`
-    /// finds it due: `apply` never reads the clock, so replay does not depend on it).
-    fn insert(&mut self, m: Msg) {
-        let id = m.id;
-        let state = match m.state {
-            MessageState::Delayed(at) => MessageState::Delayed(at),
-            _ => MessageState::Ready,
-        };
-        self.bytes += m.size();
-        self.msgs.insert(id, m);
-        self.attach(id, state, true);
+    fn add_touched(&mut self, id: u64, t: Touched) {
+        let state = t.state;
+        self.touched_bytes += u64::from(t.rec.size);
+        self.touched.insert(id, t);
+        self.attach(id, state);
     }
 
-    fn take(&mut self, id: u64) -> Option<Msg> {
-        self.detach(id);
-        let m = self.msgs.remove(id)?;
-        self.bytes -= m.size();
-        Some(m)
+    /// Removes a message in any state; returns its record.
+    fn take(&mut self, id: u64) -> Option<RecRef> {
+        if self.touched.contains_key(&id) {
+            self.detach(id);
+            let t = self.touched.remove(&id)?;
+            self.touched_bytes -= u64::from(t.rec.size);
+            return Some(t.rec);
+        }
+        self.lanes
+            .values_mut()
+            .find_map(|l| l.stream.take(id))
+            .map(|e| e.rec)
     }
 
     /// Makes due delayed messages and expired leases ready. Called before every read.
@@ -248,17 +378,14 @@ impl Queue {
                 break;
             }
             self.delayed.pop_first();
-            if let Some(m) = self.msgs.get_mut(id) {
-                m.state = MessageState::Ready;
-            }
-            self.attach(id, MessageState::Ready, false);
+            self.attach(id, MessageState::Ready);
         }
         while let Some(&(until, id)) = self.leased.first() {
             if until > now {
                 break;
             }
             self.leased.pop_first();
-            self.attach(id, MessageState::Ready, false);
+            self.attach(id, MessageState::Ready);
         }
     }
 
@@ -272,123 +399,95 @@ impl Queue {
         }
     }
 
-    /// The next ready message of the lane of priority `prio` (lowest id first), cleaning stale
-    /// lane entries on the way. Does not change the message.
-    fn lane_front(&mut self, prio: u8) -> Option<u64> {
-        let lane = self.lanes.get_mut(&Reverse(prio))?;
-        while let Some(&id) = lane.fresh.front() {
-            match self.msgs.get(id) {
-                Some(m) if m.state == MessageState::Ready && m.priority == prio => break,
-                _ => {
-                    lane.fresh.pop_front();
-                }
-            }
-        }
-        while let Some(&id) = lane.returned.first() {
-            match self.msgs.get(id) {
-                Some(m) if m.state == MessageState::Ready && m.priority == prio => break,
-                _ => {
-                    lane.returned.pop_first();
-                }
-            }
-        }
-        let f = lane.fresh.front().copied();
-        let r = lane.returned.first().copied();
-        match (f, r) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// The next ready message in delivery order (priority desc, id asc), or with
     /// `lowest_first` from the lowest priority up; only lanes of priority <= `max_prio`.
-    /// Lanes found empty are removed. No allocation: this runs once per message leased.
     pub fn next_ready(&mut self, lowest_first: bool, max_prio: u8) -> Option<u64> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let mut after: Option<Reverse<u8>> = None;
-        loop {
-            let key = {
-                let mut range = match after {
-                    None => self.lanes.range(..),
-                    Some(k) if lowest_first => self.lanes.range(..k),
-                    Some(k) => self.lanes.range((Excluded(k), Unbounded)),
-                };
-                let next = if lowest_first {
-                    range.next_back()
-                } else {
-                    range.next()
-                };
-                *next?.0
-            };
-            after = Some(key);
-            let p = key.0;
-            if p > max_prio {
-                continue;
+        let visit = |lane: &mut Lane| -> Option<u64> {
+            let s = lane.stream.front().map(|e| e.id);
+            let r = lane.returned.first().copied();
+            match (s, r) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
-            if let Some(id) = self.lane_front(p) {
-                return Some(id);
+        };
+        if lowest_first {
+            for (Reverse(p), lane) in self.lanes.iter_mut().rev() {
+                if *p <= max_prio {
+                    if let Some(id) = visit(lane) {
+                        return Some(id);
+                    }
+                }
             }
-            if self
-                .lanes
-                .get(&key)
-                .is_some_and(|l| l.fresh.is_empty() && l.returned.is_empty())
-            {
-                self.lanes.remove(&key);
+        } else {
+            for (Reverse(p), lane) in &mut self.lanes {
+                if *p <= max_prio {
+                    if let Some(id) = visit(lane) {
+                        return Some(id);
+                    }
+                }
             }
         }
+        None
     }
 
-    /// Ready messages in delivery order without changing anything (for peek), at most `n`,
-    /// skipping those `skip` rejects.
-    pub fn ready_in_order(&self, n: usize, mut keep: impl FnMut(&Msg) -> bool) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (Reverse(prio), lane) in &self.lanes {
-            let fresh = lane.fresh.iter().filter(|id| {
-                self.msgs
-                    .get(**id)
-                    .is_some_and(|m| m.state == MessageState::Ready && m.priority == *prio)
-            });
-            // Merge the two id-ordered sequences.
-            let mut fresh = fresh.peekable();
-            let mut returned = lane.returned.iter().peekable();
-            loop {
-                if out.len() >= n {
-                    return out;
-                }
-                let next = match (fresh.peek(), returned.peek()) {
-                    (Some(&&f), Some(&&r)) if f == r => {
-                        fresh.next();
-                        returned.next()
-                    }
-                    (Some(&&f), Some(&&r)) => {
-                        if f < r {
-                            fresh.next()
-                        } else {
-                            returned.next()
-                        }
-                    }
-                    (Some(_), None) => fresh.next(),
-                    (None, Some(_)) => returned.next(),
-                    (None, None) => break,
-                };
-                let Some(&id) = next else { break };
-                if let Some(m) = self.msgs.get(id) {
-                    if keep(m) {
-                        out.push(id);
-                    }
-                }
+    /// Ready messages of one lane in id order (stream and returned merged).
+    pub fn lane_ready(&self, prio: u8) -> impl Iterator<Item = (u64, Found<'_>)> + '_ {
+        let lane = self.lanes.get(&Reverse(prio));
+        let mut stream = lane.into_iter().flat_map(|l| l.stream.iter()).peekable();
+        let mut returned = lane
+            .into_iter()
+            .flat_map(|l| l.returned.iter())
+            .filter_map(|id| self.touched.get(id).map(|t| (*id, t)))
+            .peekable();
+        std::iter::from_fn(move || {
+            let take_stream = match (stream.peek(), returned.peek()) {
+                (Some(s), Some((r, _))) => s.id < *r,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            if take_stream {
+                stream.next().map(|e| (e.id, Found::Stream(e)))
+            } else {
+                returned.next().map(|(id, t)| (id, Found::Touched(t)))
             }
-        }
-        out
+        })
+    }
+
+    /// Ready messages in delivery order (priority desc, id asc).
+    pub fn ready_in_order(&self) -> impl Iterator<Item = (u64, Found<'_>)> + '_ {
+        self.lanes
+            .keys()
+            .flat_map(move |Reverse(p)| self.lane_ready(*p))
+    }
+
+    /// Every message, in id order (for inspection).
+    pub fn all(&self) -> Vec<(u64, Found<'_>)> {
+        let mut v: Vec<(u64, Found<'_>)> = self
+            .lanes
+            .values()
+            .flat_map(|l| l.stream.iter().map(|e| (e.id, Found::Stream(e))))
+            .chain(self.touched.iter().map(|(id, t)| (*id, Found::Touched(t))))
+            .collect();
+        v.sort_unstable_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// Records of every message (for the per-segment accounting when the queue is dropped).
+    fn records(&self) -> Vec<RecRef> {
+        self.lanes
+            .values()
+            .flat_map(|l| l.stream.iter().map(|e| e.rec))
+            .chain(self.touched.values().map(|t| t.rec))
+            .collect()
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TopicMsg {
     pub seq: u64,
     pub published_ms: u64,
-    pub payload: Bytes,
-    pub ticket: u64,
+    pub rec: RecRef,
 }
 
 /// Totals of a topic.
@@ -416,22 +515,25 @@ pub(crate) struct Topic {
 
 impl Topic {
     /// Drops messages past the retention limits: age (by the clock, so only operations call
-    /// this, never `apply`) and count and bytes.
-    pub fn trim(&mut self, now: u64) {
-        self.trim_where(|published_ms, age_ms| published_ms.saturating_add(age_ms) <= now);
+    /// this, never `apply`) and count and bytes. Returns the records dropped.
+    pub fn trim(&mut self, now: u64) -> Vec<RecRef> {
+        self.trim_where(|published_ms, age_ms| published_ms.saturating_add(age_ms) <= now)
     }
 
     /// Drops every message below `seq` (a logged trim).
-    pub fn trim_below(&mut self, seq: u64) {
+    fn trim_below(&mut self, seq: u64) -> Vec<RecRef> {
+        let mut gone = Vec::new();
         while let Some(front) = self.msgs.front() {
             if front.seq >= seq {
                 break;
             }
-            self.bytes -= front.payload.len() as u64;
+            self.bytes -= u64::from(front.rec.size);
+            gone.push(front.rec);
             self.msgs.pop_front();
             self.counters.expired += 1;
         }
         self.logged_trim_seq = self.logged_trim_seq.max(seq);
+        gone
     }
 
     /// The sequence number below which messages are trimmed now (in memory) but not yet by the
@@ -443,12 +545,13 @@ impl Topic {
 
     /// Drops messages past the count and byte limits (what `apply` may do: it depends on the
     /// log alone).
-    pub fn trim_size(&mut self) {
-        self.trim_where(|_, _| false);
+    fn trim_size(&mut self) -> Vec<RecRef> {
+        self.trim_where(|_, _| false)
     }
 
-    fn trim_where(&mut self, too_old: impl Fn(u64, u64) -> bool) {
+    fn trim_where(&mut self, too_old: impl Fn(u64, u64) -> bool) -> Vec<RecRef> {
         let age_ms = self.config.retention.as_millis() as u64;
+        let mut gone = Vec::new();
         while let Some(front) = self.msgs.front() {
             let too_old = too_old(front.published_ms, age_ms);
             let too_many =
@@ -457,10 +560,12 @@ impl Topic {
             if !(too_old || too_many || too_big) {
                 break;
             }
-            self.bytes -= front.payload.len() as u64;
+            self.bytes -= u64::from(front.rec.size);
+            gone.push(front.rec);
             self.msgs.pop_front();
             self.counters.expired += 1;
         }
+        gone
     }
 
     /// The position of the oldest retained message with `seq >= from`. Sequence numbers
@@ -469,6 +574,13 @@ impl Topic {
         let idx = self.msgs.partition_point(|m| m.seq < from);
         (idx < self.msgs.len()).then_some(idx)
     }
+}
+
+/// How much of a segment is still needed: live records located in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SegLive {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 /// The whole in-memory state.
@@ -481,10 +593,25 @@ pub(crate) struct State {
     pub next_queue_id: u32,
     pub next_topic_id: u32,
     pub next_msg_id: u64,
+    /// Live records per segment (what segment deletion and compaction go by).
+    pub seg_live: BTreeMap<u64, SegLive>,
     /// Notified when a topic is created (wakes readers waiting on a topic that did not exist).
     pub created: Arc<Signal>,
     /// Entries applied since the state was created (recovery reports it).
     pub entries_applied: u64,
+}
+
+fn rec_of(e: &Enqueue, at: At) -> RecRef {
+    RecRef {
+        seg: at.seg,
+        off: at.off,
+        len: at.len,
+        size: message_size(e) as u32,
+        crc: at.crc,
+        prio: e.priority,
+        expires_ms: e.expires_ms,
+        enqueued_ms: e.enqueued_ms,
+    }
 }
 
 impl State {
@@ -504,19 +631,38 @@ impl State {
         let id = *self.queue_ids.get(name)?;
         self.queues.get_mut(&id)
     }
-    pub fn topic_by_name_mut(&mut self, name: &str) -> Option<&mut Topic> {
-        let id = *self.topic_ids.get(name)?;
-        self.topics.get_mut(&id)
-    }
     pub fn topic_by_name(&self, name: &str) -> Option<&Topic> {
         self.topic_ids.get(name).and_then(|id| self.topics.get(id))
     }
 
-    /// Applies one committed (or about to be committed) entry. `ticket` is the commit ticket
-    /// of the frame holding it. Deliberately no clock: replay must rebuild the same state
-    /// whatever the time at reopen (decisions that depend on time are made by operations,
-    /// lazily: `Queue::promote`, `Topic::trim`).
-    pub fn apply(&mut self, entry: Entry, ticket: u64) {
+    /// Trims topic `tid` by age (and size) at `now`, in memory (see `Topic::trim`).
+    pub fn trim_topic(&mut self, tid: u32, now: u64) {
+        let Some(t) = self.topics.get_mut(&tid) else {
+            return;
+        };
+        for rec in t.trim(now) {
+            self.live_sub(&rec);
+        }
+    }
+
+    fn live_add(&mut self, rec: &RecRef) {
+        let s = self.seg_live.entry(rec.seg).or_default();
+        s.records += 1;
+        s.bytes += u64::from(rec.len);
+    }
+
+    pub(crate) fn live_sub(&mut self, rec: &RecRef) {
+        if let Some(s) = self.seg_live.get_mut(&rec.seg) {
+            s.records = s.records.saturating_sub(1);
+            s.bytes = s.bytes.saturating_sub(u64::from(rec.len));
+        }
+    }
+
+    /// Applies one committed (or about to be committed) entry. `at` is where the entry sits
+    /// in the log (needed for records: `ENQUEUE`, `PUBLISH`). Deliberately no clock: replay
+    /// must rebuild the same state whatever the time at reopen (decisions that depend on time
+    /// are made by operations, lazily: `Queue::promote`, `Topic::trim`).
+    pub fn apply(&mut self, entry: Entry, at: Option<At>) {
         self.entries_applied += 1;
         match entry {
             Entry::QueueDef {
@@ -535,10 +681,17 @@ impl State {
             Entry::QueueDrop { queue } => {
                 if let Some(q) = self.queues.remove(&queue) {
                     self.queue_ids.remove(&q.name);
+                    for rec in q.records() {
+                        self.live_sub(&rec);
+                    }
                     q.signal.notify();
                 }
             }
-            Entry::Enqueue(e) => self.apply_enqueue(e, ticket),
+            Entry::Enqueue(e) => {
+                if let Some(at) = at {
+                    self.apply_enqueue(e, at);
+                }
+            }
             Entry::Lease {
                 queue,
                 id,
@@ -546,21 +699,45 @@ impl State {
                 lease_gen,
                 until_ms,
                 first_received_ms,
+                rec,
             } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                if !q.msgs.contains_key(id) {
-                    return;
+                if q.touched.contains_key(&id) {
+                    q.detach(id);
+                } else {
+                    // First lease: the message leaves its lane's stream.
+                    let Some(rec) = rec else { return };
+                    let Some(e) = q
+                        .lanes
+                        .get_mut(&Reverse(rec.prio))
+                        .and_then(|l| l.stream.take(id))
+                    else {
+                        return;
+                    };
+                    q.add_touched(
+                        id,
+                        Touched {
+                            rec: e.rec,
+                            priority: e.rec.prio,
+                            receive_count: 0,
+                            lease_gen: 0,
+                            first_received_ms: 0,
+                            state: MessageState::Leased(until_ms),
+                            delivered: false,
+                            carried: e.carried,
+                        },
+                    );
+                    q.detach(id);
                 }
-                q.detach(id);
-                if let Some(m) = q.msgs.get_mut(id) {
-                    m.receive_count = receive_count;
-                    m.lease_gen = lease_gen;
-                    m.first_received_ms = first_received_ms;
-                    m.delivered = true;
+                if let Some(t) = q.touched.get_mut(&id) {
+                    t.receive_count = receive_count;
+                    t.lease_gen = lease_gen;
+                    t.first_received_ms = first_received_ms;
+                    t.delivered = true;
                 }
-                q.attach(id, MessageState::Leased(until_ms), false);
+                q.attach(id, MessageState::Leased(until_ms));
             }
             Entry::Nack {
                 queue,
@@ -572,31 +749,34 @@ impl State {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                if !q.msgs.contains_key(id) {
+                if !q.touched.contains_key(&id) {
                     return;
                 }
                 q.detach(id);
-                if let Some(m) = q.msgs.get_mut(id) {
-                    m.lease_gen = lease_gen;
-                    m.priority = priority;
+                if let Some(t) = q.touched.get_mut(&id) {
+                    t.lease_gen = lease_gen;
+                    t.priority = priority;
+                    t.delivered = false;
                 }
                 let state = if visible_ms > 0 {
                     MessageState::Delayed(visible_ms)
                 } else {
                     MessageState::Ready
                 };
-                if let Some(m) = q.msgs.get_mut(id) {
-                    m.delivered = false;
-                }
-                q.attach(id, state, false);
+                q.attach(id, state);
             }
-            Entry::Remove { queue, id, reason } => {
+            Entry::Remove {
+                queue,
+                id,
+                reason,
+                rec: _,
+            } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                if q.take(id).is_none() {
+                let Some(rec) = q.take(id) else {
                     return;
-                }
+                };
                 let c = &mut q.counters;
                 match reason {
                     RemoveReason::Acked => c.acked += 1,
@@ -604,75 +784,34 @@ impl State {
                     RemoveReason::Deleted => c.deleted += 1,
                     RemoveReason::Expired => c.expired += 1,
                     RemoveReason::Evicted => c.evicted += 1,
+                    RemoveReason::DeadLettered => c.dead_lettered += 1,
+                    // Counted on the queue it goes back to.
+                    RemoveReason::Redriven => {}
                 }
-            }
-            Entry::Move {
-                src,
-                id,
-                dst,
-                new_id,
-                reason,
-                at_ms: _,
-            } => {
-                self.next_msg_id = self.next_msg_id.max(new_id.saturating_add(1));
-                if !self.queues.contains_key(&dst) {
-                    return;
-                }
-                let Some(mut m) = self.queues.get_mut(&src).and_then(|q| q.take(id)) else {
-                    return;
-                };
-                if let Some(q) = self.queues.get_mut(&src) {
-                    if reason == MoveReason::Redrive {
-                        // counted on the destination
-                    } else {
-                        q.counters.dead_lettered += 1;
-                    }
-                }
-                m.id = new_id;
-                m.ticket = ticket;
-                // Nobody holds a lease on it in its new queue.
-                m.delivered = false;
-                if reason == MoveReason::Redrive {
-                    m.receive_count = 0;
-                    m.lease_gen = 0;
-                    m.first_received_ms = 0;
-                    m.set_origin(None);
-                } else {
-                    m.set_origin(Some((src, id)));
-                }
-                m.state = MessageState::Ready;
-                if let Some(q) = self.queues.get_mut(&dst) {
-                    if reason == MoveReason::Redrive {
-                        q.counters.redriven += 1;
-                    } else {
-                        q.counters.dead_letters_received += 1;
-                    }
-                    q.insert(m);
-                }
+                self.live_sub(&rec);
             }
             Entry::Purge { queue, below_id } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                let ids: Vec<u64> = q.msgs.keys().copied().filter(|&i| i < below_id).collect();
-                for id in ids {
-                    q.take(id);
-                    q.counters.purged += 1;
-                }
-                q.lanes.clear();
-                // Re-seat what stays (messages pushed after the purge in the same frame).
-                let mut ready: Vec<u64> = q
-                    .msgs
-                    .values()
-                    .filter(|m| m.state == MessageState::Ready)
-                    .map(|m| m.id)
+                let mut gone: Vec<RecRef> = Vec::new();
+                let ids: Vec<u64> = q
+                    .touched
+                    .keys()
+                    .copied()
+                    .filter(|&i| i < below_id)
                     .collect();
-                ready.sort_unstable();
-                for id in ready {
-                    if let Some(m) = q.msgs.get(id) {
-                        let p = m.priority;
-                        q.lanes.entry(Reverse(p)).or_default().returned.insert(id);
+                for id in ids {
+                    if let Some(rec) = q.take(id) {
+                        gone.push(rec);
                     }
+                }
+                for lane in q.lanes.values_mut() {
+                    gone.extend(lane.stream.purge_below(below_id).iter().map(|e| e.rec));
+                }
+                q.counters.purged += gone.len() as u64;
+                for rec in gone {
+                    self.live_sub(&rec);
                 }
             }
             Entry::TopicDef {
@@ -683,7 +822,10 @@ impl State {
                 self.next_topic_id = self.next_topic_id.max(topic.saturating_add(1));
                 if let Some(t) = self.topics.get_mut(&topic) {
                     t.config = config;
-                    t.trim_size();
+                    let gone = t.trim_size();
+                    for rec in gone {
+                        self.live_sub(&rec);
+                    }
                 } else {
                     self.topic_ids.insert(name.clone(), topic);
                     self.topics.insert(
@@ -705,6 +847,9 @@ impl State {
             Entry::TopicDrop { topic } => {
                 if let Some(t) = self.topics.remove(&topic) {
                     self.topic_ids.remove(&t.name);
+                    for m in &t.msgs {
+                        self.live_sub(&m.rec);
+                    }
                     t.signal.notify();
                 }
             }
@@ -714,22 +859,36 @@ impl State {
                 published_ms,
                 payload,
             } => {
+                let Some(at) = at else { return };
                 let Some(t) = self.topics.get_mut(&topic) else {
                     return;
                 };
                 if seq < t.next_seq {
                     return;
                 }
+                let rec = RecRef {
+                    seg: at.seg,
+                    off: at.off,
+                    len: at.len,
+                    size: payload.len() as u32,
+                    crc: at.crc,
+                    prio: 0,
+                    expires_ms: 0,
+                    enqueued_ms: published_ms,
+                };
                 t.next_seq = seq + 1;
                 t.bytes += payload.len() as u64;
                 t.counters.published += 1;
                 t.msgs.push_back(TopicMsg {
                     seq,
                     published_ms,
-                    payload,
-                    ticket,
+                    rec,
                 });
-                t.trim_size();
+                let gone = t.trim_size();
+                self.live_add(&rec);
+                for rec in gone {
+                    self.live_sub(&rec);
+                }
             }
             Entry::Cursor { topic, name, seq } => {
                 if let Some(t) = self.topics.get_mut(&topic) {
@@ -738,46 +897,60 @@ impl State {
             }
             Entry::TopicTrim { topic, below_seq } => {
                 if let Some(t) = self.topics.get_mut(&topic) {
-                    t.trim_below(below_seq);
+                    let gone = t.trim_below(below_seq);
+                    for rec in gone {
+                        self.live_sub(&rec);
+                    }
                 }
             }
         }
     }
 
-    fn apply_enqueue(&mut self, e: Enqueue, ticket: u64) {
+    fn apply_enqueue(&mut self, e: Enqueue, at: At) {
         self.next_msg_id = self.next_msg_id.max(e.id.saturating_add(1));
         let Some(q) = self.queues.get_mut(&e.queue) else {
             return;
         };
-        if q.msgs.contains_key(e.id) {
+        if q.contains(e.id) {
             return;
         }
-        q.counters.pushed += 1;
-        let state = if e.visible_ms > 0 {
-            MessageState::Delayed(e.visible_ms)
+        let rec = rec_of(&e, at);
+        let added = if e.visible_ms > 0 {
+            // Delayed at push: out of the stream from the start.
+            let c = e.carried;
+            q.add_touched(
+                e.id,
+                Touched {
+                    rec,
+                    priority: e.priority,
+                    receive_count: c.map_or(0, |c| c.receive_count),
+                    lease_gen: c.map_or(0, |c| c.lease_gen),
+                    first_received_ms: c.map_or(0, |c| c.first_received_ms),
+                    state: MessageState::Delayed(e.visible_ms),
+                    delivered: false,
+                    carried: c.is_some(),
+                },
+            );
+            true
         } else {
-            MessageState::Ready
+            q.lane(e.priority).stream.push(StreamEntry {
+                id: e.id,
+                rec,
+                rc: e.carried.map_or(0, |c| c.receive_count),
+                carried: e.carried.is_some(),
+            })
         };
-        q.insert(Msg {
-            id: e.id,
-            priority: e.priority,
-            enqueued_ms: e.enqueued_ms,
-            expires_ms: e.expires_ms,
-            extra: (e.subject.is_some() || !e.headers.is_empty()).then(|| {
-                Box::new(MsgExtra {
-                    subject: e.subject,
-                    headers: e.headers,
-                    origin: None,
-                })
-            }),
-            payload: e.payload,
-            receive_count: 0,
-            lease_gen: 0,
-            first_received_ms: 0,
-            state,
-            ticket,
-            delivered: false,
-        });
+        if !added {
+            return;
+        }
+        if e.carried.is_some() {
+            q.counters.dead_letters_received += 1;
+        } else if e.redrive {
+            q.counters.redriven += 1;
+        } else {
+            q.counters.pushed += 1;
+        }
+        self.live_add(&rec);
     }
 
     /// After recovery: leases open at the crash are released (their receive counts kept).
@@ -786,7 +959,7 @@ impl State {
         for q in self.queues.values_mut() {
             let leased: Vec<(u64, u64)> = std::mem::take(&mut q.leased).into_iter().collect();
             for (_, id) in leased {
-                q.attach(id, MessageState::Ready, false);
+                q.attach(id, MessageState::Ready);
                 n += 1;
             }
         }

@@ -10,14 +10,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, RecRef};
 use crate::error::{Error, Result};
-use crate::frame::{FormatFile, FrameBuf, BODY_PREFIX_LEN, FORMAT_LEN, FORMAT_VERSION};
-use crate::options::{Options, FRAME_BODY_MAX};
+use crate::frame::{FormatFile, FORMAT_LEN, FORMAT_VERSION};
+use crate::options::Options;
+use crate::reader::LogReader;
 use crate::recovery::{self, RecoveryReport};
 use crate::signal::Signal;
+use crate::state::At;
 use crate::vfs::{LockError, MemVfs, OpenMode, OsVfs, Vfs, VfsLock};
-use crate::writer::{self, CommitState, Core, PendingFrame, Shared};
+use crate::writer::{self, CommitState, Core, Shared};
 
 /// A crash-safe store of queues and topics in one directory. Cheap to clone; every clone is a
 /// handle to the same store, usable from any thread. The store closes when the last handle is
@@ -138,6 +140,8 @@ impl Store {
             vfs.sync_dir(d)
                 .map_err(|e| Error::io("sync directory", d, e))?;
         }
+        let active = recovered.active;
+        let tail = (active.seg_id, active.offset);
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 state: recovered.state,
@@ -148,7 +152,12 @@ impl Store {
                 writer_waiting: false,
                 spare: Vec::new(),
                 waiting: Vec::new(),
+                tail,
+                next_lsn: active.next_lsn,
+                committed_pos: tail,
+                segment_bytes: options.segment_bytes,
             }),
+            reader: LogReader::new(vfs.clone(), &log_dir),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitState::default()),
             ended: std::sync::atomic::AtomicBool::new(false),
@@ -156,7 +165,6 @@ impl Store {
             options,
         });
         let w = shared.clone();
-        let active = recovered.active;
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer::run(&w, active))
@@ -326,36 +334,28 @@ impl Store {
         let ticket = core.last_ticket + 1;
         let now = shared.options.clock.now_ms();
         let group_max = shared.options.group_bytes_max;
-        let (start_len, start_entries) = match core.pending.back() {
-            Some(f) if f.frame.entries_len() < group_max => (f.frame.buf.len(), f.frame.n_entries),
-            _ => {
-                let frame = match core.spare.pop() {
-                    Some(buf) => FrameBuf::reuse(buf),
-                    None => FrameBuf::with_capacity(4096),
-                };
-                core.pending.push_back(PendingFrame {
-                    frame,
-                    last_ticket: 0,
-                    signals: Vec::new(),
-                });
-                (crate::frame::FRAME_OVERHEAD, 0)
-            }
-        };
+        // A transaction joins the last pending frame while it is below the group size; a
+        // frame's placement is fixed when it is opened (entries' locations are final at once).
+        if core
+            .pending
+            .back()
+            .is_none_or(|f| f.frame.entries_len() >= group_max)
+        {
+            core.open_frame();
+        }
         let mut txn = Txn {
             core: &mut core,
-            ticket,
+            reader: &shared.reader,
             now,
             emitted: 0,
+            emitted_bytes: 0,
             signals: Vec::new(),
         };
         let result = f(&mut txn);
         let emitted = txn.emitted;
         let signals = std::mem::take(&mut txn.signals);
         if emitted == 0 {
-            // Drop the frame we may have opened for nothing.
-            if core.pending.back().is_some_and(|f| f.frame.n_entries == 0) {
-                core.pending.pop_back();
-            }
+            core.drop_empty_frame();
             return result.map(|r| (r, None));
         }
         core.last_ticket = ticket;
@@ -364,29 +364,6 @@ impl Store {
         }
         if let Some(back) = core.pending.back_mut() {
             back.last_ticket = ticket;
-            // A frame body must stay under the limit: move this transaction's bytes into a
-            // frame of their own when the shared one would overflow.
-            if back.frame.buf.len() - crate::frame::FRAME_HEADER_LEN > FRAME_BODY_MAX
-                && start_entries > 0
-            {
-                let tail = back.frame.buf.split_off(start_len);
-                back.frame.n_entries = start_entries;
-                let mut own = FrameBuf::with_capacity(tail.len());
-                own.buf.extend_from_slice(&tail);
-                own.n_entries = emitted;
-                core.pending.push_back(PendingFrame {
-                    frame: own,
-                    last_ticket: ticket,
-                    signals: Vec::new(),
-                });
-            }
-        }
-        debug_assert!(core
-            .pending
-            .back()
-            .is_some_and(|f| f.frame.buf.len() - crate::frame::FRAME_HEADER_LEN
-                <= FRAME_BODY_MAX + BODY_PREFIX_LEN));
-        if let Some(back) = core.pending.back_mut() {
             for s in signals {
                 if !back.signals.iter().any(|x| Arc::ptr_eq(x, &s)) {
                     back.signals.push(s);
@@ -417,15 +394,25 @@ impl Store {
     }
 
     /// Runs a transaction and returns a future completed when it is committed.
-    pub(crate) fn commit_async<R>(
+    pub(crate) fn commit_async<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
     ) -> Committed<R> {
+        self.commit_async_then(f, |_, r| Ok(r))
+    }
+
+    /// [`Store::commit_async`], with `then` run on the transaction's result once it is
+    /// committed (reading the records of leased messages, for instance).
+    pub(crate) fn commit_async_then<T: Send + 'static, R: 'static>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+        then: fn(&Shared, T) -> Result<R>,
+    ) -> Committed<R> {
         match self.txn_with(f, false) {
-            Ok((r, ticket)) => Committed {
+            Ok((t, ticket)) => Committed {
                 shared: self.inner.shared.clone(),
                 ticket,
-                value: Some(Ok(r)),
+                value: Some(Ok(Box::new(move |s: &Shared| then(s, t)))),
             },
             Err(e) => Committed {
                 shared: self.inner.shared.clone(),
@@ -435,30 +422,71 @@ impl Store {
         }
     }
 
-    /// The highest committed ticket (for read gating).
-    pub(crate) fn committed(&self) -> u64 {
-        self.inner.shared.committed.load(Ordering::Acquire)
+    /// Waits until everything emitted so far (by any handle) is committed.
+    pub(crate) fn wait_for_pending(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        let ticket = {
+            let mut core = shared.lock_core();
+            let t = core.last_ticket;
+            if shared.committed.load(Ordering::Acquire) >= t {
+                return Ok(());
+            }
+            core.waiting.push((t, std::thread::current()));
+            t
+        };
+        shared.wait_committed(ticket)
     }
 }
 
 /// One operation's access to the state and the pending log frame.
 pub(crate) struct Txn<'a> {
     pub core: &'a mut Core,
-    pub ticket: u64,
+    /// For the rare operations that read a (committed) record under the lock: dead-letter
+    /// moves and redrives copy the message.
+    pub reader: &'a LogReader,
     pub now: u64,
     emitted: u32,
+    emitted_bytes: usize,
     signals: Vec<Arc<Signal>>,
 }
 
 impl Txn<'_> {
     /// Writes `entry` to the pending frame and applies it to the state.
     pub fn emit(&mut self, entry: Entry) {
+        let mut at = None;
         if let Some(back) = self.core.pending.back_mut() {
+            let start = back.frame.buf.len();
             entry.encode(&mut back.frame.buf);
             back.frame.n_entries += 1;
+            let len = back.frame.buf.len() - start;
+            self.emitted_bytes += len;
+            if matches!(entry, Entry::Enqueue(_) | Entry::Publish { .. }) {
+                at = Some(At {
+                    seg: back.at.seg,
+                    off: (back.at.off + start as u64) as u32,
+                    len: len as u32,
+                    crc: crc32c::crc32c(&back.frame.buf[start..]),
+                });
+            }
         }
         self.emitted += 1;
-        self.core.state.apply(entry, self.ticket);
+        self.core.state.apply(entry, at);
+    }
+
+    /// Bytes emitted so far (operations that copy messages bound themselves by it).
+    pub fn emitted_bytes(&self) -> usize {
+        self.emitted_bytes
+    }
+
+    /// Reads a record under the lock, if it is committed (else `None`: not visible yet).
+    pub fn read_committed(&self, rec: &RecRef) -> Option<Result<Vec<u8>>> {
+        if !self
+            .core
+            .is_committed(rec.seg, u64::from(rec.off) + u64::from(rec.len))
+        {
+            return None;
+        }
+        Some(self.reader.read(rec))
     }
 
     /// Wakes waiters on this queue or topic once the transaction is committed.
@@ -472,15 +500,24 @@ impl Txn<'_> {
 /// The future returned by the `*_async` calls: resolves once the operation's log frame is
 /// durable (per the store's [`Durability`](crate::Durability)). It needs no async runtime: the
 /// writer thread wakes it.
-#[derive(Debug)]
 #[must_use = "the operation is applied at once, but only durable when this future completes"]
 pub struct Committed<R> {
     shared: Arc<Shared>,
     ticket: Option<u64>,
-    value: Option<Result<R>>,
+    value: Option<Result<Finish<R>>>,
 }
 
-impl<R: Unpin> Future for Committed<R> {
+type Finish<R> = Box<dyn FnOnce(&Shared) -> Result<R> + Send>;
+
+impl<R> std::fmt::Debug for Committed<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> Future for Committed<R> {
     type Output = Result<R>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         let this = &mut *self;
@@ -495,7 +532,8 @@ impl<R: Unpin> Future for Committed<R> {
             }
         }
         match this.value.take() {
-            Some(v) => Poll::Ready(v),
+            Some(Ok(finish)) => Poll::Ready(finish(&this.shared)),
+            Some(Err(e)) => Poll::Ready(Err(e)),
             None => Poll::Ready(Err(Error::Closed)),
         }
     }

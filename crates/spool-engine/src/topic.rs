@@ -10,7 +10,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::name;
 use crate::options::{TopicConfig, DURATION_MAX};
-use crate::state::{Topic, TopicCounters};
+use crate::state::{Topic, TopicCounters, TopicMsg};
 use crate::store::{Committed, Store, Txn};
 
 /// A reader's position in a topic: the next sequence number to read. Cheap to copy and keep;
@@ -89,10 +89,10 @@ fn ensure_topic(txn: &mut Txn<'_>, name: &str, config: &TopicConfig) -> u32 {
 /// replay (which never reads the clock) drops the same messages whatever the config later.
 fn log_trim(txn: &mut Txn<'_>, tid: u32) {
     let now = txn.now;
-    let Some(t) = txn.core.state.topics.get_mut(&tid) else {
+    txn.core.state.trim_topic(tid, now);
+    let Some(t) = txn.core.state.topics.get(&tid) else {
         return;
     };
-    t.trim(now);
     if let Some(below_seq) = t.unlogged_trim() {
         txn.emit(Entry::TopicTrim {
             topic: tid,
@@ -129,7 +129,7 @@ fn publish_txn(
         }
         total += p.len() + 32;
     }
-    let limit = crate::options::FRAME_BODY_MAX - (1 << 20);
+    let limit = crate::options::TXN_BYTES_MAX - (1 << 20);
     if total > limit {
         return Err(Error::BatchTooLarge {
             what: "the encoded batch",
@@ -282,11 +282,13 @@ impl Store {
         name::validate(cursor_name)?;
         let now = self.now();
         let mut core = self.shared().lock_core();
-        let t = core
+        let tid = *core
             .state
-            .topic_by_name_mut(topic)
+            .topic_ids
+            .get(topic)
             .ok_or_else(|| unknown(topic))?;
-        t.trim(now);
+        core.state.trim_topic(tid, now);
+        let t = core.state.topics.get(&tid).ok_or_else(|| unknown(topic))?;
         let next = match t.cursors.get(cursor_name) {
             Some(&seq) => seq,
             None => match start {
@@ -326,14 +328,51 @@ impl Store {
     }
 
     fn topic_read(&self, cursor: &mut Cursor, latest: bool) -> Result<Option<TopicMessage>> {
-        let committed = self.committed();
         let now = self.now();
-        let mut core = self.shared().lock_core();
-        let Some(t) = core.state.topic_by_name_mut(&cursor.topic) else {
-            return Ok(None);
+        let found = {
+            let mut core = self.shared().lock_core();
+            let core = &mut *core;
+            let Some(&tid) = core.state.topic_ids.get(&cursor.topic) else {
+                return Ok(None);
+            };
+            core.state.trim_topic(tid, now);
+            let Some(t) = core.state.topics.get(&tid) else {
+                return Ok(None);
+            };
+            find_at(t, cursor, latest, core.committed_pos)?
         };
-        t.trim(now);
-        read_at(t, cursor, latest, committed)
+        found
+            .map(|f| self.read_topic_message(cursor, f))
+            .transpose()
+    }
+
+    /// Reads a found topic message's record and advances the cursor past it.
+    fn read_topic_message(&self, cursor: &mut Cursor, f: FoundMsg) -> Result<TopicMessage> {
+        let bytes = self.shared().reader.read(&f.msg.rec)?;
+        let payload = match crate::entry::decode_record(&bytes) {
+            Ok(Entry::Publish { seq, payload, .. }) if seq == f.msg.seq => payload,
+            Ok(_) => {
+                return Err(Error::DamagedRecord {
+                    segment: f.msg.rec.seg,
+                    offset: u64::from(f.msg.rec.off),
+                    reason: format!("not the record of topic message {}", f.msg.seq),
+                })
+            }
+            Err(e) => {
+                return Err(Error::DamagedRecord {
+                    segment: f.msg.rec.seg,
+                    offset: u64::from(f.msg.rec.off),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        cursor.next = f.msg.seq + 1;
+        Ok(TopicMessage {
+            seq: f.msg.seq,
+            payload,
+            published_at: f.msg.published_ms,
+            skipped: f.skipped,
+        })
     }
 
     /// The oldest retained message at or after the cursor; advances the cursor past it.
@@ -360,27 +399,37 @@ impl Store {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let (signal, seen) = {
-                let committed = self.committed();
+            let (signal, seen, found) = {
                 let now = self.now();
                 let mut core = self.shared().lock_core();
+                let core = &mut *core;
                 if let Some(cause) = &core.poisoned {
                     return Err(Error::Poisoned {
                         cause: cause.clone(),
                     });
                 }
-                match core.state.topic_by_name_mut(&cursor.topic) {
-                    Some(t) => {
-                        t.trim(now);
-                        if let Some(m) = read_at(t, cursor, false, committed)? {
-                            return Ok(Some(m));
-                        }
-                        (t.signal.clone(), t.signal.version())
+                match core.state.topic_ids.get(&cursor.topic).copied() {
+                    Some(tid) => {
+                        core.state.trim_topic(tid, now);
+                        let t = core
+                            .state
+                            .topics
+                            .get(&tid)
+                            .ok_or_else(|| unknown(&cursor.topic))?;
+                        let found = find_at(t, cursor, false, core.committed_pos)?;
+                        (t.signal.clone(), t.signal.version(), found)
                     }
                     // Not created yet: wait for a topic to be created.
-                    None => (core.state.created.clone(), core.state.created.version()),
+                    None => (
+                        core.state.created.clone(),
+                        core.state.created.version(),
+                        None,
+                    ),
                 }
             };
+            if let Some(f) = found {
+                return self.read_topic_message(cursor, f).map(Some);
+            }
             if Instant::now() >= deadline {
                 return Ok(None);
             }
@@ -392,11 +441,13 @@ impl Store {
     pub fn topic_stats(&self, topic: &str) -> Result<TopicStats> {
         let now = self.now();
         let mut core = self.shared().lock_core();
-        let t = core
+        let tid = *core
             .state
-            .topic_by_name_mut(topic)
+            .topic_ids
+            .get(topic)
             .ok_or_else(|| unknown(topic))?;
-        t.trim(now);
+        core.state.trim_topic(tid, now);
+        let t = core.state.topics.get(&tid).ok_or_else(|| unknown(topic))?;
         Ok(TopicStats {
             name: t.name.clone(),
             last_seq: t.next_seq - 1,
@@ -413,12 +464,18 @@ impl Store {
     }
 }
 
-fn read_at(
+/// A topic message found under the lock, to be read once the lock is released.
+struct FoundMsg {
+    msg: TopicMsg,
+    skipped: u64,
+}
+
+fn find_at(
     t: &Topic,
-    cursor: &mut Cursor,
+    cursor: &Cursor,
     latest: bool,
-    committed: u64,
-) -> Result<Option<TopicMessage>> {
+    committed: (u64, u64),
+) -> Result<Option<FoundMsg>> {
     if cursor.next > t.next_seq {
         return Err(Error::InvalidArgument(format!(
             "cursor {} is past the end of topic {:?} (next sequence number {})",
@@ -432,19 +489,15 @@ fn read_at(
     let visible_end = start
         + t.msgs
             .range(start..)
-            .take_while(|m| m.ticket <= committed)
+            .take_while(|m| (m.rec.seg, u64::from(m.rec.off) + u64::from(m.rec.len)) <= committed)
             .count();
     if visible_end == start {
         return Ok(None);
     }
     let idx = if latest { visible_end - 1 } else { start };
-    let m = &t.msgs[idx];
-    let out = TopicMessage {
-        seq: m.seq,
-        payload: m.payload.clone(),
-        published_at: m.published_ms,
+    let m = t.msgs[idx];
+    Ok(Some(FoundMsg {
+        msg: m,
         skipped: m.seq - cursor.next,
-    };
-    cursor.next = m.seq + 1;
-    Ok(Some(out))
+    }))
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::frame::FrameBuf;
 use crate::options::{Durability, Options};
-use crate::segment::ActiveSegment;
+use crate::segment::{ActiveSegment, Placement};
 use crate::signal::Signal;
 use crate::state::State;
 
@@ -30,6 +30,9 @@ use crate::state::State;
 #[derive(Debug)]
 pub(crate) struct PendingFrame {
     pub frame: FrameBuf,
+    /// Where it will be written (decided when it is opened, so that every entry's location
+    /// is known when it is applied).
+    pub at: Placement,
     /// The highest ticket whose entries are in this frame.
     pub last_ticket: u64,
     /// Queues and topics to wake once the frame is committed.
@@ -53,6 +56,70 @@ pub(crate) struct Core {
     /// covers when it takes the store lock anyway: no second lock on either side (with many
     /// producers, a separate waiters lock was a contended hand-off per message).
     pub waiting: Vec<(u64, std::thread::Thread)>,
+    /// Where the frame after the last one the writer took goes (segment, offset).
+    pub tail: (u64, u64),
+    /// The LSN of the next frame opened.
+    pub next_lsn: u64,
+    /// The log is written (and in `Sync` mode synced) up to here (segment, offset): records
+    /// before it can be read back from the files.
+    pub committed_pos: (u64, u64),
+    /// Segment size at which new frames go to the next segment.
+    pub segment_bytes: u64,
+}
+
+impl Core {
+    /// Opens a new pending frame at the end of the log: after the last pending frame, in the
+    /// next segment once the current one has reached `segment_bytes`.
+    pub fn open_frame(&mut self) {
+        let frame = match self.spare.pop() {
+            Some(buf) => FrameBuf::reuse(buf),
+            None => FrameBuf::with_capacity(4096),
+        };
+        let at = self.next_placement();
+        self.next_lsn += 1;
+        self.pending.push_back(PendingFrame {
+            frame,
+            at,
+            last_ticket: 0,
+            signals: Vec::new(),
+        });
+    }
+
+    /// Where a frame opened now would go.
+    pub fn next_placement(&self) -> Placement {
+        let (seg, off) = match self.pending.back() {
+            Some(f) => (f.at.seg, f.at.off + f.frame.buf.len() as u64),
+            None => self.tail,
+        };
+        let header = crate::frame::SEGMENT_HEADER_LEN as u64;
+        let (seg, off) = if off >= self.segment_bytes && off > header {
+            (seg + 1, header)
+        } else {
+            (seg, off)
+        };
+        Placement {
+            seg,
+            off,
+            lsn: self.next_lsn,
+        }
+    }
+
+    /// Drops the last pending frame if it holds nothing (a transaction opened it for nothing).
+    pub fn drop_empty_frame(&mut self) {
+        if self.pending.back().is_some_and(|f| f.frame.n_entries == 0) {
+            if let Some(f) = self.pending.pop_back() {
+                self.next_lsn -= 1;
+                if self.spare.len() < SPARE_BUFFERS_MAX {
+                    self.spare.push(f.frame.buf);
+                }
+            }
+        }
+    }
+
+    /// Whether a record ending at `(seg, end)` is committed (readable from the files).
+    pub fn is_committed(&self, seg: u64, end: u64) -> bool {
+        (seg, end) <= self.committed_pos
+    }
 }
 
 /// The adaptive linger waits at most this fraction of the last fsync's duration...
@@ -82,6 +149,8 @@ pub(crate) struct Shared {
     /// The writer waits on it for work.
     pub work_cv: Condvar,
     pub commit: Mutex<CommitState>,
+    /// Reads records back from the log files.
+    pub reader: crate::reader::LogReader,
     /// Set once no ticket will ever be committed again (poisoned, or the writer stopped).
     pub ended: std::sync::atomic::AtomicBool,
     /// Mirror of `commit.committed`, readable under the store lock without taking `commit`.
@@ -293,13 +362,17 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         let group_end = batch.last().map_or(taken, |f| f.last_ticket);
         last_group = group_end - taken;
         taken = group_end;
+        if let Some(f) = batch.last() {
+            core.tail = (f.at.seg, f.at.off + f.frame.buf.len() as u64);
+        }
+        let group_pos = core.tail;
         drop(core);
 
         let now = shared.options.clock.now_ms();
         let sync_started = Instant::now();
         let mut result = Ok(());
         for f in &mut batch {
-            if let Err(e) = seg.append(&mut f.frame, now) {
+            if let Err(e) = seg.append(&mut f.frame, f.at, now) {
                 result = Err(e);
                 break;
             }
@@ -318,8 +391,24 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         }
         match result {
             Ok(()) => {
-                if let Some(last) = batch.last() {
-                    shared.complete(last.last_ticket);
+                // The position first (under the store lock), then the ticket: a caller answered
+                // by this commit that reads right away must find its records readable.
+                core = shared.lock_core();
+                core.committed_pos = group_pos;
+                let done: Vec<(u64, std::thread::Thread)> =
+                    if core.waiting.iter().any(|(t, _)| *t <= group_end) {
+                        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut core.waiting)
+                            .into_iter()
+                            .partition(|(t, _)| *t <= group_end);
+                        core.waiting = waiting;
+                        done
+                    } else {
+                        Vec::new()
+                    };
+                drop(core);
+                shared.complete(group_end);
+                for (_, t) in done {
+                    t.unpark();
                 }
                 for f in &batch {
                     for s in &f.signals {
@@ -333,18 +422,6 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             }
         }
         core = shared.lock_core();
-        let committed = shared.committed.load(Ordering::Acquire);
-        if core.waiting.iter().any(|(t, _)| *t <= committed) {
-            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut core.waiting)
-                .into_iter()
-                .partition(|(t, _)| *t <= committed);
-            core.waiting = waiting;
-            drop(core);
-            for (_, t) in done {
-                t.unpark();
-            }
-            core = shared.lock_core();
-        }
         for f in batch {
             if core.spare.len() < SPARE_BUFFERS_MAX
                 && f.frame.buf.capacity() <= SPARE_BUFFER_BYTES_MAX
@@ -354,12 +431,13 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         }
     }
     let poisoned = core.poisoned.is_some();
+    let marker = core.next_placement();
     drop(core);
     // Closing: a sealed log is a synced log, in every durability mode.
     let close_error = if poisoned {
         None
     } else {
-        seg.close(shared.options.clock.now_ms())
+        seg.close(Some(marker), shared.options.clock.now_ms())
             .err()
             .map(|e| e.to_string())
     };

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_engine::entry::Entry;
-use spool_engine::options::{BATCH_LEN_MAX, DURATION_MAX, FRAME_BODY_MAX, PAYLOAD_MAX};
+use spool_engine::options::{BATCH_LEN_MAX, DURATION_MAX, PAYLOAD_MAX, TXN_BYTES_MAX};
 use spool_engine::{
     Cursor, CursorStart, Error, Message, MessageState, Options, Overflow, Push, QueueConfig,
     QueueCounters, QueueStats, Receipt, Store, TopicConfig, TopicCounters, TopicMessage,
@@ -774,7 +774,7 @@ impl Model {
                 Some(t) => Some(check_duration(t)?),
                 None => config.retention.map(|r| r.as_millis() as u64),
             };
-            encoded += Entry::enqueue_len(m.payload.len(), m.subject.as_deref(), &m.headers);
+            encoded += Entry::enqueue_len(m.payload.len(), m.subject.as_deref(), &m.headers, false);
             new_bytes += (m.payload.len()
                 + m.subject.as_ref().map_or(0, String::len)
                 + m.headers
@@ -784,7 +784,7 @@ impl Model {
             min_prio = min_prio.min(m.priority);
             plans.push((delay, ttl));
         }
-        if encoded > FRAME_BODY_MAX - FRAME_HEADROOM {
+        if encoded > TXN_BYTES_MAX - FRAME_HEADROOM {
             return Err(ErrorKind::BatchTooLarge);
         }
         let evict = self.plan_evictions(queue, &config, msgs.len() as u64, new_bytes, min_prio)?;
@@ -1265,7 +1265,7 @@ impl Model {
             }
             total += p.len() + TOPIC_ENTRY_OVERHEAD;
         }
-        if total > FRAME_BODY_MAX - FRAME_HEADROOM {
+        if total > TXN_BYTES_MAX - FRAME_HEADROOM {
             return Err(ErrorKind::BatchTooLarge);
         }
         self.ensure_topic(topic, &config);

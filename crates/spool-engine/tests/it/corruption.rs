@@ -38,6 +38,7 @@ use spool_engine::frame::{
     check_frame, parse_segment_file_name, segment_file_name, FrameBuf, FrameCheck, SegmentHeader,
     FORMAT_LEN, FRAME_OVERHEAD, SEGMENT_HEADER_LEN,
 };
+use spool_engine::RemoveReason;
 use spool_engine::{
     DamagedRange, Durability, Error, ManualClock, Message, Options, Push, QueueConfig,
     RecoveryPolicy, Store, TopicConfig,
@@ -317,24 +318,6 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
                 Entry::Remove { queue, id, .. } => {
                     if let Some((_, msgs)) = queues.get_mut(queue) {
                         msgs.remove(id);
-                    }
-                }
-                Entry::Move {
-                    src,
-                    id,
-                    dst,
-                    new_id,
-                    ..
-                } => {
-                    if !queues.contains_key(dst) {
-                        continue;
-                    }
-                    let Some(p) = queues.get_mut(src).and_then(|(_, m)| m.remove(id)) else {
-                        continue;
-                    };
-                    if let Some((name, msgs)) = queues.get_mut(dst) {
-                        ever.insert((name.clone(), *new_id, p.clone()));
-                        msgs.insert(*new_id, p);
                     }
                 }
                 Entry::Purge { queue, below_id } => {
@@ -760,7 +743,6 @@ fn touched(p: &Pristine, lost: &BTreeSet<u64>) -> (BTreeSet<String>, BTreeSet<St
                 | Entry::Remove { queue, .. }
                 | Entry::Purge { queue, .. } => (vec![*queue], vec![]),
                 Entry::Enqueue(e) => (vec![e.queue], vec![]),
-                Entry::Move { src, dst, .. } => (vec![*src, *dst], vec![]),
                 Entry::TopicDef { topic, .. }
                 | Entry::TopicDrop { topic }
                 | Entry::Publish { topic, .. }
@@ -782,8 +764,15 @@ fn touched(p: &Pristine, lost: &BTreeSet<u64>) -> (BTreeSet<String>, BTreeSet<St
     loop {
         let before = q.len();
         for f in &p.frames {
-            for e in &f.entries {
-                if let Entry::Move { src, dst, .. } = e {
+            // A move is a REMOVE (dead-lettered or redriven) followed by the ENQUEUE of the copy.
+            for pair in f.entries.windows(2) {
+                if let [Entry::Remove {
+                    queue: src,
+                    reason: RemoveReason::DeadLettered | RemoveReason::Redriven,
+                    ..
+                }, Entry::Enqueue(e)] = pair
+                {
+                    let dst = &e.queue;
                     let src = p.full.queue_names.get(src);
                     if let (Some(src), Some(dst)) = (src, p.full.queue_names.get(dst)) {
                         if q.contains(src) {

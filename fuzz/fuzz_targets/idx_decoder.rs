@@ -203,8 +203,7 @@ fn entry(id: u64) -> IdxEntry {
         } else {
             1_700_000_000_000_u64.wrapping_add(id)
         },
-        rc: (id % 3) as u32,
-        flags: 0,
+        enqueued_ms: id % 3,
     }
 }
 

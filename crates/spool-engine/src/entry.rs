@@ -97,6 +97,13 @@ pub struct RecRef {
     pub enqueued_ms: u64,
 }
 
+impl RecRef {
+    /// The bytes the message counts against capacity (`size` without its flag bit).
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.size & !crate::segindex::SIZE_CARRIED)
+    }
+}
+
 /// A log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -118,7 +125,8 @@ pub enum Entry {
         lease_gen: u32,
         until_ms: u64,
         first_received_ms: u64,
-        /// The record, when the message is taken from its lane (its first lease).
+        /// The message's record. Always written; replay then never looks it up, and applies a
+        /// lease correctly even when an earlier entry was lost to skipped damage.
         rec: Option<RecRef>,
     },
     /// A lease is released early; the message is visible again at `visible_ms`.
@@ -134,7 +142,7 @@ pub enum Entry {
         queue: u32,
         id: u64,
         reason: RemoveReason,
-        /// The record, when the message leaves straight from its lane (never leased).
+        /// The message's record (always written, see `Lease`).
         rec: Option<RecRef>,
     },
     /// Every message of the queue with an id below `below_id` is removed.

@@ -31,6 +31,8 @@ pub mod clock;
 pub mod entry;
 pub mod error;
 pub mod frame;
+mod lanes;
+mod maint;
 mod message;
 pub mod name;
 pub mod options;
@@ -50,8 +52,11 @@ mod writer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::RemoveReason;
 pub use error::{Error, Result};
+pub use maint::MaintainReport;
 pub use message::{Message, Push, Receipt};
-pub use options::{Durability, Options, Overflow, QueueConfig, RecoveryPolicy, TopicConfig};
+pub use options::{
+    Durability, Maintenance, Options, Overflow, QueueConfig, RecoveryPolicy, TopicConfig,
+};
 pub use queue::QueueStats;
 pub use recovery::{DamagedRange, RecoveryReport, TornTail};
 pub use state::{MessageState, QueueCounters, TopicCounters};

@@ -41,6 +41,18 @@ pub enum Durability {
     None,
 }
 
+/// Who runs the store's housekeeping: writing the index files of sealed segments (and, as they
+/// come, checkpoints, segment deletion and compaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Maintenance {
+    /// A background thread of the store. Default.
+    #[default]
+    Background,
+    /// Only [`Store::maintain`](crate::Store::maintain) calls: deterministic, for tests and
+    /// simulations (and for callers that want to choose when the disk is busy).
+    Manual,
+}
+
 /// What recovery does when it finds damage in the middle of the log (a bad frame followed by
 /// valid ones). A torn tail (a bad frame with nothing valid after it) is always truncated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +84,8 @@ pub struct Options {
     pub default_topic: TopicConfig,
     /// The clock. Default the system clock.
     pub clock: Arc<dyn Clock>,
+    /// Who runs the housekeeping. Default [`Maintenance::Background`].
+    pub maintenance: Maintenance,
 }
 
 impl fmt::Debug for Options {
@@ -82,6 +96,7 @@ impl fmt::Debug for Options {
             .field("segment_bytes", &self.segment_bytes)
             .field("group_bytes_max", &self.group_bytes_max)
             .field("auto_create", &self.auto_create)
+            .field("maintenance", &self.maintenance)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +112,7 @@ impl Default for Options {
             default_queue: QueueConfig::default(),
             default_topic: TopicConfig::default(),
             clock: Arc::new(SystemClock),
+            maintenance: Maintenance::Background,
         }
     }
 }

@@ -122,22 +122,28 @@ fn ensure_dlq(txn: &mut Txn<'_>, qid: u32, default: &QueueConfig) -> Option<u32>
 /// rest waits for the next call.
 const MOVE_BYTES_BUDGET: usize = 16 << 20;
 
-/// Checks a receipt against the message it names; returns the message.
-fn check_receipt(q: &Queue, receipt: Receipt) -> Result<&Touched> {
+/// Checks a receipt against the message it names in queue `qid`; returns the message.
+fn check_receipt(state: &mut State, qid: u32, receipt: Receipt) -> Result<Touched> {
+    let name = state
+        .queues
+        .get(&qid)
+        .map(|q| q.name.clone())
+        .unwrap_or_default();
     let lost = || Error::LeaseLost {
-        queue: q.name.clone(),
+        queue: name.clone(),
         id: receipt.id,
         receipt: receipt.to_string(),
     };
-    let Some(t) = q.touched.get(&receipt.id) else {
-        // Never leased (or gone).
-        if q.contains(receipt.id) {
-            return Err(lost());
+    let t = match state.find(qid, receipt.id)? {
+        Some(Found::Touched(t)) => t,
+        // Never leased.
+        Some(Found::Stream(_)) => return Err(lost()),
+        None => {
+            return Err(Error::NotFound {
+                queue: name.clone(),
+                id: receipt.id,
+            })
         }
-        return Err(Error::NotFound {
-            queue: q.name.clone(),
-            id: receipt.id,
-        });
     };
     // The generation must be the one the last lease handed out, and still in force: leased,
     // or ready again because that lease expired and nobody leased it since (SQS-like
@@ -151,17 +157,9 @@ fn check_receipt(q: &Queue, receipt: Receipt) -> Result<&Touched> {
     Ok(t)
 }
 
-/// The record of a message that is still in its lane's stream, for entries that take it out.
-fn stream_rec(f: Found<'_>) -> Option<RecRef> {
-    match f {
-        Found::Stream(e) => Some(e.rec),
-        Found::Touched(_) => None,
-    }
-}
-
 /// A message's counters for moving it: (receive count, lease generation, first received).
 /// A message never handed out carries its counters in its record when it is a dead letter.
-fn counters_of(f: Found<'_>, record: &Enqueue) -> (u32, u32, u64) {
+fn counters_of(f: &Found, record: &Enqueue) -> (u32, u32, u64) {
     match f {
         Found::Touched(t) => (t.receive_count, t.lease_gen, t.first_received_ms),
         Found::Stream(_) => record.carried.map_or((0, 0, 0), |c| {
@@ -199,23 +197,24 @@ fn move_message(
     dst: u32,
     reason: RemoveReason,
 ) -> Result<Option<u64>> {
-    let q = txn.core.state.queues.get(&src).ok_or(Error::Closed)?;
-    let f = q.find(id).ok_or_else(|| Error::NotFound {
-        queue: q.name.clone(),
-        id,
-    })?;
+    let f = txn
+        .core
+        .state
+        .find(src, id)?
+        .ok_or_else(|| Error::NotFound {
+            queue: String::new(),
+            id,
+        })?;
     let rec = f.rec();
-    let priority = match f {
+    let priority = match &f {
         Found::Touched(t) => t.priority,
         Found::Stream(e) => e.rec.prio,
     };
     let Some(record) = read_record(txn, &rec, id)? else {
         return Ok(None);
     };
-    let q = txn.core.state.queues.get(&src).ok_or(Error::Closed)?;
-    let f = q.find(id).ok_or(Error::Closed)?;
-    let (receive_count, lease_gen, first_received_ms) = counters_of(f, &record);
-    let from_stream = stream_rec(f);
+    let (receive_count, lease_gen, first_received_ms) = counters_of(&f, &record);
+    let from_stream = Some(f.rec());
     let redrive = reason == RemoveReason::Redriven;
     let new_id = txn.core.state.next_msg_id;
     txn.emit(Entry::Remove {
@@ -249,7 +248,19 @@ fn move_message(
     Ok(Some(new_id))
 }
 
-fn out_of(id: u64, f: Found<'_>, receipt: Option<Receipt>) -> Out {
+fn queue_id_of(queues: &std::collections::HashMap<u32, Queue>, name: &str) -> Result<u32> {
+    queues
+        .iter()
+        .find(|(_, q)| q.name == name)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| unknown(name))
+}
+
+fn is_committed(committed: (u64, u64), r: &RecRef) -> bool {
+    (r.seg, u64::from(r.off) + u64::from(r.len)) <= committed
+}
+
+fn out_of(id: u64, f: &Found, receipt: Option<Receipt>) -> Out {
     match f {
         Found::Touched(t) => Out {
             id,
@@ -507,13 +518,7 @@ impl Store {
         let delay = check_duration("delay", delay)?;
         self.commit(|txn| {
             let qid = txn.core.state.queue_id(queue)?;
-            let q = txn
-                .core
-                .state
-                .queues
-                .get(&qid)
-                .ok_or_else(|| unknown(queue))?;
-            let t = check_receipt(q, receipt)?;
+            let t = check_receipt(&mut txn.core.state, qid, receipt)?;
             let entry = Entry::Nack {
                 queue: qid,
                 id: receipt.id,
@@ -521,7 +526,14 @@ impl Store {
                 visible_ms: if delay == 0 { 0 } else { txn.now + delay },
                 priority: priority.unwrap_or(t.priority),
             };
-            let signal = q.signal.clone();
+            let signal = txn
+                .core
+                .state
+                .queues
+                .get(&qid)
+                .ok_or_else(|| unknown(queue))?
+                .signal
+                .clone();
             txn.emit(entry);
             txn.touch(&signal);
             Ok(())
@@ -534,13 +546,7 @@ impl Store {
         let vis = check_visibility(visibility)?;
         self.commit(|txn| {
             let qid = txn.core.state.queue_id(queue)?;
-            let q = txn
-                .core
-                .state
-                .queues
-                .get(&qid)
-                .ok_or_else(|| unknown(queue))?;
-            let t = check_receipt(q, receipt)?;
+            let t = check_receipt(&mut txn.core.state, qid, receipt)?;
             let until = txn.now + vis;
             let entry = Entry::Lease {
                 queue: qid,
@@ -549,7 +555,7 @@ impl Store {
                 lease_gen: t.lease_gen,
                 until_ms: until,
                 first_received_ms: t.first_received_ms,
-                rec: None,
+                rec: Some(t.rec),
             };
             txn.emit(entry);
             Ok(until)
@@ -563,13 +569,13 @@ impl Store {
         loop {
             let moved = self.commit(|txn| {
                 let qid = txn.core.state.queue_id(queue)?;
+                check_receipt(&mut txn.core.state, qid, receipt)?;
                 let q = txn
                     .core
                     .state
                     .queues
                     .get(&qid)
                     .ok_or_else(|| unknown(queue))?;
-                check_receipt(q, receipt)?;
                 if q.config
                     .dead_letter_queue_of(&q.name)
                     .is_none_or(|d| d == q.name)
@@ -609,14 +615,15 @@ impl Store {
                 .ok_or_else(|| unknown(dlq))?;
             q.promote(now);
             // Ready dead letters (they carry their origin), oldest id first.
-            let mut candidates: Vec<(u64, RecRef)> = q
-                .ready_in_order()
-                .filter(|(_, f)| match f {
-                    Found::Stream(e) => e.carried,
-                    Found::Touched(t) => t.carried,
-                })
-                .map(|(id, f)| (id, f.rec()))
-                .collect();
+            let mut candidates: Vec<(u64, RecRef)> = Vec::new();
+            let State { queues, ix, .. } = &mut txn.core.state;
+            let q = queues.get(&qid).ok_or_else(|| unknown(dlq))?;
+            q.walk_ready(ix, &mut |id, f| {
+                if f.carried() {
+                    candidates.push((id, f.rec()));
+                }
+                true
+            })?;
             candidates.sort_unstable_by_key(|(id, _)| *id);
             let mut moved = 0;
             for (id, rec) in candidates {
@@ -651,13 +658,10 @@ impl Store {
             let now = txn.now;
             let mut out = Vec::new();
             while out.len() < n {
-                let Some(id) = next_deliverable(txn, qid) else {
+                let Some((id, f)) = next_deliverable(txn, qid)? else {
                     break;
                 };
-                let Some(f) = txn.core.state.queues.get(&qid).and_then(|q| q.find(id)) else {
-                    break;
-                };
-                let mut o = out_of(id, f, None);
+                let mut o = out_of(id, &f, None);
                 o.counts = match o.counts {
                     Counts::Known {
                         receive_count,
@@ -675,7 +679,7 @@ impl Store {
                         first_if_none: now,
                     },
                 };
-                let rec = stream_rec(f);
+                let rec = Some(f.rec());
                 txn.emit(Entry::Remove {
                     queue: qid,
                     id,
@@ -701,18 +705,20 @@ impl Store {
                 .queue_by_name_mut(queue)
                 .ok_or_else(|| unknown(queue))?;
             q.promote(now);
-            let q = core
-                .state
-                .queue_by_name(queue)
+            let committed = core.committed_pos;
+            let State { queues, ix, .. } = &mut core.state;
+            let q = queues
+                .get(&queue_id_of(queues, queue)?)
                 .ok_or_else(|| unknown(queue))?;
-            q.ready_in_order()
-                .filter(|(_, f)| {
-                    let r = f.rec();
-                    !f.expired(now) && core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
-                })
-                .take(n)
-                .map(|(id, f)| out_of(id, f, None))
-                .collect::<Vec<Out>>()
+            let mut outs = Vec::new();
+            q.walk_ready(ix, &mut |id, f| {
+                let r = f.rec();
+                if !f.expired(now) && is_committed(committed, &r) {
+                    outs.push(out_of(id, &f, None));
+                }
+                outs.len() < n
+            })?;
+            outs
         };
         read_messages(self.shared(), &outs)
     }
@@ -727,16 +733,12 @@ impl Store {
                 .queue_by_name_mut(queue)
                 .ok_or_else(|| unknown(queue))?
                 .promote(now);
-            let q = core
-                .state
-                .queue_by_name(queue)
-                .ok_or_else(|| unknown(queue))?;
-            q.find(id)
-                .filter(|f| {
-                    let r = f.rec();
-                    core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
-                })
-                .map(|f| out_of(id, f, None))
+            let committed = core.committed_pos;
+            let qid = core.state.queue_id(queue)?;
+            core.state
+                .find(qid, id)?
+                .filter(|f| is_committed(committed, &f.rec()))
+                .map(|f| out_of(id, &f, None))
                 .ok_or_else(|| Error::NotFound {
                     queue: queue.to_string(),
                     id,
@@ -759,17 +761,15 @@ impl Store {
                 .queue_by_name_mut(queue)
                 .ok_or_else(|| unknown(queue))?
                 .promote(now);
-            let q = core
-                .state
-                .queue_by_name(queue)
+            let committed = core.committed_pos;
+            let State { queues, ix, .. } = &mut core.state;
+            let q = queues
+                .get(&queue_id_of(queues, queue)?)
                 .ok_or_else(|| unknown(queue))?;
-            q.all()
+            q.all(ix)?
                 .into_iter()
-                .filter(|(_, f)| {
-                    let r = f.rec();
-                    core.is_committed(r.seg, u64::from(r.off) + u64::from(r.len))
-                })
-                .map(|(id, f)| out_of(id, f, None))
+                .filter(|(_, f)| is_committed(committed, &f.rec()))
+                .map(|(id, f)| out_of(id, &f, None))
                 .collect::<Vec<Out>>()
         };
         read_messages(self.shared(), &outs)
@@ -779,17 +779,15 @@ impl Store {
     pub fn delete(&self, queue: &str, id: u64) -> Result<()> {
         self.commit(|txn| {
             let qid = txn.core.state.queue_id(queue)?;
-            let q = txn
+            let f = txn
                 .core
                 .state
-                .queues
-                .get(&qid)
-                .ok_or_else(|| unknown(queue))?;
-            let f = q.find(id).ok_or_else(|| Error::NotFound {
-                queue: queue.to_string(),
-                id,
-            })?;
-            let rec = stream_rec(f);
+                .find(qid, id)?
+                .ok_or_else(|| Error::NotFound {
+                    queue: queue.to_string(),
+                    id,
+                })?;
+            let rec = Some(f.rec());
             txn.emit(Entry::Remove {
                 queue: qid,
                 id,
@@ -826,26 +824,18 @@ impl Store {
     pub fn stats(&self, queue: &str) -> Result<QueueStats> {
         let now = self.now();
         let mut core = self.shared().lock_core();
-        let q = core
-            .state
-            .queue_by_name_mut(queue)
-            .ok_or_else(|| unknown(queue))?;
+        let qid = core.state.queue_id(queue)?;
+        let State { queues, ix, .. } = &mut core.state;
+        let q = queues.get_mut(&qid).ok_or_else(|| unknown(queue))?;
         q.promote(now);
-        let q = core
-            .state
-            .queue_by_name(queue)
-            .ok_or_else(|| unknown(queue))?;
+        let oldest = q.oldest_enqueued(ix)?;
+        let q = core.state.queues.get(&qid).ok_or_else(|| unknown(queue))?;
         let dlq_name = q.config.dead_letter_queue_of(&q.name);
         let dead = dlq_name
             .as_deref()
             .and_then(|d| core.state.queue_by_name(d))
             .map_or(0, Queue::len);
-        let oldest = q
-            .lanes
-            .values()
-            .flat_map(|l| l.stream.iter().map(|e| e.rec.enqueued_ms))
-            .chain(q.touched.values().map(|t| t.rec.enqueued_ms))
-            .min();
+
         Ok(QueueStats {
             name: q.name.clone(),
             visible: q.n_ready(),
@@ -967,10 +957,12 @@ fn push_txn(
             }
             // Plan evictions: ready messages from the lowest priorities up to the lowest
             // priority being pushed, oldest first.
-            let Some(q) = existing.and_then(|id| txn.core.state.queues.get_mut(&id)) else {
+            let now = txn.now;
+            let State { queues, ix, .. } = &mut txn.core.state;
+            let Some(q) = existing.and_then(|id| queues.get_mut(&id)) else {
                 return Err(full());
             };
-            q.promote(txn.now);
+            q.promote(now);
             let (mut c, mut b) = (count, bytes);
             let lanes: Vec<u8> = q
                 .lanes
@@ -979,15 +971,19 @@ fn push_txn(
                 .map(|k| k.0)
                 .filter(|&p| p <= min_prio)
                 .collect();
-            'plan: for p in lanes {
-                for (id, f) in q.lane_ready(p) {
+            for p in lanes {
+                if !over(c, b) {
+                    break;
+                }
+                q.walk_lane(ix, p, &mut |id, f| {
                     if !over(c, b) {
-                        break 'plan;
+                        return false;
                     }
                     c -= 1;
-                    b -= u64::from(f.rec().size);
-                    evict.push((id, stream_rec(f)));
-                }
+                    b -= f.rec().bytes();
+                    evict.push((id, Some(f.rec())));
+                    true
+                })?;
             }
             if over(c, b) {
                 q.counters.rejected_full += n_new;
@@ -1033,17 +1029,21 @@ fn push_txn(
 /// The next message of queue `qid` that can be handed out now (priority desc, then id), after
 /// promoting due delays and expired leases; expired messages met on the way are dropped (and
 /// counted) in the same transaction.
-fn next_deliverable(txn: &mut Txn<'_>, qid: u32) -> Option<u64> {
+fn next_deliverable(txn: &mut Txn<'_>, qid: u32) -> Result<Option<(u64, Found)>> {
     let now = txn.now;
     loop {
-        let q = txn.core.state.queues.get_mut(&qid)?;
+        let State { queues, ix, .. } = &mut txn.core.state;
+        let Some(q) = queues.get_mut(&qid) else {
+            return Ok(None);
+        };
         q.promote(now);
-        let id = q.next_ready(false, u8::MAX)?;
-        let f = q.find(id)?;
+        let Some((id, f)) = q.next_ready(ix, false, u8::MAX)? else {
+            return Ok(None);
+        };
         if !f.expired(now) {
-            return Some(id);
+            return Ok(Some((id, f)));
         }
-        let rec = stream_rec(f);
+        let rec = Some(f.rec());
         txn.emit(Entry::Remove {
             queue: qid,
             id,
@@ -1064,7 +1064,7 @@ fn lease_txn(
     let now = txn.now;
     let mut out = Vec::new();
     while out.len() < n {
-        let Some(id) = next_deliverable(txn, qid) else {
+        let Some((id, f)) = next_deliverable(txn, qid)? else {
             break;
         };
         let Some(q) = txn.core.state.queues.get(&qid) else {
@@ -1072,19 +1072,18 @@ fn lease_txn(
         };
         let vis = vis.unwrap_or(q.config.visibility.as_millis() as u64);
         let max_receives = q.config.max_receives;
-        let Some(f) = q.find(id) else { break };
         let rec = f.rec();
-        let from_stream = stream_rec(f);
-        let (mut receive_count, mut lease_gen, mut first_received_ms, priority) = match f {
+        let from_stream = Some(f.rec());
+        let (mut receive_count, mut lease_gen, mut first_received_ms, priority) = match &f {
             Found::Touched(t) => (
                 t.receive_count,
                 t.lease_gen,
                 t.first_received_ms,
                 t.priority,
             ),
-            Found::Stream(e) => (e.rc, 0, 0, e.rec.prio),
+            Found::Stream(e) => (0, 0, 0, e.rec.prio),
         };
-        if matches!(f, Found::Stream(e) if e.carried) {
+        if matches!(f, Found::Stream(_)) && f.carried() {
             // A dead letter never handed out in this queue: its counters are in its record.
             match read_record(txn, &rec, id) {
                 Ok(Some(record)) => {
@@ -1147,19 +1146,13 @@ fn ack_txn(txn: &mut Txn<'_>, queue: &str, receipts: &[Receipt]) -> Result<Vec<R
     let qid = txn.core.state.queue_id(queue)?;
     let mut out = Vec::with_capacity(receipts.len());
     for &r in receipts {
-        let q = txn
-            .core
-            .state
-            .queues
-            .get(&qid)
-            .ok_or_else(|| unknown(queue))?;
-        match check_receipt(q, r) {
-            Ok(_) => {
+        match check_receipt(&mut txn.core.state, qid, r) {
+            Ok(t) => {
                 txn.emit(Entry::Remove {
                     queue: qid,
                     id: r.id,
                     reason: RemoveReason::Acked,
-                    rec: None,
+                    rec: Some(t.rec),
                 });
                 out.push(Ok(()));
             }

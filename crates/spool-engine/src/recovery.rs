@@ -23,10 +23,15 @@ use crate::frame::{
     check_frame, find_next_frame, parse_segment_file_name, valid_frames_after, FrameCheck,
     SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_ID_MAX,
 };
+use crate::lanes::IndexStore;
 use crate::options::RecoveryPolicy;
+use crate::segindex;
 use crate::segment::ActiveSegment;
 use crate::state::{At, State};
 use crate::vfs::{OpenMode, Vfs};
+
+/// Dead ids a stream may collect while the log is replayed before its front is read.
+const DEAD_IDS_REPLAY_MAX: usize = 65_536;
 
 /// A stretch of the log that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +209,7 @@ pub(crate) fn recover(
     now_ms: u64,
 ) -> Result<Recovered> {
     let started = std::time::Instant::now();
-    let mut state = State::new();
+    let mut state = State::new(IndexStore::new(vfs.clone(), log_dir, store_id));
     let mut report = RecoveryReport::default();
 
     let ids = list_segments(vfs.as_ref(), log_dir)?;
@@ -224,8 +229,10 @@ pub(crate) fn recover(
 
     let mut damaged: Vec<DamagedRange> = Vec::new();
     // Records damage; with `Refuse` the open stops here, before any file is changed.
+    let damaged_count = std::cell::Cell::new(0usize);
     let mut damage = |d: DamagedRange| -> Result<()> {
         damaged.push(d);
+        damaged_count.set(damaged_count.get() + 1);
         if policy == RecoveryPolicy::Refuse {
             return Err(Error::Corrupt {
                 ranges: damaged.clone(),
@@ -243,6 +250,7 @@ pub(crate) fn recover(
     let mut end: Option<(usize, u64)> = None;
     let mut prev_id = 0u64;
     for (i, seg) in segs.iter().enumerate() {
+        let damaged_before = damaged_count.get();
         report.segments += 1;
         let is_last = i + 1 == segs.len();
         let from = expected.unwrap_or(ceiling + 1);
@@ -347,6 +355,11 @@ pub(crate) fn recover(
         while pos < seg.data.len() {
             let problem = match replay_frame(seg.id, &seg.data, pos, lsn_next, &mut state) {
                 Ok((len, _synced_lsn)) => {
+                    if report.frames % 1024 == 0 {
+                        // Streams consumed in the replayed log collect dead ids until a read
+                        // of their front passes them: keep that bounded.
+                        state.normalize_streams(DEAD_IDS_REPLAY_MAX)?;
+                    }
                     report.frames += 1;
                     report.bytes += len as u64;
                     ceiling = ceiling.max(lsn_next);
@@ -408,6 +421,23 @@ pub(crate) fn recover(
         }
         expected = Some(lsn_next);
         end = Some((i, pos.min(seg.data.len()) as u64));
+        if !is_last {
+            // Sealed: its index is complete. Keep it in RAM only if its file must be written
+            // (missing or stale, or the segment has damage that was skipped: a file written
+            // before the damage would list records that were not replayed).
+            if let Some(idx) =
+                state
+                    .ix
+                    .seal(seg.id, seg.data.len() as u64, lsn_next.saturating_sub(1))
+            {
+                let damaged_here = damaged_count.get() > damaged_before;
+                let fresh = !damaged_here
+                    && segindex::IdxFile::open(vfs.as_ref(), log_dir, idx.expect()).is_ok();
+                if fresh {
+                    state.ix.written(&idx);
+                }
+            }
+        }
     }
     report.entries = state_entries(&state);
 
@@ -507,6 +537,7 @@ pub(crate) fn recover(
             .map_err(|e| Error::io("sync directory", log_dir, e))?;
     }
     report.damaged = damaged;
+    state.normalize_streams(0)?;
     report.leases_released = state.release_all_leases() as u64;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(Recovered {

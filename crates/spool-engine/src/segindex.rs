@@ -12,7 +12,7 @@
 //! [`IdxError::Corrupt`], [`IdxError::Stale`]) and never trusted. [`IdxFile::open`] validates
 //! the whole file (both checksums, every count, every lane's ids) while streaming through it in
 //! 64 KiB chunks; afterwards reads trust the content but still fail cleanly (never panic) if
-//! the file shrank underneath. Layout: `docs/idx-format.md`.
+//! the file shrank underneath. Layout: `docs/format.md`, "Segment index".
 
 use std::convert::Infallible;
 use std::fmt;
@@ -67,11 +67,13 @@ pub struct IdxEntry {
     pub crc: u32,
     /// Expiry time (Unix ms, 0 = never); for topic lanes the publication time.
     pub expires_ms: u64,
-    /// Receive count carried by the message.
-    pub rc: u32,
-    /// Reserved bits (carried, not interpreted here).
-    pub flags: u32,
+    /// When the message was pushed (Unix ms; a dead letter keeps its original time).
+    pub enqueued_ms: u64,
 }
+
+/// The top bit of [`IdxEntry::size`]: the record carries a dead letter's history (read the
+/// record for its counters). Sizes stay far below 2^31 (a transaction is at most 64 MiB).
+pub const SIZE_CARRIED: u32 = 1 << 31;
 
 impl IdxEntry {
     /// The 40-byte encoding.
@@ -83,8 +85,7 @@ impl IdxEntry {
         b[16..20].copy_from_slice(&self.size.to_le_bytes());
         b[20..24].copy_from_slice(&self.crc.to_le_bytes());
         b[24..32].copy_from_slice(&self.expires_ms.to_le_bytes());
-        b[32..36].copy_from_slice(&self.rc.to_le_bytes());
-        b[36..40].copy_from_slice(&self.flags.to_le_bytes());
+        b[32..40].copy_from_slice(&self.enqueued_ms.to_le_bytes());
         b
     }
 
@@ -99,8 +100,7 @@ impl IdxEntry {
             size: u32_at(b, 16),
             crc: u32_at(b, 20),
             expires_ms: u64_at(b, 24),
-            rc: u32_at(b, 32),
-            flags: u32_at(b, 36),
+            enqueued_ms: u64_at(b, 32),
         })
     }
 }
@@ -656,7 +656,7 @@ impl SegmentIndex {
         emit(&crc.to_le_bytes())
     }
 
-    /// The bytes of the index file (layout in `docs/idx-format.md`). An index that fails
+    /// The bytes of the index file (layout in `docs/format.md`, "Segment index"). An index that fails
     /// [`SegmentIndex::check`] encodes to bytes that `decode` rejects.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(usize::try_from(self.encoded_len()).unwrap_or(0));
@@ -1011,8 +1011,7 @@ mod tests {
             size: 10 + (id % 7) as u32,
             crc: (id as u32) ^ 0xdead_beef,
             expires_ms: id * 11,
-            rc: (id % 4) as u32,
-            flags: (id % 2) as u32,
+            enqueued_ms: id * 3 + (id % 4),
         }
     }
 
@@ -1174,7 +1173,7 @@ mod tests {
             [e.off, e.len, e.size, e.crc]
         );
         assert_eq!(u64_at(&b, 168), e.expires_ms);
-        assert_eq!([u32_at(&b, 176), u32_at(&b, 180)], [e.rc, e.flags]);
+        assert_eq!(u64_at(&b, 176), e.enqueued_ms);
         assert_eq!(IdxEntry::decode(&b[144..]), Some(e));
         // the trailer
         let end = b.len() - 4;

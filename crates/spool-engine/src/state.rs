@@ -24,7 +24,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::entry::{Enqueue, Entry, RecRef, RemoveReason};
+use crate::error::Result;
+use crate::lanes::{index_entry, IndexStore, Released, Stream, StreamEntry};
 use crate::options::{QueueConfig, TopicConfig};
+use crate::segindex::{LaneKey, SIZE_CARRIED};
 use crate::signal::Signal;
 
 /// Where a message is.
@@ -71,125 +74,12 @@ pub(crate) struct Touched {
     /// does a receipt with that generation count (a nack bumps the generation without
     /// handing it to anyone).
     pub delivered: bool,
-    /// The record carries a dead letter's history (origin, counters).
-    pub carried: bool,
-}
-
-/// A message in its lane's stream: never handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StreamEntry {
-    pub id: u64,
-    pub rec: RecRef,
-    /// The receive count it carries (a dead letter keeps the count it had).
-    pub rc: u32,
-    /// The record carries a dead letter's history: read it for the full counters.
-    pub carried: bool,
-}
-
-/// The messages of a lane never handed out, in id order.
-#[derive(Debug, Default)]
-pub(crate) struct Stream {
-    entries: VecDeque<StreamEntry>,
-    /// Every stream message with an id at or below this has left the stream.
-    floor: u64,
-    /// Stream messages above the floor that left out of order.
-    dead: BTreeSet<u64>,
-    pub live: u64,
-    pub live_bytes: u64,
-}
-
-impl Stream {
-    fn is_live(&self, id: u64) -> bool {
-        id > self.floor && !self.dead.contains(&id)
-    }
-
-    /// Adds a pushed message (ids normally arrive in increasing order; an older id, possible
-    /// only after damaged frames were skipped, is inserted in place). Returns false if the id
-    /// is already there or below the floor (then the message does not exist).
-    fn push(&mut self, e: StreamEntry) -> bool {
-        if !self.is_live(e.id) {
-            return false;
-        }
-        match self.entries.back() {
-            Some(b) if b.id >= e.id => {
-                let i = self.entries.partition_point(|x| x.id < e.id);
-                if self.entries.get(i).is_some_and(|x| x.id == e.id) {
-                    return false;
-                }
-                self.entries.insert(i, e);
-            }
-            _ => self.entries.push_back(e),
-        }
-        self.live += 1;
-        self.live_bytes += u64::from(e.rec.size);
-        true
-    }
-
-    /// The first message still in the stream (drops what left from the front).
-    pub fn front(&mut self) -> Option<StreamEntry> {
-        while let Some(e) = self.entries.front() {
-            let id = e.id;
-            if id <= self.floor {
-                self.entries.pop_front();
-            } else if self.dead.remove(&id) {
-                self.floor = id;
-                self.entries.pop_front();
-            } else {
-                return Some(*e);
-            }
-        }
-        None
-    }
-
-    pub fn get(&self, id: u64) -> Option<&StreamEntry> {
-        if !self.is_live(id) {
-            return None;
-        }
-        let i = self.entries.partition_point(|x| x.id < id);
-        self.entries.get(i).filter(|e| e.id == id)
-    }
-
-    /// The message leaves the stream (leased, popped, removed). Returns it, if it was there.
-    fn take(&mut self, id: u64) -> Option<StreamEntry> {
-        let e = *self.get(id)?;
-        if self.front().is_some_and(|f| f.id == id) {
-            self.floor = id;
-            self.entries.pop_front();
-        } else {
-            self.dead.insert(id);
-        }
-        self.live -= 1;
-        self.live_bytes -= u64::from(e.rec.size);
-        Some(e)
-    }
-
-    /// Messages still in the stream, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = &StreamEntry> + '_ {
-        self.entries.iter().filter(|e| self.is_live(e.id))
-    }
-
-    /// Every message below `below` leaves; returns them.
-    fn purge_below(&mut self, below: u64) -> Vec<StreamEntry> {
-        let gone: Vec<StreamEntry> = self.iter().filter(|e| e.id < below).copied().collect();
-        for e in &gone {
-            self.live -= 1;
-            self.live_bytes -= u64::from(e.rec.size);
-        }
-        let floor = below.saturating_sub(1);
-        if floor > self.floor {
-            self.floor = floor;
-            self.dead = self.dead.split_off(&below);
-        }
-        while self.entries.front().is_some_and(|e| e.id <= self.floor) {
-            self.entries.pop_front();
-        }
-        gone
-    }
 }
 
 /// One priority of a queue.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
+    /// Messages never handed out (their entries are in the segment indexes).
     pub stream: Stream,
     /// Touched messages of this priority that are ready, by id.
     pub returned: BTreeSet<u64>,
@@ -215,17 +105,23 @@ pub struct QueueCounters {
     pub rejected_full: u64,
 }
 
-/// A message as the state sees it: in its lane's stream, or touched.
+/// A message never handed out, as its index entry says.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Found<'a> {
-    Stream(&'a StreamEntry),
-    Touched(&'a Touched),
+pub(crate) struct Untouched {
+    pub rec: RecRef,
 }
 
-impl Found<'_> {
+/// A message as the state sees it: in its lane's stream, or touched (a copy).
+#[derive(Debug, Clone)]
+pub(crate) enum Found {
+    Stream(Untouched),
+    Touched(Touched),
+}
+
+impl Found {
     pub fn rec(&self) -> RecRef {
         match self {
-            Found::Stream(e) => e.rec,
+            Found::Stream(u) => u.rec,
             Found::Touched(t) => t.rec,
         }
     }
@@ -233,10 +129,34 @@ impl Found<'_> {
         let e = self.rec().expires_ms;
         e != 0 && e <= now
     }
+    /// The record carries a dead letter's history.
+    pub fn carried(&self) -> bool {
+        self.rec().size & SIZE_CARRIED != 0
+    }
+}
+
+fn lane_key(queue: u32, prio: u8) -> LaneKey {
+    LaneKey::Queue { queue, prio }
+}
+
+fn untouched(e: &StreamEntry, prio: u8) -> Untouched {
+    Untouched {
+        rec: RecRef {
+            seg: e.seg,
+            off: e.e.off,
+            len: e.e.len,
+            size: e.e.size,
+            crc: e.e.crc,
+            prio,
+            expires_ms: e.e.expires_ms,
+            enqueued_ms: e.e.enqueued_ms,
+        },
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
+    pub id: u32,
     pub name: String,
     pub config: QueueConfig,
     /// Lanes by priority, highest first.
@@ -250,8 +170,9 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    fn new(name: String, config: QueueConfig) -> Self {
+    fn new(id: u32, name: String, config: QueueConfig) -> Self {
         Self {
+            id,
             name,
             config,
             lanes: BTreeMap::new(),
@@ -291,18 +212,16 @@ impl Queue {
     }
 
     /// A message by id, in any state.
-    pub fn find(&self, id: u64) -> Option<Found<'_>> {
+    pub fn find(&self, ix: &mut IndexStore, id: u64) -> Result<Option<Found>> {
         if let Some(t) = self.touched.get(&id) {
-            return Some(Found::Touched(t));
+            return Ok(Some(Found::Touched(t.clone())));
         }
-        self.lanes
-            .values()
-            .find_map(|l| l.stream.get(id))
-            .map(Found::Stream)
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.find(id).is_some()
+        for (Reverse(p), lane) in &self.lanes {
+            if let Some(e) = lane.stream.get(lane_key(self.id, *p), ix, id)? {
+                return Ok(Some(Found::Stream(untouched(&e, *p))));
+            }
+        }
+        Ok(None)
     }
 
     fn lane(&mut self, prio: u8) -> &mut Lane {
@@ -352,23 +271,19 @@ impl Queue {
 
     fn add_touched(&mut self, id: u64, t: Touched) {
         let state = t.state;
-        self.touched_bytes += u64::from(t.rec.size);
+        self.touched_bytes += u64::from(t.rec.size & !SIZE_CARRIED);
         self.touched.insert(id, t);
         self.attach(id, state);
     }
 
-    /// Removes a message in any state; returns its record.
-    fn take(&mut self, id: u64) -> Option<RecRef> {
-        if self.touched.contains_key(&id) {
-            self.detach(id);
-            let t = self.touched.remove(&id)?;
-            self.touched_bytes -= u64::from(t.rec.size);
-            return Some(t.rec);
+    fn remove_touched(&mut self, id: u64) -> Option<RecRef> {
+        if !self.touched.contains_key(&id) {
+            return None;
         }
-        self.lanes
-            .values_mut()
-            .find_map(|l| l.stream.take(id))
-            .map(|e| e.rec)
+        self.detach(id);
+        let t = self.touched.remove(&id)?;
+        self.touched_bytes -= u64::from(t.rec.size & !SIZE_CARRIED);
+        Some(t.rec)
     }
 
     /// Makes due delayed messages and expired leases ready. Called before every read.
@@ -401,85 +316,132 @@ impl Queue {
 
     /// The next ready message in delivery order (priority desc, id asc), or with
     /// `lowest_first` from the lowest priority up; only lanes of priority <= `max_prio`.
-    pub fn next_ready(&mut self, lowest_first: bool, max_prio: u8) -> Option<u64> {
-        let visit = |lane: &mut Lane| -> Option<u64> {
-            let s = lane.stream.front().map(|e| e.id);
-            let r = lane.returned.first().copied();
-            match (s, r) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        };
+    /// Whether it is at the front of its lane's stream (else it is touched) comes with it.
+    pub fn next_ready(
+        &mut self,
+        ix: &mut IndexStore,
+        lowest_first: bool,
+        max_prio: u8,
+    ) -> Result<Option<(u64, Found)>> {
+        let qid = self.id;
+        let mut prios: Vec<u8> = self
+            .lanes
+            .keys()
+            .map(|k| k.0)
+            .filter(|&p| p <= max_prio)
+            .collect();
         if lowest_first {
-            for (Reverse(p), lane) in self.lanes.iter_mut().rev() {
-                if *p <= max_prio {
-                    if let Some(id) = visit(lane) {
-                        return Some(id);
-                    }
+            prios.reverse();
+        }
+        for p in prios {
+            let Some(lane) = self.lanes.get_mut(&Reverse(p)) else {
+                continue;
+            };
+            let s = lane.stream.front(lane_key(qid, p), ix)?;
+            let r = lane.returned.first().copied();
+            let pick_stream = match (&s, r) {
+                (Some(a), Some(b)) => a.id < b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => continue,
+            };
+            if pick_stream {
+                if let Some(e) = s {
+                    return Ok(Some((e.id, Found::Stream(untouched(&e, p)))));
                 }
-            }
-        } else {
-            for (Reverse(p), lane) in &mut self.lanes {
-                if *p <= max_prio {
-                    if let Some(id) = visit(lane) {
-                        return Some(id);
-                    }
+            } else if let Some(id) = r {
+                if let Some(t) = self.touched.get(&id) {
+                    return Ok(Some((id, Found::Touched(t.clone()))));
                 }
             }
         }
-        None
+        Ok(None)
     }
 
-    /// Ready messages of one lane in id order (stream and returned merged).
-    pub fn lane_ready(&self, prio: u8) -> impl Iterator<Item = (u64, Found<'_>)> + '_ {
-        let lane = self.lanes.get(&Reverse(prio));
-        let mut stream = lane.into_iter().flat_map(|l| l.stream.iter()).peekable();
+    /// Visits the ready messages of one lane in id order (stream and returned merged) until
+    /// `f` returns false; returns false if `f` did.
+    pub fn walk_lane(
+        &self,
+        ix: &mut IndexStore,
+        prio: u8,
+        f: &mut dyn FnMut(u64, Found) -> bool,
+    ) -> Result<bool> {
+        let Some(lane) = self.lanes.get(&Reverse(prio)) else {
+            return Ok(true);
+        };
         let mut returned = lane
-            .into_iter()
-            .flat_map(|l| l.returned.iter())
+            .returned
+            .iter()
             .filter_map(|id| self.touched.get(id).map(|t| (*id, t)))
             .peekable();
-        std::iter::from_fn(move || {
-            let take_stream = match (stream.peek(), returned.peek()) {
-                (Some(s), Some((r, _))) => s.id < *r,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return None,
-            };
-            if take_stream {
-                stream.next().map(|e| (e.id, Found::Stream(e)))
-            } else {
-                returned.next().map(|(id, t)| (id, Found::Touched(t)))
+        let mut go_on = true;
+        lane.stream.walk(lane_key(self.id, prio), ix, |e| {
+            while let Some((id, t)) = returned.next_if(|(id, _)| *id < e.id) {
+                if !f(id, Found::Touched(t.clone())) {
+                    go_on = false;
+                    return false;
+                }
             }
-        })
+            if !f(e.id, Found::Stream(untouched(&e, prio))) {
+                go_on = false;
+                return false;
+            }
+            true
+        })?;
+        if !go_on {
+            return Ok(false);
+        }
+        for (id, t) in returned {
+            if !f(id, Found::Touched(t.clone())) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// Ready messages in delivery order (priority desc, id asc).
-    pub fn ready_in_order(&self) -> impl Iterator<Item = (u64, Found<'_>)> + '_ {
-        self.lanes
-            .keys()
-            .flat_map(move |Reverse(p)| self.lane_ready(*p))
+    /// Visits the ready messages in delivery order (priority desc, id asc) until `f` returns
+    /// false.
+    pub fn walk_ready(
+        &self,
+        ix: &mut IndexStore,
+        f: &mut dyn FnMut(u64, Found) -> bool,
+    ) -> Result<()> {
+        for Reverse(p) in self.lanes.keys() {
+            if !self.walk_lane(ix, *p, f)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Every message, in id order (for inspection).
-    pub fn all(&self) -> Vec<(u64, Found<'_>)> {
-        let mut v: Vec<(u64, Found<'_>)> = self
-            .lanes
-            .values()
-            .flat_map(|l| l.stream.iter().map(|e| (e.id, Found::Stream(e))))
-            .chain(self.touched.iter().map(|(id, t)| (*id, Found::Touched(t))))
-            .collect();
+    pub fn all(&self, ix: &mut IndexStore) -> Result<Vec<(u64, Found)>> {
+        let mut v: Vec<(u64, Found)> = Vec::new();
+        for (Reverse(p), lane) in &self.lanes {
+            lane.stream.walk(lane_key(self.id, *p), ix, |e| {
+                v.push((e.id, Found::Stream(untouched(&e, *p))));
+                true
+            })?;
+        }
+        v.extend(
+            self.touched
+                .iter()
+                .map(|(id, t)| (*id, Found::Touched(t.clone()))),
+        );
         v.sort_unstable_by_key(|(id, _)| *id);
-        v
+        Ok(v)
     }
 
-    /// Records of every message (for the per-segment accounting when the queue is dropped).
-    fn records(&self) -> Vec<RecRef> {
-        self.lanes
-            .values()
-            .flat_map(|l| l.stream.iter().map(|e| e.rec))
-            .chain(self.touched.values().map(|t| t.rec))
-            .collect()
+    /// When the oldest message was pushed (any state), without a scan.
+    pub fn oldest_enqueued(&mut self, ix: &mut IndexStore) -> Result<Option<u64>> {
+        let qid = self.id;
+        let mut oldest = self.touched.values().map(|t| t.rec.enqueued_ms).min();
+        for (Reverse(p), lane) in &mut self.lanes {
+            if let Some(t) = lane.stream.oldest(lane_key(qid, *p), ix)? {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        Ok(oldest)
     }
 }
 
@@ -599,6 +561,8 @@ pub(crate) struct State {
     pub created: Arc<Signal>,
     /// Entries applied since the state was created (recovery reports it).
     pub entries_applied: u64,
+    /// The segment indexes (stream entries).
+    pub ix: IndexStore,
 }
 
 fn rec_of(e: &Enqueue, at: At) -> RecRef {
@@ -606,7 +570,7 @@ fn rec_of(e: &Enqueue, at: At) -> RecRef {
         seg: at.seg,
         off: at.off,
         len: at.len,
-        size: message_size(e) as u32,
+        size: message_size(e) as u32 | if e.carried.is_some() { SIZE_CARRIED } else { 0 },
         crc: at.crc,
         prio: e.priority,
         expires_ms: e.expires_ms,
@@ -615,12 +579,37 @@ fn rec_of(e: &Enqueue, at: At) -> RecRef {
 }
 
 impl State {
-    pub fn new() -> Self {
+    pub fn new(ix: IndexStore) -> Self {
         Self {
             next_queue_id: 1,
             next_topic_id: 1,
             next_msg_id: 1,
+            ix,
             ..Self::default()
+        }
+    }
+
+    /// Moves the floor of every stream whose dead set holds more than `threshold` ids past the
+    /// dead ids at its front (reads the indexes: recovery calls it while replaying).
+    pub fn normalize_streams(&mut self, threshold: usize) -> Result<()> {
+        let Self { queues, ix, .. } = self;
+        for q in queues.values_mut() {
+            let qid = q.id;
+            for (Reverse(p), lane) in &mut q.lanes {
+                if lane.stream.dead_len() > threshold {
+                    lane.stream.front(lane_key(qid, *p), ix)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Message `id` of queue `qid`, in any state.
+    pub fn find(&mut self, qid: u32, id: u64) -> Result<Option<Found>> {
+        let Self { queues, ix, .. } = self;
+        match queues.get(&qid) {
+            Some(q) => q.find(ix, id),
+            None => Ok(None),
         }
     }
 
@@ -652,9 +641,19 @@ impl State {
     }
 
     pub(crate) fn live_sub(&mut self, rec: &RecRef) {
-        if let Some(s) = self.seg_live.get_mut(&rec.seg) {
-            s.records = s.records.saturating_sub(1);
-            s.bytes = s.bytes.saturating_sub(u64::from(rec.len));
+        self.live_sub_n(rec.seg, 1, u64::from(rec.len));
+    }
+
+    fn live_sub_n(&mut self, seg: u64, records: u64, bytes: u64) {
+        if let Some(s) = self.seg_live.get_mut(&seg) {
+            s.records = s.records.saturating_sub(records);
+            s.bytes = s.bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn release(&mut self, r: &Released) {
+        for &(seg, n, len) in &r.per_seg {
+            self.live_sub_n(seg, n, len);
         }
     }
 
@@ -675,14 +674,18 @@ impl State {
                     q.config = config;
                 } else {
                     self.queue_ids.insert(name.clone(), queue);
-                    self.queues.insert(queue, Queue::new(name, config));
+                    self.queues.insert(queue, Queue::new(queue, name, config));
                 }
             }
             Entry::QueueDrop { queue } => {
                 if let Some(q) = self.queues.remove(&queue) {
                     self.queue_ids.remove(&q.name);
-                    for rec in q.records() {
-                        self.live_sub(&rec);
+                    for lane in q.lanes.values() {
+                        let r = lane.stream.release_all();
+                        self.release(&r);
+                    }
+                    for t in q.touched.values() {
+                        self.live_sub(&t.rec);
                     }
                     q.signal.notify();
                 }
@@ -707,26 +710,25 @@ impl State {
                 if q.touched.contains_key(&id) {
                     q.detach(id);
                 } else {
-                    // First lease: the message leaves its lane's stream.
+                    // First lease: the message leaves its lane's stream, from the front.
                     let Some(rec) = rec else { return };
-                    let Some(e) = q
-                        .lanes
-                        .get_mut(&Reverse(rec.prio))
-                        .and_then(|l| l.stream.take(id))
-                    else {
+                    let taken = q.lanes.get_mut(&Reverse(rec.prio)).is_some_and(|l| {
+                        l.stream
+                            .take(id, rec.seg, rec.size, rec.len, rec.enqueued_ms)
+                    });
+                    if !taken {
                         return;
-                    };
+                    }
                     q.add_touched(
                         id,
                         Touched {
-                            rec: e.rec,
-                            priority: e.rec.prio,
+                            rec,
+                            priority: rec.prio,
                             receive_count: 0,
                             lease_gen: 0,
                             first_received_ms: 0,
                             state: MessageState::Leased(until_ms),
                             delivered: false,
-                            carried: e.carried,
                         },
                     );
                     q.detach(id);
@@ -769,13 +771,23 @@ impl State {
                 queue,
                 id,
                 reason,
-                rec: _,
+                rec,
             } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
                     return;
                 };
-                let Some(rec) = q.take(id) else {
-                    return;
+                let rec = match (q.remove_touched(id), rec) {
+                    (Some(r), _) => r,
+                    (None, Some(r)) => {
+                        let taken = q.lanes.get_mut(&Reverse(r.prio)).is_some_and(|l| {
+                            l.stream.take(id, r.seg, r.size, r.len, r.enqueued_ms)
+                        });
+                        if !taken {
+                            return;
+                        }
+                        r
+                    }
+                    (None, None) => return,
                 };
                 let c = &mut q.counters;
                 match reason {
@@ -802,16 +814,21 @@ impl State {
                     .filter(|&i| i < below_id)
                     .collect();
                 for id in ids {
-                    if let Some(rec) = q.take(id) {
+                    if let Some(rec) = q.remove_touched(id) {
                         gone.push(rec);
                     }
                 }
+                let mut released = Vec::new();
                 for lane in q.lanes.values_mut() {
-                    gone.extend(lane.stream.purge_below(below_id).iter().map(|e| e.rec));
+                    released.push(lane.stream.purge_below(below_id));
                 }
-                q.counters.purged += gone.len() as u64;
+                q.counters.purged +=
+                    gone.len() as u64 + released.iter().map(|r| r.count).sum::<u64>();
                 for rec in gone {
                     self.live_sub(&rec);
+                }
+                for r in &released {
+                    self.release(r);
                 }
             }
             Entry::TopicDef {
@@ -908,14 +925,21 @@ impl State {
 
     fn apply_enqueue(&mut self, e: Enqueue, at: At) {
         self.next_msg_id = self.next_msg_id.max(e.id.saturating_add(1));
+        let entry = index_entry(&e, at);
+        if let Some((key, ie)) = entry {
+            // The index holds every record of the segment (it is rebuilt from it).
+            self.ix.append(at.seg, key, ie);
+        }
         let Some(q) = self.queues.get_mut(&e.queue) else {
             return;
         };
-        if q.contains(e.id) {
+        if q.touched.contains_key(&e.id) {
             return;
         }
         let rec = rec_of(&e, at);
-        let added = if e.visible_ms > 0 {
+        let added = if let Some((_, ie)) = entry {
+            q.lane(e.priority).stream.push(at.seg, &ie)
+        } else {
             // Delayed at push: out of the stream from the start.
             let c = e.carried;
             q.add_touched(
@@ -928,17 +952,9 @@ impl State {
                     first_received_ms: c.map_or(0, |c| c.first_received_ms),
                     state: MessageState::Delayed(e.visible_ms),
                     delivered: false,
-                    carried: c.is_some(),
                 },
             );
             true
-        } else {
-            q.lane(e.priority).stream.push(StreamEntry {
-                id: e.id,
-                rec,
-                rc: e.carried.map_or(0, |c| c.receive_count),
-                carried: e.carried.is_some(),
-            })
         };
         if !added {
             return;

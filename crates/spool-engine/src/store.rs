@@ -33,6 +33,7 @@ pub struct Store {
 pub(crate) struct Handle {
     pub shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    maint: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
     report: RecoveryReport,
     store_id: u64,
@@ -52,6 +53,15 @@ impl Handle {
             core.closing = true;
         }
         self.shared.work_cv.notify_all();
+        self.shared.maint_cv.notify_all();
+        let maint = self
+            .maint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = maint {
+            let _ = h.join();
+        }
         let handle = self
             .writer
             .lock()
@@ -156,8 +166,13 @@ impl Store {
                 next_lsn: active.next_lsn,
                 committed_pos: tail,
                 segment_bytes: options.segment_bytes,
+                maint_wanted: false,
+                pending_seal: None,
             }),
             reader: LogReader::new(vfs.clone(), &log_dir),
+            vfs: vfs.clone(),
+            log_dir: log_dir.clone(),
+            maint_cv: Condvar::new(),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitState::default()),
             ended: std::sync::atomic::AtomicBool::new(false),
@@ -169,10 +184,22 @@ impl Store {
             .name("spool-writer".into())
             .spawn(move || writer::run(&w, active))
             .map_err(|e| Error::io("spawn writer thread", &dir, e))?;
+        let maint = if shared.options.maintenance == crate::options::Maintenance::Background {
+            let m = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("spool-maint".into())
+                    .spawn(move || crate::maint::run(&m))
+                    .map_err(|e| Error::io("spawn maintenance thread", &dir, e))?,
+            )
+        } else {
+            None
+        };
         Ok(Store {
             inner: Arc::new(Handle {
                 shared,
                 writer: Mutex::new(Some(writer)),
+                maint: Mutex::new(maint),
                 dir,
                 report: recovered.report,
                 store_id: format.store_id,
@@ -359,6 +386,7 @@ impl Store {
             return result.map(|r| (r, None));
         }
         core.last_ticket = ticket;
+        core.frame_used();
         if park {
             core.waiting.push((ticket, std::thread::current()));
         }
@@ -371,9 +399,13 @@ impl Store {
             }
         }
         let wake = core.writer_waiting;
+        let maint = core.maint_wanted;
         drop(core);
         if wake {
             shared.work_cv.notify_one();
+        }
+        if maint {
+            shared.maint_cv.notify_one();
         }
         result.map(|r| (r, Some(ticket)))
     }

@@ -65,6 +65,11 @@ pub(crate) struct Core {
     pub committed_pos: (u64, u64),
     /// Segment size at which new frames go to the next segment.
     pub segment_bytes: u64,
+    /// Housekeeping is waiting (a segment was sealed): the maintenance thread is woken.
+    pub maint_wanted: bool,
+    /// The segment the last opened frame leaves behind, to seal once that frame is used:
+    /// (segment, length, last LSN).
+    pub pending_seal: Option<(u64, u64, u64)>,
 }
 
 impl Core {
@@ -76,6 +81,15 @@ impl Core {
             None => FrameBuf::with_capacity(4096),
         };
         let at = self.next_placement();
+        let prev_end = match self.pending.back() {
+            Some(f) => (f.at.seg, f.at.off + f.frame.buf.len() as u64),
+            None => self.tail,
+        };
+        if at.seg != prev_end.0 {
+            // The previous segment is full: once a transaction writes into this frame, it is
+            // sealed (nothing more goes into it) and its index can be written to a file.
+            self.pending_seal = Some((prev_end.0, prev_end.1, at.lsn - 1));
+        }
         self.next_lsn += 1;
         self.pending.push_back(PendingFrame {
             frame,
@@ -104,10 +118,20 @@ impl Core {
         }
     }
 
+    /// A transaction wrote into the last frame: if it is the first in a new segment, the
+    /// previous segment is sealed.
+    pub fn frame_used(&mut self) {
+        if let Some((seg, len, last_lsn)) = self.pending_seal.take() {
+            self.state.ix.seal(seg, len, last_lsn);
+            self.maint_wanted = true;
+        }
+    }
+
     /// Drops the last pending frame if it holds nothing (a transaction opened it for nothing).
     pub fn drop_empty_frame(&mut self) {
         if self.pending.back().is_some_and(|f| f.frame.n_entries == 0) {
             if let Some(f) = self.pending.pop_back() {
+                self.pending_seal = None;
                 self.next_lsn -= 1;
                 if self.spare.len() < SPARE_BUFFERS_MAX {
                     self.spare.push(f.frame.buf);
@@ -151,6 +175,10 @@ pub(crate) struct Shared {
     pub commit: Mutex<CommitState>,
     /// Reads records back from the log files.
     pub reader: crate::reader::LogReader,
+    pub vfs: Arc<dyn crate::vfs::Vfs>,
+    pub log_dir: std::path::PathBuf,
+    /// The maintenance thread waits on it.
+    pub maint_cv: Condvar,
     /// Set once no ticket will ever be committed again (poisoned, or the writer stopped).
     pub ended: std::sync::atomic::AtomicBool,
     /// Mirror of `commit.committed`, readable under the store lock without taking `commit`.
@@ -243,7 +271,7 @@ impl Shared {
         }
     }
 
-    fn poison(&self, cause: String) {
+    pub(crate) fn poison(&self, cause: String) {
         {
             let mut core = self.lock_core();
             if core.poisoned.is_none() {

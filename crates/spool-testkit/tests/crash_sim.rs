@@ -86,6 +86,7 @@ mod fsyncgate_regressions {
     fn open_small_segments(vfs: &SimVfs) -> spool_engine::Result<Store> {
         let options = Options {
             segment_bytes: 4096,
+            maintenance: spool_engine::Maintenance::Manual,
             ..Options::default()
         };
         Store::open_with_vfs(Arc::new(vfs.clone()), "/d/store", options)

@@ -15,6 +15,7 @@ fn open(vfs: &SimVfs, durability: Durability) -> Store {
         "/d/store",
         Options {
             durability,
+            maintenance: spool_engine::Maintenance::Manual,
             ..Options::default()
         },
     )

@@ -404,6 +404,7 @@ impl Harness {
             auto_create: setup.auto_create,
             durability: setup.durability,
             segment_bytes: setup.segment_bytes,
+            maintenance: spool_engine::Maintenance::Manual,
             ..Options::default()
         }
     }

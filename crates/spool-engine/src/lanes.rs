@@ -1,0 +1,669 @@
+//! The streams of queue lanes, kept out of memory.
+//!
+//! A lane's **stream** is every message of that queue and priority never handed out, in id
+//! order. Its entries (id, where the record is, size, expiry) live in the index of the segment
+//! the record is in: in RAM for the active segment (built by `apply`), in a `.idx` file once
+//! the segment is sealed (written by the maintenance thread, rebuilt from the segment when it
+//! is missing, stale or damaged). The stream itself holds only:
+//! - **runs**: per segment holding some of its records, the id range and live counts (about
+//!   64 bytes per segment touched, not per message);
+//! - a **floor**: every stream message with an id at or below it has left;
+//! - a **dead** set: ids above the floor that left out of order (deleted by id, redriven);
+//! - per run a small read-ahead window of entries.
+//!
+//! `apply` never reads an index (it stays free of I/O): a message that leaves the stream (its
+//! `LEASE` or `REMOVE` names its record) goes into the dead set, and the floor moves up only
+//! when a read of the stream's front finds dead ids there. (Moving the floor straight to a
+//! message taken from the front would be shorter, but wrong after damaged frames were
+//! skipped: a lost `LEASE` would leave an earlier message in the stream, and the floor would
+//! hide it.) The live path reads the front before every lease, so the dead set stays tiny;
+//! recovery normalizes streams whose dead set grows while it replays.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::entry::{decode_entries_at, Enqueue, Entry};
+use crate::error::{Error, Result};
+use crate::frame::{
+    check_frame, find_next_frame, segment_file_name, FrameCheck, SegmentHeader, SEGMENT_HEADER_LEN,
+};
+use crate::segindex::{
+    Expect, IdxEntry, IdxError, IdxFile, LaneIndex, LaneKey, SegmentIndex, SIZE_CARRIED,
+};
+use crate::state::{message_size, At};
+use crate::vfs::{OpenMode, Vfs};
+
+/// Entries read ahead per run.
+const READ_AHEAD: usize = 256;
+/// Index files kept open at most.
+const OPEN_INDEXES_MAX: usize = 64;
+
+/// The index entry of a pushed message, if it joins its lane's stream (a message pushed with a
+/// delay does not: it is tracked as touched from the start).
+pub(crate) fn index_entry(e: &Enqueue, at: At) -> Option<(LaneKey, IdxEntry)> {
+    if e.visible_ms > 0 {
+        return None;
+    }
+    let carried = if e.carried.is_some() { SIZE_CARRIED } else { 0 };
+    Some((
+        LaneKey::Queue {
+            queue: e.queue,
+            prio: e.priority,
+        },
+        IdxEntry {
+            id: e.id,
+            off: at.off,
+            len: at.len,
+            size: message_size(e) as u32 | carried,
+            crc: at.crc,
+            expires_ms: e.expires_ms,
+            enqueued_ms: e.enqueued_ms,
+        },
+    ))
+}
+
+/// One segment's index held in RAM.
+#[derive(Debug)]
+enum RamSeg {
+    /// The active segment's: grows with every push.
+    Building(HashMap<LaneKey, Vec<IdxEntry>>),
+    /// A sealed segment's, until the maintenance writes its file (`true`), or rebuilt by a
+    /// reader because its file was damaged (`false`: kept in RAM for this session, so that
+    /// what the disk sees never depends on what was read; the next open rebuilds it).
+    Frozen(Arc<SegmentIndex>, bool),
+}
+
+/// Where stream entries are read from: segment indexes in RAM or in `.idx` files.
+#[derive(Debug, Default)]
+pub(crate) struct IndexStore {
+    io: Option<(Arc<dyn Vfs>, PathBuf, u64)>,
+    ram: BTreeMap<u64, RamSeg>,
+    files: HashMap<u64, Arc<IdxFile>>,
+    /// Segments up to this one are sealed (their index is complete, in a file or frozen).
+    sealed_through: u64,
+    /// Index files rebuilt from their segment since the store was opened (reported).
+    pub rebuilt: u64,
+}
+
+impl IndexStore {
+    pub fn new(vfs: Arc<dyn Vfs>, log_dir: &Path, store_id: u64) -> Self {
+        Self {
+            io: Some((vfs, log_dir.to_path_buf(), store_id)),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a stream entry of segment `seg` (the active one).
+    pub fn append(&mut self, seg: u64, key: LaneKey, e: IdxEntry) {
+        let RamSeg::Building(lanes) = self
+            .ram
+            .entry(seg)
+            .or_insert_with(|| RamSeg::Building(HashMap::new()))
+        else {
+            // A sealed segment never gets new records.
+            return;
+        };
+        let v = lanes.entry(key).or_default();
+        if v.last().is_none_or(|l| l.id < e.id) {
+            v.push(e);
+        } else {
+            let i = v.partition_point(|x| x.id < e.id);
+            if v.get(i).is_none_or(|x| x.id != e.id) {
+                v.insert(i, e);
+            }
+        }
+    }
+
+    /// Freezes the RAM index of segment `seg` (sealed: no record will be added to it) so that
+    /// its file can be written. Returns it, for the writing.
+    pub fn seal(&mut self, seg: u64, seg_len: u64, last_lsn: u64) -> Option<Arc<SegmentIndex>> {
+        if seg <= self.sealed_through {
+            // Already sealed (a transaction that opened the next segment's first frame may
+            // have emitted nothing; the next one seals again).
+            return None;
+        }
+        self.sealed_through = seg;
+        let store_id = self.io.as_ref().map_or(0, |io| io.2);
+        let lanes = match self.ram.remove(&seg) {
+            Some(RamSeg::Building(lanes)) => lanes,
+            Some(frozen @ RamSeg::Frozen(..)) => {
+                self.ram.insert(seg, frozen);
+                return None;
+            }
+            None => HashMap::new(),
+        };
+        let mut lanes: Vec<LaneIndex> = lanes
+            .into_iter()
+            .map(|(key, entries)| LaneIndex { key, entries })
+            .collect();
+        lanes.sort_by_key(|l| l.key);
+        let idx = Arc::new(SegmentIndex {
+            store_id,
+            seg_id: seg,
+            seg_len,
+            last_lsn,
+            lanes,
+        });
+        self.ram.insert(seg, RamSeg::Frozen(idx.clone(), true));
+        Some(idx)
+    }
+
+    /// Sealed segments whose index is only in RAM (the maintenance thread writes them).
+    pub fn unwritten(&self) -> Vec<Arc<SegmentIndex>> {
+        self.ram
+            .values()
+            .filter_map(|r| match r {
+                RamSeg::Frozen(i, true) => Some(i.clone()),
+                RamSeg::Frozen(_, false) | RamSeg::Building(_) => None,
+            })
+            .collect()
+    }
+
+    /// The index of `seg` is on disk now: drop the RAM copy (if it is still that one).
+    pub fn written(&mut self, idx: &Arc<SegmentIndex>) {
+        if let Some(RamSeg::Frozen(i, _)) = self.ram.get(&idx.seg_id) {
+            if Arc::ptr_eq(i, idx) {
+                self.ram.remove(&idx.seg_id);
+            }
+        }
+    }
+
+    fn file(&mut self, seg: u64) -> Result<Option<Arc<IdxFile>>> {
+        if let Some(f) = self.files.get(&seg) {
+            return Ok(Some(f.clone()));
+        }
+        let Some((vfs, log_dir, store_id)) = self.io.clone() else {
+            return Ok(None);
+        };
+        let expect = expect_for(vfs.as_ref(), &log_dir, store_id, seg)?;
+        let f = match IdxFile::open(vfs.as_ref(), &log_dir, expect) {
+            Ok(f) => f,
+            Err(IdxError::Io { op, path, source }) => {
+                return Err(Error::io(op, path, source));
+            }
+            Err(_) => {
+                // Missing, stale or damaged: rebuild it from the segment, into RAM (recovery
+                // checks the index files it relies on, so this is rare).
+                let idx = rebuild(vfs.as_ref(), &log_dir, store_id, seg)?;
+                self.rebuilt += 1;
+                self.ram.insert(seg, RamSeg::Frozen(Arc::new(idx), false));
+                return Ok(None);
+            }
+        };
+        if self.files.len() >= OPEN_INDEXES_MAX {
+            self.files.clear();
+        }
+        let f = Arc::new(f);
+        self.files.insert(seg, f.clone());
+        Ok(Some(f))
+    }
+
+    /// Up to `max` entries of lane `key` in segment `seg`, from entry number `from`.
+    pub fn read(&mut self, seg: u64, key: LaneKey, from: u64, max: usize) -> Result<Vec<IdxEntry>> {
+        if let Some(v) = self.ram_lane(seg, key) {
+            let from = (from as usize).min(v.len());
+            return Ok(v[from..(from + max).min(v.len())].to_vec());
+        }
+        if self.ram.contains_key(&seg) {
+            return Ok(Vec::new());
+        }
+        let Some(f) = self.file(seg)? else {
+            return match self.ram_lane(seg, key) {
+                Some(v) => {
+                    let from = (from as usize).min(v.len());
+                    Ok(v[from..(from + max).min(v.len())].to_vec())
+                }
+                None => Ok(Vec::new()),
+            };
+        };
+        let Some(lane) = f.lane(key).copied() else {
+            return Ok(Vec::new());
+        };
+        f.read_entries(&lane, from, max).map_err(idx_err)
+    }
+
+    /// The number of the first entry of lane `key` in segment `seg` with an id >= `id`.
+    pub fn lower_bound(&mut self, seg: u64, key: LaneKey, id: u64) -> Result<u64> {
+        if let Some(v) = self.ram_lane(seg, key) {
+            return Ok(v.partition_point(|e| e.id < id) as u64);
+        }
+        if self.ram.contains_key(&seg) {
+            return Ok(0);
+        }
+        let Some(f) = self.file(seg)? else {
+            return Ok(self
+                .ram_lane(seg, key)
+                .map_or(0, |v| v.partition_point(|e| e.id < id) as u64));
+        };
+        let Some(lane) = f.lane(key).copied() else {
+            return Ok(0);
+        };
+        f.lower_bound(&lane, id).map_err(idx_err)
+    }
+
+    /// The entry with id `id` of lane `key` in segment `seg`.
+    pub fn find(&mut self, seg: u64, key: LaneKey, id: u64) -> Result<Option<IdxEntry>> {
+        let i = self.lower_bound(seg, key, id)?;
+        Ok(self.read(seg, key, i, 1)?.pop().filter(|e| e.id == id))
+    }
+
+    fn ram_lane(&self, seg: u64, key: LaneKey) -> Option<&[IdxEntry]> {
+        match self.ram.get(&seg)? {
+            RamSeg::Building(l) => Some(l.get(&key).map_or(&[][..], Vec::as_slice)),
+            RamSeg::Frozen(i, _) => Some(i.lane(key).map_or(&[][..], |l| l.entries.as_slice())),
+        }
+    }
+}
+
+fn idx_err(e: IdxError) -> Error {
+    match e {
+        IdxError::Io { op, path, source } => Error::io(op, path, source),
+        other => Error::Format {
+            path: PathBuf::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// What the index file of sealed segment `seg` must say: the segment's length and the LSN of
+/// its last frame (one below the next segment's first).
+fn expect_for(vfs: &dyn Vfs, log_dir: &Path, store_id: u64, seg: u64) -> Result<Expect> {
+    let path = log_dir.join(segment_file_name(seg));
+    let f = vfs
+        .open(&path, OpenMode::Read)
+        .map_err(|e| Error::io("open segment", &path, e))?;
+    let seg_len = f.len().map_err(|e| Error::io("stat segment", &path, e))?;
+    let next = log_dir.join(segment_file_name(seg + 1));
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    let last_lsn = match vfs.open(&next, OpenMode::Read) {
+        Ok(f) => match f.read_exact_at(&mut h, 0) {
+            Ok(()) => SegmentHeader::decode(&h).map_or(0, |h| h.base_lsn.saturating_sub(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(Error::io("read segment header", &next, e)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(Error::io("open segment", &next, e)),
+    };
+    Ok(Expect {
+        store_id,
+        seg_id: seg,
+        seg_len,
+        last_lsn,
+    })
+}
+
+/// Builds the index of segment `seg` by scanning its valid frames (what `apply` built).
+pub(crate) fn rebuild(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+    store_id: u64,
+    seg: u64,
+) -> Result<SegmentIndex> {
+    let path = log_dir.join(segment_file_name(seg));
+    let f = vfs
+        .open(&path, OpenMode::Read)
+        .map_err(|e| Error::io("open segment", &path, e))?;
+    let len = f.len().map_err(|e| Error::io("stat segment", &path, e))?;
+    let mut data = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.read_exact_at(&mut data, 0)
+        .map_err(|e| Error::io("read segment", &path, e))?;
+    let expect = expect_for(vfs, log_dir, store_id, seg)?;
+    let mut lanes: HashMap<LaneKey, Vec<IdxEntry>> = HashMap::new();
+    let mut pos = SEGMENT_HEADER_LEN.min(data.len());
+    while pos < data.len() {
+        let FrameCheck::Valid { entries, len, .. } = check_frame(&data[pos..]) else {
+            // Damage (skipped by recovery) or the end: go on at the next valid frame.
+            match find_next_frame(&data, pos + 1, 0) {
+                Some(f) => {
+                    pos = f.offset;
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let base = pos + entries.start;
+        let body = &data[base..pos + entries.end];
+        let _ = decode_entries_at(body, base, |e, off, elen| {
+            if let Entry::Enqueue(q) = &e {
+                let at = At {
+                    seg,
+                    off: (base + off) as u32,
+                    len: elen as u32,
+                    crc: crc32c::crc32c(&body[off..off + elen]),
+                };
+                if let Some((key, ie)) = index_entry(q, at) {
+                    let v = lanes.entry(key).or_default();
+                    if v.last().is_none_or(|l| l.id < ie.id) {
+                        v.push(ie);
+                    }
+                }
+            }
+        });
+        pos += len;
+    }
+    let mut lanes: Vec<LaneIndex> = lanes
+        .into_iter()
+        .map(|(key, entries)| LaneIndex { key, entries })
+        .collect();
+    lanes.sort_by_key(|l| l.key);
+    Ok(SegmentIndex {
+        store_id,
+        seg_id: seg,
+        seg_len: expect.seg_len,
+        last_lsn: expect.last_lsn,
+        lanes,
+    })
+}
+
+/// A stream message, as its index entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamEntry {
+    pub id: u64,
+    pub seg: u64,
+    pub e: IdxEntry,
+}
+
+/// Some of a stream's records, in one segment.
+#[derive(Debug)]
+struct Run {
+    seg: u64,
+    lo: u64,
+    hi: u64,
+    /// Stream messages still in the stream.
+    live: u64,
+    live_bytes: u64,
+    live_len: u64,
+    /// Number of the next entry to load into `buf` (`None`: find it from the floor).
+    pos: Option<u64>,
+    buf: VecDeque<IdxEntry>,
+}
+
+impl Run {
+    /// The first entry above `floor` (dead ones included), loading more when needed.
+    fn head(&mut self, floor: u64, key: LaneKey, ix: &mut IndexStore) -> Result<Option<IdxEntry>> {
+        loop {
+            while self.buf.front().is_some_and(|e| e.id <= floor) {
+                self.buf.pop_front();
+            }
+            if let Some(e) = self.buf.front() {
+                return Ok(Some(*e));
+            }
+            let pos = match self.pos {
+                Some(p) => p,
+                None => ix.lower_bound(self.seg, key, floor.saturating_add(1))?,
+            };
+            let got = ix.read(self.seg, key, pos, READ_AHEAD)?;
+            if got.is_empty() {
+                self.pos = Some(pos);
+                return Ok(None);
+            }
+            self.pos = Some(pos + got.len() as u64);
+            self.buf.extend(got);
+        }
+    }
+}
+
+/// Live records a stream gave up, per segment (for the segment accounting).
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    pub per_seg: Vec<(u64, u64, u64)>,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// A lane's messages never handed out, in id order, kept out of memory.
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    runs: Vec<Run>,
+    floor: u64,
+    dead: BTreeSet<u64>,
+    pub live: u64,
+    pub live_bytes: u64,
+    /// The latest push time seen in this stream...
+    max_enqueued: u64,
+    /// ...and the messages pushed with an older time than one before them (a dead letter or a
+    /// redriven message keeps its original time; the clock may be set back): with the front,
+    /// they give the oldest message without a scan. (enqueued_ms, id).
+    descents: BTreeSet<(u64, u64)>,
+}
+
+impl Stream {
+    fn is_live(&self, id: u64) -> bool {
+        id > self.floor && !self.dead.contains(&id)
+    }
+
+    /// Adds a pushed message (`apply`). False if it cannot be in the stream (at or below the
+    /// floor, or already taken out of order: only after damaged frames were skipped).
+    pub fn push(&mut self, seg: u64, e: &IdxEntry) -> bool {
+        if !self.is_live(e.id) {
+            return false;
+        }
+        let size = u64::from(e.size & !SIZE_CARRIED);
+        let i = match self.runs.last() {
+            Some(r) if r.seg == seg && e.id > r.hi => self.runs.len() - 1,
+            _ => {
+                let at = self.runs.partition_point(|r| r.lo < e.id);
+                self.runs.insert(
+                    at,
+                    Run {
+                        seg,
+                        lo: e.id,
+                        hi: e.id,
+                        live: 0,
+                        live_bytes: 0,
+                        live_len: 0,
+                        pos: None,
+                        buf: VecDeque::new(),
+                    },
+                );
+                at
+            }
+        };
+        if e.enqueued_ms < self.max_enqueued {
+            self.descents.insert((e.enqueued_ms, e.id));
+        } else {
+            self.max_enqueued = e.enqueued_ms;
+        }
+        let r = &mut self.runs[i];
+        r.hi = r.hi.max(e.id);
+        r.live += 1;
+        r.live_bytes += size;
+        r.live_len += u64::from(e.len);
+        self.live += 1;
+        self.live_bytes += size;
+        true
+    }
+
+    /// The message leaves the stream (`apply` of a lease or remove naming its record): the
+    /// dead set takes it until a read of the front moves the floor past it. Returns false if
+    /// it was not in the stream.
+    pub fn take(&mut self, id: u64, seg: u64, size: u32, len: u32, enqueued_ms: u64) -> bool {
+        if !self.is_live(id) {
+            return false;
+        }
+        let Some(ri) = self
+            .runs
+            .iter()
+            .position(|r| r.seg == seg && r.lo <= id && id <= r.hi)
+        else {
+            return false;
+        };
+        self.dead.insert(id);
+        self.descents.remove(&(enqueued_ms, id));
+        let size = u64::from(size & !SIZE_CARRIED);
+        let r = &mut self.runs[ri];
+        r.live = r.live.saturating_sub(1);
+        r.live_bytes = r.live_bytes.saturating_sub(size);
+        r.live_len = r.live_len.saturating_sub(u64::from(len));
+        if r.live == 0 {
+            self.runs.remove(ri);
+        }
+        self.live = self.live.saturating_sub(1);
+        self.live_bytes = self.live_bytes.saturating_sub(size);
+        true
+    }
+
+    /// Every message below `below` leaves (a purge: all existing ids are below it).
+    pub fn purge_below(&mut self, below: u64) -> Released {
+        let mut out = Released::default();
+        let floor = below.saturating_sub(1);
+        if floor <= self.floor {
+            return out;
+        }
+        self.floor = floor;
+        self.dead = self.dead.split_off(&below);
+        self.descents.retain(|&(_, id)| id >= below);
+        self.runs.retain(|r| {
+            if r.hi < below {
+                out.per_seg.push((r.seg, r.live, r.live_len));
+                out.count += r.live;
+                out.bytes += r.live_bytes;
+                false
+            } else {
+                true
+            }
+        });
+        for r in &mut self.runs {
+            r.pos = None;
+            r.buf.clear();
+        }
+        self.live -= out.count.min(self.live);
+        self.live_bytes -= out.bytes.min(self.live_bytes);
+        out
+    }
+
+    /// The push time of the oldest message in the stream.
+    pub fn oldest(&mut self, key: LaneKey, ix: &mut IndexStore) -> Result<Option<u64>> {
+        let front = self.front(key, ix)?.map(|e| e.e.enqueued_ms);
+        let descent = self.descents.first().map(|&(t, _)| t);
+        Ok(match (front, descent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Ids that left out of order and are not yet passed by the floor.
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Everything leaves (the queue is dropped).
+    pub fn release_all(&self) -> Released {
+        let mut out = Released::default();
+        for r in &self.runs {
+            out.per_seg.push((r.seg, r.live, r.live_len));
+            out.count += r.live;
+            out.bytes += r.live_bytes;
+        }
+        out
+    }
+
+    /// The first message of the stream.
+    pub fn front(&mut self, key: LaneKey, ix: &mut IndexStore) -> Result<Option<StreamEntry>> {
+        loop {
+            let mut best: Option<(usize, IdxEntry)> = None;
+            for i in 0..self.runs.len() {
+                if best.is_some_and(|(_, b)| self.runs[i].lo > b.id) {
+                    break;
+                }
+                if let Some(h) = self.runs[i].head(self.floor, key, ix)? {
+                    if best.is_none_or(|(_, b)| h.id < b.id) {
+                        best = Some((i, h));
+                    }
+                }
+            }
+            let Some((i, h)) = best else {
+                return Ok(None);
+            };
+            if self.dead.remove(&h.id) {
+                // Taken out of order earlier, and everything before it is gone: the floor
+                // moves past it.
+                self.floor = h.id;
+                continue;
+            }
+            return Ok(Some(StreamEntry {
+                id: h.id,
+                seg: self.runs[i].seg,
+                e: h,
+            }));
+        }
+    }
+
+    /// The stream message with id `id`, if it is in the stream.
+    pub fn get(&self, key: LaneKey, ix: &mut IndexStore, id: u64) -> Result<Option<StreamEntry>> {
+        if !self.is_live(id) {
+            return Ok(None);
+        }
+        for r in self.runs.iter().filter(|r| r.lo <= id && id <= r.hi) {
+            if let Some(e) = ix.find(r.seg, key, id)? {
+                return Ok(Some(StreamEntry { id, seg: r.seg, e }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Visits the stream's messages in id order until `f` returns false.
+    pub fn walk(
+        &self,
+        key: LaneKey,
+        ix: &mut IndexStore,
+        mut f: impl FnMut(StreamEntry) -> bool,
+    ) -> Result<()> {
+        // A k-way merge over the runs, each read through a window of its own.
+        struct W {
+            seg: u64,
+            lo: u64,
+            pos: u64,
+            buf: VecDeque<IdxEntry>,
+            done: bool,
+        }
+        let mut ws: Vec<W> = self
+            .runs
+            .iter()
+            .map(|r| W {
+                seg: r.seg,
+                lo: r.lo,
+                pos: u64::MAX,
+                buf: VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        loop {
+            let mut best: Option<(usize, IdxEntry)> = None;
+            for (i, w) in ws.iter_mut().enumerate() {
+                if best.is_some_and(|(_, b)| w.lo > b.id) {
+                    break;
+                }
+                if w.buf.is_empty() && !w.done {
+                    if w.pos == u64::MAX {
+                        w.pos = ix.lower_bound(w.seg, key, self.floor.saturating_add(1))?;
+                    }
+                    let got = ix.read(w.seg, key, w.pos, READ_AHEAD)?;
+                    w.pos += got.len() as u64;
+                    w.done = got.is_empty();
+                    w.buf.extend(got);
+                }
+                if let Some(h) = w.buf.front() {
+                    if best.is_none_or(|(_, b)| h.id < b.id) {
+                        best = Some((i, *h));
+                    }
+                }
+            }
+            let Some((i, h)) = best else {
+                return Ok(());
+            };
+            ws[i].buf.pop_front();
+            if h.id <= self.floor || self.dead.contains(&h.id) {
+                continue;
+            }
+            if !f(StreamEntry {
+                id: h.id,
+                seg: ws[i].seg,
+                e: h,
+            }) {
+                return Ok(());
+            }
+        }
+    }
+}

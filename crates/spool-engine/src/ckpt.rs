@@ -12,7 +12,7 @@
 //! start and only file data changes.
 //!
 //! What the payload means is not this module's business; it stores bytes. Layout:
-//! `docs/ckpt-format.md`.
+//! `docs/format.md` ("Checkpoints").
 //!
 //! # Choosing the generation
 //!

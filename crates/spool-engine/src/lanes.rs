@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::codec::{Dec, DecResult, Enc};
 use crate::entry::{decode_entries_at, Enqueue, Entry};
 use crate::error::{Error, Result};
 use crate::frame::{
@@ -177,7 +178,8 @@ impl IndexStore {
             return Ok(None);
         };
         let expect = expect_for(vfs.as_ref(), &log_dir, store_id, seg)?;
-        let f = match IdxFile::open(vfs.as_ref(), &log_dir, expect) {
+        let opened = IdxFile::open(vfs.as_ref(), &log_dir, expect);
+        let f = match opened {
             Ok(f) => f,
             Err(IdxError::Io { op, path, source }) => {
                 return Err(Error::io(op, path, source));
@@ -268,7 +270,7 @@ fn idx_err(e: IdxError) -> Error {
 
 /// What the index file of sealed segment `seg` must say: the segment's length and the LSN of
 /// its last frame (one below the next segment's first).
-fn expect_for(vfs: &dyn Vfs, log_dir: &Path, store_id: u64, seg: u64) -> Result<Expect> {
+pub(crate) fn expect_for(vfs: &dyn Vfs, log_dir: &Path, store_id: u64, seg: u64) -> Result<Expect> {
     let path = log_dir.join(segment_file_name(seg));
     let f = vfs
         .open(&path, OpenMode::Read)
@@ -380,18 +382,25 @@ struct Run {
 }
 
 impl Run {
-    /// The first entry above `floor` (dead ones included), loading more when needed.
+    /// The first entry of the run above `floor` (dead ones included), loading more when
+    /// needed. Only ids in the run's range count: the segment's index lists every record of
+    /// the lane in that segment, also those that left before the run began (a stream dropped
+    /// from a checkpoint when it was empty starts again with a new run).
     fn head(&mut self, floor: u64, key: LaneKey, ix: &mut IndexStore) -> Result<Option<IdxEntry>> {
+        let from = floor.max(self.lo.saturating_sub(1));
         loop {
-            while self.buf.front().is_some_and(|e| e.id <= floor) {
+            while self.buf.front().is_some_and(|e| e.id <= from) {
                 self.buf.pop_front();
             }
             if let Some(e) = self.buf.front() {
+                if e.id > self.hi {
+                    return Ok(None);
+                }
                 return Ok(Some(*e));
             }
             let pos = match self.pos {
                 Some(p) => p,
-                None => ix.lower_bound(self.seg, key, floor.saturating_add(1))?,
+                None => ix.lower_bound(self.seg, key, from.saturating_add(1))?,
             };
             let got = ix.read(self.seg, key, pos, READ_AHEAD)?;
             if got.is_empty() {
@@ -401,6 +410,111 @@ impl Run {
             self.pos = Some(pos + got.len() as u64);
             self.buf.extend(got);
         }
+    }
+}
+
+impl Stream {
+    /// Checkpoint encoding (the read-ahead windows are not kept: they are reloaded).
+    pub fn encode(&self, e: &mut Enc) {
+        e.u64(self.floor);
+        e.u64(self.max_enqueued);
+        e.u64(self.live);
+        e.u64(self.live_bytes);
+        e.len(self.dead.len());
+        for id in &self.dead {
+            e.u64(*id);
+        }
+        e.len(self.descents.len());
+        for (t, id) in &self.descents {
+            e.u64(*t);
+            e.u64(*id);
+        }
+        e.len(self.runs.len());
+        for r in &self.runs {
+            e.u64(r.seg);
+            e.u64(r.lo);
+            e.u64(r.hi);
+            e.u64(r.live);
+            e.u64(r.live_bytes);
+            e.u64(r.live_len);
+        }
+    }
+
+    pub fn decode(d: &mut Dec<'_>) -> DecResult<Self> {
+        let floor = d.u64()?;
+        let max_enqueued = d.u64()?;
+        let live = d.u64()?;
+        let live_bytes = d.u64()?;
+        let mut dead = BTreeSet::new();
+        for _ in 0..d.len(8)? {
+            dead.insert(d.u64()?);
+        }
+        let mut descents = BTreeSet::new();
+        for _ in 0..d.len(16)? {
+            descents.insert((d.u64()?, d.u64()?));
+        }
+        let n = d.len(48)?;
+        let mut runs = Vec::with_capacity(n);
+        for _ in 0..n {
+            runs.push(Run {
+                seg: d.u64()?,
+                lo: d.u64()?,
+                hi: d.u64()?,
+                live: d.u64()?,
+                live_bytes: d.u64()?,
+                live_len: d.u64()?,
+                pos: None,
+                buf: VecDeque::new(),
+            });
+        }
+        if runs.windows(2).any(|w| w[0].lo > w[1].lo) {
+            return Err("stream runs out of order".into());
+        }
+        Ok(Self {
+            runs,
+            floor,
+            dead,
+            live,
+            live_bytes,
+            max_enqueued,
+            descents,
+        })
+    }
+
+    /// Whether nothing is left in the stream (a checkpoint leaves it out: new pushes have
+    /// higher ids than anything it remembers).
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Segments this stream has live records in.
+    pub fn segments(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.iter().map(|r| r.seg)
+    }
+}
+
+impl IndexStore {
+    /// Segments up to this one are sealed.
+    pub fn sealed_through(&self) -> u64 {
+        self.sealed_through
+    }
+
+    /// After a checkpoint is loaded: segments up to `seg` are sealed.
+    pub fn set_sealed_through(&mut self, seg: u64) {
+        self.sealed_through = seg;
+    }
+
+    /// Adds an entry while rebuilding the RAM index of a segment that replay starts in the
+    /// middle of (the part before the checkpoint's position is not applied again).
+    pub fn append_prefix(&mut self, seg: u64, key: LaneKey, e: IdxEntry) {
+        self.append(seg, key, e);
+    }
+
+    /// Takes an index rebuilt by recovery: kept in RAM until the maintenance writes it.
+    pub fn adopt(&mut self, idx: SegmentIndex) {
+        self.files.remove(&idx.seg_id);
+        self.ram
+            .insert(idx.seg_id, RamSeg::Frozen(Arc::new(idx), true));
     }
 }
 
@@ -497,7 +611,23 @@ impl Stream {
         r.live_bytes = r.live_bytes.saturating_sub(size);
         r.live_len = r.live_len.saturating_sub(u64::from(len));
         if r.live == 0 {
+            let (lo, hi) = (r.lo, r.hi);
             self.runs.remove(ri);
+            // Every id of the run has left: its dead ids are of no use any more (unless another
+            // run holds ids in the same range), and if no run starts below its end, the floor
+            // moves past it.
+            if !self.runs.iter().any(|o| o.lo <= hi && lo <= o.hi) {
+                let above = self.dead.split_off(&lo);
+                let mut rest = above;
+                let keep = rest.split_off(&hi.saturating_add(1));
+                // `rest` held the ids in [lo, hi]: dropped.
+                drop(rest);
+                self.dead.extend(keep);
+                if self.runs.first().is_none_or(|f| f.lo > hi) && hi > self.floor {
+                    self.floor = hi;
+                    self.dead = self.dead.split_off(&hi.saturating_add(1));
+                }
+            }
         }
         self.live = self.live.saturating_sub(1);
         self.live_bytes = self.live_bytes.saturating_sub(size);
@@ -614,6 +744,7 @@ impl Stream {
         struct W {
             seg: u64,
             lo: u64,
+            hi: u64,
             pos: u64,
             buf: VecDeque<IdxEntry>,
             done: bool,
@@ -624,6 +755,7 @@ impl Stream {
             .map(|r| W {
                 seg: r.seg,
                 lo: r.lo,
+                hi: r.hi,
                 pos: u64::MAX,
                 buf: VecDeque::new(),
                 done: false,
@@ -636,13 +768,18 @@ impl Stream {
                     break;
                 }
                 if w.buf.is_empty() && !w.done {
+                    let from = self.floor.max(w.lo.saturating_sub(1));
                     if w.pos == u64::MAX {
-                        w.pos = ix.lower_bound(w.seg, key, self.floor.saturating_add(1))?;
+                        w.pos = ix.lower_bound(w.seg, key, from.saturating_add(1))?;
                     }
                     let got = ix.read(w.seg, key, w.pos, READ_AHEAD)?;
                     w.pos += got.len() as u64;
                     w.done = got.is_empty();
-                    w.buf.extend(got);
+                    let hi = w.hi;
+                    w.buf.extend(got.into_iter().filter(|e| e.id <= hi));
+                    if w.buf.is_empty() {
+                        w.done = true;
+                    }
                 }
                 if let Some(h) = w.buf.front() {
                     if best.is_none_or(|(_, b)| h.id < b.id) {

@@ -25,9 +25,11 @@
 
 #[doc(hidden)]
 pub mod blob;
+mod checkpoint;
 #[doc(hidden)]
 pub mod ckpt;
 pub mod clock;
+mod codec;
 pub mod entry;
 pub mod error;
 pub mod frame;

@@ -1,5 +1,6 @@
-//! Housekeeping: the work that keeps memory and disk bounded but is not on any caller's path.
-//! Today: writing the index files of sealed segments (after which their RAM index is dropped).
+//! Housekeeping: the work that keeps memory, start-up time and disk bounded but is not on any
+//! caller's path: writing the index files of sealed segments (after which their RAM index is
+//! dropped), and checkpoints (every `checkpoint_bytes` of log or `checkpoint_interval`).
 //!
 //! A failed write poisons the store, as a failed log write does.
 //!
@@ -25,10 +26,33 @@ const IDLE_WAKE: Duration = Duration::from_millis(500);
 pub struct MaintainReport {
     /// Index files of sealed segments written.
     pub indexes_written: u64,
+    /// The generation of the checkpoint written, if one was.
+    pub checkpoint: Option<u64>,
 }
 
-/// One round of housekeeping.
-pub(crate) fn step(shared: &Shared) -> Result<MaintainReport> {
+/// Whether a checkpoint is due: the log moved by `checkpoint_bytes`, or it moved at all and
+/// `checkpoint_interval` passed (`forced`: it moved at all).
+fn checkpoint_due(shared: &Shared, forced: bool) -> bool {
+    let ck = shared.ckpt.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(ck) = ck.as_ref() else {
+        return false;
+    };
+    let end = shared.lock_core().log_end();
+    let moved = ck
+        .covers
+        .is_none_or(|c| (c.seg, c.off) != (end.seg, end.off));
+    if !moved {
+        return false;
+    }
+    let o = &shared.options;
+    forced
+        || crate::checkpoint::log_distance(ck.covers, (end.seg, end.off), o.segment_bytes)
+            >= o.checkpoint_bytes
+        || ck.at.elapsed() >= o.checkpoint_interval
+}
+
+/// One round of housekeeping. `forced`: take a checkpoint if the log moved at all.
+pub(crate) fn step(shared: &Arc<Shared>, forced: bool) -> Result<MaintainReport> {
     let mut report = MaintainReport::default();
     let todo = {
         let mut core = shared.lock_core();
@@ -46,6 +70,9 @@ pub(crate) fn step(shared: &Shared) -> Result<MaintainReport> {
         }
         shared.lock_core().state.ix.written(&idx);
         report.indexes_written += 1;
+    }
+    if checkpoint_due(shared, forced) {
+        report.checkpoint = crate::checkpoint::take(shared)?;
     }
     Ok(report)
 }
@@ -68,12 +95,13 @@ pub(crate) fn run(shared: &Arc<Shared>) {
                 }
             }
         }
-        let _ = step(shared);
+        let _ = step(shared, false);
     }
 }
 
 impl Store {
-    /// Runs one round of housekeeping now (index files of sealed segments). With
+    /// Runs one round of housekeeping now: index files of sealed segments, and a checkpoint
+    /// if anything was written since the last one. With
     /// [`Maintenance::Manual`](crate::Maintenance) this is the only way it runs; with the
     /// default background thread it is rarely needed.
     pub fn maintain(&self) -> Result<MaintainReport> {
@@ -83,6 +111,13 @@ impl Store {
                 cause: cause.clone(),
             });
         }
-        step(shared)
+        step(shared, true)
+    }
+
+    /// Takes a checkpoint now (if anything was written since the last one), so that the next
+    /// open replays nothing before this point. Returns its generation. `Ok(None)` also when
+    /// checkpoints are off (`checkpoint_bytes` = 0).
+    pub fn checkpoint(&self) -> Result<Option<u64>> {
+        crate::checkpoint::take(self.shared())
     }
 }

@@ -86,6 +86,13 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// Who runs the housekeeping. Default [`Maintenance::Background`].
     pub maintenance: Maintenance,
+    /// A checkpoint is taken once this many bytes of log were written since the last one (or
+    /// `checkpoint_interval` passed), and at a clean close: opening replays only the log since
+    /// the last checkpoint. 0 turns checkpoints off (opening then replays the whole log).
+    /// Default 32 MiB.
+    pub checkpoint_bytes: u64,
+    /// See `checkpoint_bytes`. Default 10 s.
+    pub checkpoint_interval: Duration,
 }
 
 impl fmt::Debug for Options {
@@ -113,6 +120,8 @@ impl Default for Options {
             default_topic: TopicConfig::default(),
             clock: Arc::new(SystemClock),
             maintenance: Maintenance::Background,
+            checkpoint_bytes: 32 << 20,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }

@@ -17,6 +17,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checkpoint::{self, Covers};
+use crate::ckpt;
 use crate::entry::{decode_entries_at, Entry};
 use crate::error::{Error, Result};
 use crate::frame::{
@@ -89,6 +91,13 @@ pub struct RecoveryReport {
     /// Bytes at the end of the log written again and synced because a write or fsync of
     /// them had failed (see `segment::record_sync_failure`).
     pub rewritten_bytes: u64,
+    /// The checkpoint recovery started from (its generation), if any.
+    pub checkpoint: Option<u64>,
+    /// Checkpoints found unusable (both bad means the whole log was replayed: nothing is lost,
+    /// but look at why).
+    pub checkpoint_problems: Vec<String>,
+    /// Index files of sealed segments found missing or bad and rebuilt.
+    pub indexes_rebuilt: u64,
     /// Milliseconds recovery took.
     pub duration_ms: u64,
 }
@@ -97,16 +106,24 @@ pub(crate) struct Recovered {
     pub state: State,
     pub active: ActiveSegment,
     pub report: RecoveryReport,
+    /// The checkpoints found, and the generation used (for the next checkpoint's generation).
+    pub checkpoints: Option<(ckpt::Loaded, Option<u64>, Option<Covers>)>,
 }
 
 struct Seg {
     id: u64,
     path: PathBuf,
+    /// The segment's bytes while it is replayed (empty before and after). Before `from` (where
+    /// replay starts in it, after a checkpoint) it holds zeroes: pages never touched, so they
+    /// cost no memory.
     data: Vec<u8>,
+    len: u64,
     header: Result<SegmentHeader, &'static str>,
 }
 
-fn read_segment(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
+/// Reads a segment's header and its bytes from `from` on (zeroes before `from`, except the
+/// header).
+fn read_segment(vfs: &dyn Vfs, path: &Path, from: u64) -> Result<Vec<u8>> {
     let f = vfs
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open segment", path, e))?;
@@ -116,9 +133,25 @@ fn read_segment(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
         reason: "segment larger than memory can address".into(),
     })?;
     let mut data = vec![0u8; len];
-    f.read_exact_at(&mut data, 0)
+    let from = usize::try_from(from).unwrap_or(len).min(len);
+    let head = SEGMENT_HEADER_LEN.min(len).min(from);
+    f.read_exact_at(&mut data[..head], 0)
+        .map_err(|e| Error::io("read segment", path, e))?;
+    f.read_exact_at(&mut data[from..], from as u64)
         .map_err(|e| Error::io("read segment", path, e))?;
     Ok(data)
+}
+
+/// A segment's length and header, without reading it.
+fn probe_segment(vfs: &dyn Vfs, path: &Path) -> Result<(u64, Result<SegmentHeader, &'static str>)> {
+    let f = vfs
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open segment", path, e))?;
+    let len = f.len().map_err(|e| Error::io("stat segment", path, e))?;
+    let mut h = vec![0u8; SEGMENT_HEADER_LEN.min(usize::try_from(len).unwrap_or(0))];
+    f.read_exact_at(&mut h, 0)
+        .map_err(|e| Error::io("read segment", path, e))?;
+    Ok((len, SegmentHeader::decode(&h)))
 }
 
 /// Lists the segment ids in `log_dir`, sorted.
@@ -202,27 +235,84 @@ fn replay_frame(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn recover(
     vfs: &Arc<dyn Vfs>,
+    dir: &Path,
     log_dir: &Path,
     store_id: u64,
     policy: RecoveryPolicy,
     segment_bytes: u64,
+    checkpoints: bool,
     now_ms: u64,
 ) -> Result<Recovered> {
     let started = std::time::Instant::now();
-    let mut state = State::new(IndexStore::new(vfs.clone(), log_dir, store_id));
     let mut report = RecoveryReport::default();
+    let all_ids = list_segments(vfs.as_ref(), log_dir)?;
 
-    let ids = list_segments(vfs.as_ref(), log_dir)?;
+    // --- the newest usable checkpoint: replay starts where it ends
+    let mut loaded = None;
+    let mut start: Option<(u64, Covers, State)> = None;
+    if checkpoints {
+        ckpt::create_slots(vfs.as_ref(), dir).map_err(ckpt_err)?;
+        let l = ckpt::load(vfs.as_ref(), dir, store_id).map_err(ckpt_err)?;
+        for (slot, gen) in l.candidates() {
+            let payload = match &l.best {
+                Some((g, p)) if *g == gen => Some(p.clone()),
+                _ => ckpt::load_slot(vfs.as_ref(), dir, store_id, slot)
+                    .map_err(ckpt_err)?
+                    .map(|(_, p)| p),
+            };
+            let Some(payload) = payload else { continue };
+            let ix = IndexStore::new(vfs.clone(), log_dir, store_id);
+            match checkpoint::decode(&payload, ix) {
+                Ok((covers, st)) => match usable(vfs.as_ref(), log_dir, &all_ids, covers) {
+                    Ok(()) => {
+                        start = Some((gen, covers, st));
+                        break;
+                    }
+                    Err(why) => report
+                        .checkpoint_problems
+                        .push(format!("checkpoint {gen}: {why}")),
+                },
+                Err(why) => report
+                    .checkpoint_problems
+                    .push(format!("checkpoint {gen}: its content is damaged: {why}")),
+            }
+        }
+        for st in &l.slots {
+            if let ckpt::SlotStatus::Invalid { reason } = &st.status {
+                report
+                    .checkpoint_problems
+                    .push(format!("ckpt.{}: {reason}", st.slot));
+            }
+        }
+        loaded = Some(l);
+    }
+    let (mut state, start_at) = match start {
+        Some((gen, covers, mut st)) => {
+            report.checkpoint = Some(gen);
+            report.indexes_rebuilt +=
+                check_indexes(vfs.as_ref(), log_dir, store_id, &mut st, covers.seg)?;
+            (st, Some(covers))
+        }
+        None => (
+            State::new(IndexStore::new(vfs.clone(), log_dir, store_id)),
+            None,
+        ),
+    };
+
+    let ids: Vec<u64> = all_ids
+        .into_iter()
+        .filter(|&id| start_at.is_none_or(|c| id >= c.seg))
+        .collect();
     let failed_from = crate::segment::read_sync_failure(vfs.as_ref(), log_dir);
     let mut segs = Vec::with_capacity(ids.len());
     for id in ids {
         let path = log_dir.join(crate::frame::segment_file_name(id));
-        let data = read_segment(vfs.as_ref(), &path)?;
-        let header = SegmentHeader::decode(&data);
+        let (len, header) = probe_segment(vfs.as_ref(), &path)?;
         segs.push(Seg {
             id,
             path,
-            data,
+            data: Vec::new(),
+            len,
             header,
         });
     }
@@ -242,14 +332,22 @@ pub(crate) fn recover(
     };
     // The next LSN the log must hold; `None` after skipped damage (the next segment's header
     // says where the log resumes).
-    let mut expected: Option<u64> = None;
+    let mut expected: Option<u64> = start_at.map(|c| c.next_lsn);
     // The highest LSN that exists anywhere (replayed or skipped): new frames go above it, so an
     // LSN is never written twice.
-    let mut ceiling = 0u64;
+    let mut ceiling = start_at.map_or(0, |c| c.next_lsn.saturating_sub(1));
     // Where the log ends: (segment index, offset) to append at.
     let mut end: Option<(usize, u64)> = None;
-    let mut prev_id = 0u64;
-    for (i, seg) in segs.iter().enumerate() {
+    let mut prev_id = start_at.map_or(0, |c| c.seg.saturating_sub(1));
+    for i in 0..segs.len() {
+        // Replay reads one segment at a time (the last one is kept for the tail's cut).
+        if i > 0 {
+            segs[i - 1].data = Vec::new();
+        }
+        let resume = start_at.filter(|_| i == 0);
+        let from = resume.map_or(0, |c| c.off);
+        segs[i].data = read_segment(vfs.as_ref(), &segs[i].path, from)?;
+        let seg = &segs[i];
         let damaged_before = damaged_count.get();
         report.segments += 1;
         let is_last = i + 1 == segs.len();
@@ -280,7 +378,12 @@ pub(crate) fn recover(
                 "header says segment {} but the file is {}",
                 h.seg_id, seg.id
             )),
-            Ok(h) if expected.is_some_and(|e| h.base_lsn < e) => Err(format!(
+            Ok(h) if resume.is_some_and(|c| h.base_lsn > c.next_lsn) => Err(format!(
+                "segment starts at LSN {} but the checkpoint covers up to LSN {}",
+                h.base_lsn,
+                resume.map_or(0, |c| c.next_lsn - 1)
+            )),
+            Ok(h) if resume.is_none() && expected.is_some_and(|e| h.base_lsn < e) => Err(format!(
                 "segment starts at LSN {} but LSN {from} was expected (it overlaps frames already read)",
                 h.base_lsn
             )),
@@ -328,7 +431,7 @@ pub(crate) fn recover(
         match expected {
             Some(e) if header.base_lsn > e && !gap => damage(DamagedRange {
                 segment: seg.id - 1,
-                offset: segs[i - 1].data.len() as u64,
+                offset: segs[i - 1].len,
                 lsn_from: e,
                 lsn_to: header.base_lsn - 1,
                 bytes: 0,
@@ -349,8 +452,36 @@ pub(crate) fn recover(
             _ => {}
         }
         let mut lsn_next = header.base_lsn;
-        ceiling = ceiling.max(lsn_next - 1);
         let mut pos = SEGMENT_HEADER_LEN;
+        if let Some(c) = resume {
+            // After a checkpoint: replay resumes at its position. The index of the part before
+            // it is rebuilt when this segment's is in RAM (it is the last one, or its file is
+            // not sound).
+            lsn_next = c.next_lsn;
+            pos = usize::try_from(c.off).unwrap_or(usize::MAX);
+            // (The whole file is checked: a file whose writing a crash cut has a sound header.)
+            let sealed = !is_last
+                && segindex::IdxFile::open(
+                    vfs.as_ref(),
+                    log_dir,
+                    crate::lanes::expect_for(vfs.as_ref(), log_dir, store_id, seg.id)?,
+                )
+                .is_ok();
+            if !sealed {
+                let bad = checkpoint::index_prefix(
+                    vfs.as_ref(),
+                    log_dir,
+                    seg.id,
+                    c.off,
+                    c.next_lsn,
+                    &mut state.ix,
+                )?;
+                for d in bad {
+                    damage(d)?;
+                }
+            }
+        }
+        ceiling = ceiling.max(lsn_next - 1);
         // --- the frames
         while pos < seg.data.len() {
             let problem = match replay_frame(seg.id, &seg.data, pos, lsn_next, &mut state) {
@@ -537,12 +668,79 @@ pub(crate) fn recover(
             .map_err(|e| Error::io("sync directory", log_dir, e))?;
     }
     report.damaged = damaged;
+    report.indexes_rebuilt += state.ix.rebuilt;
     state.normalize_streams(0)?;
     report.leases_released = state.release_all_leases() as u64;
     report.duration_ms = started.elapsed().as_millis() as u64;
+    let report_gen = report.checkpoint;
     Ok(Recovered {
         state,
         active,
         report,
+        checkpoints: loaded.map(|l| (l, report_gen, start_at)),
     })
+}
+
+fn ckpt_err(e: ckpt::CkptError) -> Error {
+    match e {
+        ckpt::CkptError::Io { op, path, source } => Error::io(op, path, source),
+        other => Error::Format {
+            path: PathBuf::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether replay can start where a checkpoint ends: its segment exists and is long enough.
+fn usable(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+    ids: &[u64],
+    c: Covers,
+) -> std::result::Result<(), String> {
+    if !ids.contains(&c.seg) {
+        return Err(format!("it ends in segment {}, which is missing", c.seg));
+    }
+    let path = log_dir.join(crate::frame::segment_file_name(c.seg));
+    let len = vfs
+        .open(&path, OpenMode::Read)
+        .and_then(|f| f.len())
+        .map_err(|e| format!("segment {}: {e}", c.seg))?;
+    if len < c.off {
+        return Err(format!(
+            "it ends at offset {} of segment {}, which has only {len} bytes",
+            c.off, c.seg
+        ));
+    }
+    Ok(())
+}
+
+/// After a checkpoint is loaded: the index file of every sealed segment its streams rely on
+/// is checked (header only), and rebuilt into RAM, to be written by the maintenance, when
+/// it is missing or stale. Returns how many were rebuilt.
+fn check_indexes(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+    store_id: u64,
+    state: &mut State,
+    first_replayed: u64,
+) -> Result<u64> {
+    let mut segs: Vec<u64> = state
+        .queues
+        .values()
+        .flat_map(|q| q.lanes.values().flat_map(|l| l.stream.segments()))
+        .filter(|&s| s < first_replayed)
+        .collect();
+    segs.sort_unstable();
+    segs.dedup();
+    let mut n = 0;
+    for seg in segs {
+        let expect = crate::lanes::expect_for(vfs, log_dir, store_id, seg)?;
+        if segindex::probe_header(vfs, log_dir, expect).is_err() {
+            let idx = crate::lanes::rebuild(vfs, log_dir, store_id, seg)?;
+            state.ix.adopt(idx);
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -785,6 +785,38 @@ pub struct IdxFile {
     by_key: Vec<usize>,
 }
 
+/// Checks only the header of the index file for `expect` (64 bytes read): `Ok` when it is an
+/// index of this segment in this state. What recovery uses to decide whether an index file
+/// must be written again without reading every index in full (a body damaged behind a sound
+/// header is found when the file is opened for reading, and rebuilt then).
+pub fn probe_header(vfs: &dyn Vfs, log_dir: &Path, expect: Expect) -> Result<(), IdxError> {
+    let path = idx_path(log_dir, expect.seg_id);
+    let file = match vfs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IdxError::Missing { path });
+        }
+        Err(e) => return Err(io_err("open segment index", &path)(e)),
+    };
+    let len = file.len().map_err(io_err("stat segment index", &path))?;
+    if len < IDX_HEADER_LEN as u64 {
+        return Err(IdxError::Corrupt {
+            path,
+            reason: format!("{len} bytes, shorter than the {IDX_HEADER_LEN}-byte header"),
+        });
+    }
+    let mut hb = [0u8; IDX_HEADER_LEN];
+    read_exact(&*file, &path, &mut hb, 0)?;
+    let header = Header::decode(&hb).map_err(|reason| IdxError::Corrupt {
+        path: path.clone(),
+        reason,
+    })?;
+    if let Some(reason) = header.stale_reason(&expect) {
+        return Err(IdxError::Stale { path, reason });
+    }
+    Ok(())
+}
+
 impl IdxFile {
     /// Opens `<log_dir>/<expect.seg_id:020>.idx` and validates all of it: the header (then
     /// against `expect`: an index of another state of the segment is [`IdxError::Stale`]),

@@ -23,7 +23,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::entry::{Enqueue, Entry, RecRef, RemoveReason};
+use crate::codec::{Dec, DecResult, Enc, REC_LEN};
+use crate::entry::{decode_record, Enqueue, Entry, RecRef, RemoveReason};
 use crate::error::Result;
 use crate::lanes::{index_entry, IndexStore, Released, Stream, StreamEntry};
 use crate::options::{QueueConfig, TopicConfig};
@@ -980,5 +981,273 @@ impl State {
             }
         }
         n
+    }
+}
+
+// --- checkpoint encoding -------------------------------------------------------------------
+
+fn encode_config_entry(e: &mut Enc, entry: &Entry) {
+    let mut b = Vec::new();
+    entry.encode(&mut b);
+    e.bytes(&b);
+}
+
+fn state_tag(s: MessageState) -> (u8, u64) {
+    match s {
+        MessageState::Ready => (0, 0),
+        MessageState::Delayed(at) => (1, at),
+        MessageState::Leased(until) => (2, until),
+    }
+}
+
+fn counters_of(c: &QueueCounters) -> [u64; 10] {
+    [
+        c.pushed,
+        c.acked,
+        c.popped,
+        c.deleted,
+        c.expired,
+        c.evicted,
+        c.purged,
+        c.dead_lettered,
+        c.redriven,
+        c.dead_letters_received,
+    ]
+}
+
+impl State {
+    /// The checkpoint encoding of the whole state (indexes excepted: they are in their files,
+    /// or rebuilt from the segments).
+    pub fn encode(&self, e: &mut Enc) {
+        e.u32(self.next_queue_id);
+        e.u32(self.next_topic_id);
+        e.u64(self.next_msg_id);
+        e.u64(self.ix.sealed_through());
+        e.len(self.seg_live.len());
+        for (seg, l) in &self.seg_live {
+            e.u64(*seg);
+            e.u64(l.records);
+            e.u64(l.bytes);
+        }
+        let mut qids: Vec<&u32> = self.queues.keys().collect();
+        qids.sort_unstable();
+        e.len(qids.len());
+        for qid in qids {
+            let q = &self.queues[qid];
+            encode_config_entry(
+                e,
+                &Entry::QueueDef {
+                    queue: q.id,
+                    name: q.name.clone(),
+                    config: q.config.clone(),
+                },
+            );
+            for c in counters_of(&q.counters) {
+                e.u64(c);
+            }
+            // Lanes whose stream is empty are left out (a lane exists in memory once a message
+            // of that priority was seen, even by a read): what is written must not depend on
+            // what was read.
+            let lanes: Vec<(&u8, &Lane)> = q
+                .lanes
+                .iter()
+                .filter(|(_, l)| !l.stream.is_empty())
+                .map(|(Reverse(p), l)| (p, l))
+                .collect();
+            e.len(lanes.len());
+            for (p, lane) in lanes {
+                e.u8(*p);
+                lane.stream.encode(e);
+            }
+            let mut ids: Vec<&u64> = q.touched.keys().collect();
+            ids.sort_unstable();
+            e.len(ids.len());
+            for id in ids {
+                let t = &q.touched[id];
+                e.u64(*id);
+                e.rec(&t.rec);
+                e.u8(t.priority);
+                e.u32(t.receive_count);
+                e.u32(t.lease_gen);
+                e.u64(t.first_received_ms);
+                let (tag, at) = state_tag(t.state);
+                e.u8(tag);
+                e.u64(at);
+                e.u8(u8::from(t.delivered));
+            }
+        }
+        let mut tids: Vec<&u32> = self.topics.keys().collect();
+        tids.sort_unstable();
+        e.len(tids.len());
+        for tid in tids {
+            let t = &self.topics[tid];
+            encode_config_entry(
+                e,
+                &Entry::TopicDef {
+                    topic: *tid,
+                    name: t.name.clone(),
+                    config: t.config.clone(),
+                },
+            );
+            e.u64(t.next_seq);
+            e.u64(t.bytes);
+            e.u64(t.logged_trim_seq);
+            e.u64(t.counters.published);
+            e.u64(t.counters.expired);
+            e.len(t.cursors.len());
+            for (name, seq) in &t.cursors {
+                e.str(name);
+                e.u64(*seq);
+            }
+            e.len(t.msgs.len());
+            for m in &t.msgs {
+                e.u64(m.seq);
+                e.u64(m.published_ms);
+                e.rec(&m.rec);
+            }
+        }
+    }
+
+    /// Decodes a checkpoint's state; `ix` reads the segment indexes.
+    pub fn decode(d: &mut Dec<'_>, mut ix: IndexStore) -> DecResult<State> {
+        let next_queue_id = d.u32()?;
+        let next_topic_id = d.u32()?;
+        let next_msg_id = d.u64()?;
+        ix.set_sealed_through(d.u64()?);
+        let mut seg_live = BTreeMap::new();
+        for _ in 0..d.len(24)? {
+            seg_live.insert(
+                d.u64()?,
+                SegLive {
+                    records: d.u64()?,
+                    bytes: d.u64()?,
+                },
+            );
+        }
+        let mut state = State {
+            next_queue_id,
+            next_topic_id,
+            next_msg_id,
+            seg_live,
+            ix,
+            ..State::default()
+        };
+        for _ in 0..d.len(8)? {
+            let Ok(Entry::QueueDef {
+                queue: id,
+                name,
+                config,
+            }) = decode_record(d.bytes()?)
+            else {
+                return Err("a queue definition is damaged".into());
+            };
+            let mut q = Queue::new(id, name.clone(), config);
+            let mut c = [0u64; 10];
+            for v in &mut c {
+                *v = d.u64()?;
+            }
+            q.counters = QueueCounters {
+                pushed: c[0],
+                acked: c[1],
+                popped: c[2],
+                deleted: c[3],
+                expired: c[4],
+                evicted: c[5],
+                purged: c[6],
+                dead_lettered: c[7],
+                redriven: c[8],
+                dead_letters_received: c[9],
+                rejected_full: 0,
+            };
+            for _ in 0..d.len(1)? {
+                let p = d.u8()?;
+                let stream = Stream::decode(d)?;
+                q.lanes.insert(
+                    Reverse(p),
+                    Lane {
+                        stream,
+                        returned: BTreeSet::new(),
+                    },
+                );
+            }
+            for _ in 0..d.len(8 + REC_LEN)? {
+                let id = d.u64()?;
+                let rec = d.rec()?;
+                let priority = d.u8()?;
+                let receive_count = d.u32()?;
+                let lease_gen = d.u32()?;
+                let first_received_ms = d.u64()?;
+                let tag = d.u8()?;
+                let at = d.u64()?;
+                let state = match tag {
+                    0 => MessageState::Ready,
+                    1 => MessageState::Delayed(at),
+                    2 => MessageState::Leased(at),
+                    _ => return Err("unknown message state".into()),
+                };
+                let delivered = d.u8()? != 0;
+                q.add_touched(
+                    id,
+                    Touched {
+                        rec,
+                        priority,
+                        receive_count,
+                        lease_gen,
+                        first_received_ms,
+                        state,
+                        delivered,
+                    },
+                );
+            }
+            state.queue_ids.insert(name, id);
+            state.queues.insert(id, q);
+        }
+        for _ in 0..d.len(8)? {
+            let Ok(Entry::TopicDef {
+                topic: id,
+                name,
+                config,
+            }) = decode_record(d.bytes()?)
+            else {
+                return Err("a topic definition is damaged".into());
+            };
+            let next_seq = d.u64()?;
+            let bytes = d.u64()?;
+            let logged_trim_seq = d.u64()?;
+            let counters = TopicCounters {
+                published: d.u64()?,
+                expired: d.u64()?,
+            };
+            let mut cursors = BTreeMap::new();
+            for _ in 0..d.len(16)? {
+                let n = d.str()?;
+                cursors.insert(n, d.u64()?);
+            }
+            let n = d.len(16 + REC_LEN)?;
+            let mut msgs = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                msgs.push_back(TopicMsg {
+                    seq: d.u64()?,
+                    published_ms: d.u64()?,
+                    rec: d.rec()?,
+                });
+            }
+            state.topic_ids.insert(name.clone(), id);
+            state.topics.insert(
+                id,
+                Topic {
+                    name,
+                    config,
+                    msgs,
+                    next_seq,
+                    bytes,
+                    cursors,
+                    logged_trim_seq,
+                    counters,
+                    signal: Arc::new(Signal::default()),
+                },
+            );
+        }
+        Ok(state)
     }
 }

@@ -48,6 +48,14 @@ impl Drop for Handle {
 
 impl Handle {
     fn shutdown(&self) -> Result<()> {
+        // A clean close leaves a checkpoint at the end of the log: the next open replays
+        // (almost) nothing.
+        let poisoned = self.shared.lock_core().poisoned.is_some();
+        let checkpoint = if poisoned || self.shared.lock_core().closing {
+            Ok(None)
+        } else {
+            crate::checkpoint::take(&self.shared)
+        };
         {
             let mut core = self.shared.lock_core();
             core.closing = true;
@@ -74,7 +82,7 @@ impl Handle {
         if let Some(e) = &c.close_error {
             return Err(Error::Poisoned { cause: e.clone() });
         }
-        Ok(())
+        checkpoint.map(|_| ())
     }
 }
 
@@ -133,12 +141,26 @@ impl Store {
         }
         let recovered = recovery::recover(
             &vfs,
+            &dir,
             &log_dir,
             format.store_id,
             options.recovery,
             options.segment_bytes,
+            options.checkpoint_bytes > 0,
             now,
         )?;
+        let ckpt_state = match &recovered.checkpoints {
+            Some((loaded, kept, covers)) => Some(crate::checkpoint::CkptState {
+                writer: crate::ckpt::CkptWriter::new(&dir, format.store_id, loaded, *kept)
+                    .map_err(|e| Error::Format {
+                        path: dir.clone(),
+                        reason: e.to_string(),
+                    })?,
+                covers: *covers,
+                at: std::time::Instant::now(),
+            }),
+            None => None,
+        };
         // Directory entries: an earlier fsync of a directory may have failed (the store was
         // poisoned, its caller told), leaving a segment, `log/` or the store itself not durable.
         // Sync them again before anything new is acknowledged.
@@ -168,11 +190,13 @@ impl Store {
                 segment_bytes: options.segment_bytes,
                 maint_wanted: false,
                 pending_seal: None,
+                back_closed: false,
             }),
             reader: LogReader::new(vfs.clone(), &log_dir),
             vfs: vfs.clone(),
             log_dir: log_dir.clone(),
             maint_cv: Condvar::new(),
+            ckpt: Mutex::new(ckpt_state),
             work_cv: Condvar::new(),
             commit: Mutex::new(CommitState::default()),
             ended: std::sync::atomic::AtomicBool::new(false),
@@ -363,10 +387,11 @@ impl Store {
         let group_max = shared.options.group_bytes_max;
         // A transaction joins the last pending frame while it is below the group size; a
         // frame's placement is fixed when it is opened (entries' locations are final at once).
-        if core
-            .pending
-            .back()
-            .is_none_or(|f| f.frame.entries_len() >= group_max)
+        if core.back_closed
+            || core
+                .pending
+                .back()
+                .is_none_or(|f| f.frame.entries_len() >= group_max)
         {
             core.open_frame();
         }

@@ -41,6 +41,7 @@ pub(crate) struct PendingFrame {
 
 /// Everything behind the store lock.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent flags, each with its own reader
 pub(crate) struct Core {
     pub state: State,
     pub pending: VecDeque<PendingFrame>,
@@ -70,6 +71,8 @@ pub(crate) struct Core {
     /// The segment the last opened frame leaves behind, to seal once that frame is used:
     /// (segment, length, last LSN).
     pub pending_seal: Option<(u64, u64, u64)>,
+    /// The last pending frame takes no more transactions (a checkpoint ends with it).
+    pub back_closed: bool,
 }
 
 impl Core {
@@ -91,6 +94,7 @@ impl Core {
             self.pending_seal = Some((prev_end.0, prev_end.1, at.lsn - 1));
         }
         self.next_lsn += 1;
+        self.back_closed = false;
         self.pending.push_back(PendingFrame {
             frame,
             at,
@@ -110,6 +114,25 @@ impl Core {
             (seg + 1, header)
         } else {
             (seg, off)
+        };
+        Placement {
+            seg,
+            off,
+            lsn: self.next_lsn,
+        }
+    }
+
+    /// No transaction joins the last pending frame any more.
+    pub fn close_back_frame(&mut self) {
+        self.back_closed = true;
+    }
+
+    /// The end of the log, including pending frames: where the next frame would start (before
+    /// any roll), and its LSN.
+    pub fn log_end(&self) -> Placement {
+        let (seg, off) = match self.pending.back() {
+            Some(f) => (f.at.seg, f.at.off + f.frame.buf.len() as u64),
+            None => self.tail,
         };
         Placement {
             seg,
@@ -179,6 +202,8 @@ pub(crate) struct Shared {
     pub log_dir: std::path::PathBuf,
     /// The maintenance thread waits on it.
     pub maint_cv: Condvar,
+    /// Checkpoint bookkeeping (`None` when checkpoints are off).
+    pub ckpt: Mutex<Option<crate::checkpoint::CkptState>>,
     /// Set once no ticket will ever be committed again (poisoned, or the writer stopped).
     pub ended: std::sync::atomic::AtomicBool,
     /// Mirror of `commit.committed`, readable under the store lock without taking `commit`.
@@ -226,6 +251,18 @@ impl Shared {
             return Some(Err(Error::Closed));
         }
         None
+    }
+
+    /// Blocks until `ticket` is committed, registering the calling thread to be woken.
+    pub fn wait_ticket(&self, ticket: u64) -> Result<()> {
+        {
+            let mut core = self.lock_core();
+            if self.committed.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            core.waiting.push((ticket, std::thread::current()));
+        }
+        self.wait_committed(ticket)
     }
 
     /// Non-blocking check for futures: `Some` when done, else registers the waker.

@@ -55,11 +55,15 @@ const ZERO_REGION: usize = 4096;
 
 // --- the workload and its files ---------------------------------------------------------------
 
+/// Checkpoints are off: these tests are about what a replay of the log finds (what recovery
+/// falls back to when no checkpoint is usable). Damage in what a checkpoint covers is found
+/// when a record is read, and by `spool inspect verify` (see `checkpoint.rs` tests).
 fn options(recovery: RecoveryPolicy) -> Options {
     Options {
         recovery,
         segment_bytes: SEGMENT_BYTES,
         clock: Arc::new(ManualClock::new(T0)),
+        checkpoint_bytes: 0,
         ..Options::default()
     }
 }

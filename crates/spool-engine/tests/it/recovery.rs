@@ -52,11 +52,11 @@ fn everything_survives_a_reopen() {
     assert_eq!(m[0].receive_count, 2);
 }
 
-#[test]
-fn many_segments_roll_and_replay() {
+fn many_segments(checkpoint_bytes: u64) -> (Store, Vec<u64>) {
     let env = Env::new();
     let mut opts = env.options();
     opts.segment_bytes = 4096;
+    opts.checkpoint_bytes = checkpoint_bytes;
     let ids: Vec<u64>;
     {
         let s = env.open_with(opts.clone());
@@ -69,10 +69,38 @@ fn many_segments_roll_and_replay() {
             s.ack("q", m.receipt.unwrap()).unwrap();
         }
     }
-    let s = env.open_with(opts);
+    (env.open_with(opts), ids)
+}
+
+#[test]
+fn many_segments_roll_and_replay() {
+    let (s, ids) = many_segments(0);
     assert!(s.recovery_report().segments > 10);
+    assert_eq!(s.recovery_report().checkpoint, None);
     let left: Vec<u64> = s.messages("q").unwrap().iter().map(|m| m.id).collect();
     assert_eq!(left, ids[250..]);
+}
+
+#[test]
+fn a_clean_close_leaves_a_checkpoint_and_the_next_open_replays_only_the_last_segment() {
+    let (s, ids) = many_segments(32 << 20);
+    let r = s.recovery_report();
+    assert!(r.checkpoint.is_some(), "{r:?}");
+    assert!(r.checkpoint_problems.is_empty(), "{r:?}");
+    assert_eq!(
+        r.segments, 1,
+        "only the segment the checkpoint ends in: {r:?}"
+    );
+    let left: Vec<u64> = s.messages("q").unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(left, ids[250..]);
+    // And it works on: lease the rest in order.
+    let got: Vec<u64> = s
+        .lease("q", 1000, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, ids[250..]);
 }
 
 #[test]

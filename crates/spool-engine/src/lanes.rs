@@ -738,6 +738,17 @@ impl Stream {
         &self,
         key: LaneKey,
         ix: &mut IndexStore,
+        f: impl FnMut(StreamEntry) -> bool,
+    ) -> Result<()> {
+        self.walk_from(key, ix, 0, f)
+    }
+
+    /// [`Stream::walk`] from the first message with an id above `after`.
+    pub fn walk_from(
+        &self,
+        key: LaneKey,
+        ix: &mut IndexStore,
+        after: u64,
         mut f: impl FnMut(StreamEntry) -> bool,
     ) -> Result<()> {
         // A k-way merge over the runs, each read through a window of its own.
@@ -749,9 +760,11 @@ impl Stream {
             buf: VecDeque<IdxEntry>,
             done: bool,
         }
+        let floor = self.floor.max(after);
         let mut ws: Vec<W> = self
             .runs
             .iter()
+            .filter(|r| r.hi > floor)
             .map(|r| W {
                 seg: r.seg,
                 lo: r.lo,
@@ -768,7 +781,7 @@ impl Stream {
                     break;
                 }
                 if w.buf.is_empty() && !w.done {
-                    let from = self.floor.max(w.lo.saturating_sub(1));
+                    let from = floor.max(w.lo.saturating_sub(1));
                     if w.pos == u64::MAX {
                         w.pos = ix.lower_bound(w.seg, key, from.saturating_add(1))?;
                     }
@@ -791,7 +804,7 @@ impl Stream {
                 return Ok(());
             };
             ws[i].buf.pop_front();
-            if h.id <= self.floor || self.dead.contains(&h.id) {
+            if h.id <= floor || self.dead.contains(&h.id) {
                 continue;
             }
             if !f(StreamEntry {

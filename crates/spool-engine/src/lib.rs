@@ -48,6 +48,8 @@ mod signal;
 mod state;
 mod store;
 mod topic;
+#[doc(hidden)]
+pub mod verify;
 pub mod vfs;
 mod writer;
 

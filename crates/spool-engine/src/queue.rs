@@ -751,6 +751,33 @@ impl Store {
         })
     }
 
+    /// Up to `limit` messages of a queue with ids above `after_id`, in id order, in any state:
+    /// a page of a queue of any size (`messages` holds them all). Start with `after_id` 0 and
+    /// go on from the last id returned.
+    pub fn messages_page(&self, queue: &str, after_id: u64, limit: usize) -> Result<Vec<Message>> {
+        check_count(limit)?;
+        let now = self.now();
+        let outs = {
+            let mut core = self.shared().lock_core();
+            let core = &mut *core;
+            core.state
+                .queue_by_name_mut(queue)
+                .ok_or_else(|| unknown(queue))?
+                .promote(now);
+            let committed = core.committed_pos;
+            let State { queues, ix, .. } = &mut core.state;
+            let q = queues
+                .get(&queue_id_of(queues, queue)?)
+                .ok_or_else(|| unknown(queue))?;
+            q.page(ix, after_id, limit)?
+                .into_iter()
+                .filter(|(_, f)| is_committed(committed, &f.rec()))
+                .map(|(id, f)| out_of(id, &f, None))
+                .collect::<Vec<Out>>()
+        };
+        read_messages(self.shared(), &outs)
+    }
+
     /// Every message of a queue in id order, in any state (for inspection and tests).
     pub fn messages(&self, queue: &str) -> Result<Vec<Message>> {
         let now = self.now();

@@ -415,6 +415,29 @@ impl Queue {
         Ok(())
     }
 
+    /// Up to `limit` messages with ids above `after`, in id order, in any state.
+    pub fn page(&self, ix: &mut IndexStore, after: u64, limit: usize) -> Result<Vec<(u64, Found)>> {
+        let mut v: Vec<(u64, Found)> = Vec::new();
+        for (Reverse(p), lane) in &self.lanes {
+            let mut n = 0;
+            lane.stream
+                .walk_from(lane_key(self.id, *p), ix, after, |e| {
+                    v.push((e.id, Found::Stream(untouched(&e, *p))));
+                    n += 1;
+                    n < limit
+                })?;
+        }
+        v.extend(
+            self.touched
+                .iter()
+                .filter(|(id, _)| **id > after)
+                .map(|(id, t)| (*id, Found::Touched(t.clone()))),
+        );
+        v.sort_unstable_by_key(|(id, _)| *id);
+        v.truncate(limit);
+        Ok(v)
+    }
+
     /// Every message, in id order (for inspection).
     pub fn all(&self, ix: &mut IndexStore) -> Result<Vec<(u64, Found)>> {
         let mut v: Vec<(u64, Found)> = Vec::new();

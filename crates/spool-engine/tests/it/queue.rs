@@ -387,3 +387,32 @@ fn lease_wait_is_woken_by_an_expiring_delay() {
     let got = s.lease_wait("q", 1, None, Duration::from_secs(30)).unwrap();
     assert_eq!(&got[0].payload[..], b"later");
 }
+
+#[test]
+fn messages_page_walks_a_queue_in_id_order_in_pages() {
+    let env = crate::Env::new();
+    let s = env.open();
+    for i in 0..100u32 {
+        s.push("q", Push::new(format!("m{i}")).priority((i % 4) as u8))
+            .unwrap();
+    }
+    // Some leased, one nacked with a delay, some acked: every state shows up.
+    let got = s.lease("q", 10, None).unwrap();
+    s.ack("q", got[0].receipt.unwrap()).unwrap();
+    s.nack("q", got[1].receipt.unwrap(), Duration::from_secs(60), None)
+        .unwrap();
+    let all = s.messages("q").unwrap();
+    assert_eq!(all.len(), 99);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.messages_page("q", after, 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = page.last().unwrap().id;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+}

@@ -79,8 +79,18 @@ pub(crate) fn log_distance(from: Option<Covers>, to: (u64, u64), segment_bytes: 
     }
 }
 
-/// Takes a checkpoint now (if the log moved since the last one). Returns its generation.
-pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<u64>> {
+/// What [`take`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    pub gen: u64,
+    /// Segments deleted after it.
+    pub deleted: u64,
+}
+
+/// Takes a checkpoint now (if the log moved since the last one), then deletes the segments it
+/// no longer needs: a prefix of the log, before the segment it ends in, with nothing live.
+pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<Taken>> {
+    let existing = crate::recovery::list_segments(shared.vfs.as_ref(), &shared.log_dir)?;
     let mut guard = shared
         .ckpt
         .lock()
@@ -89,7 +99,7 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<u64>> {
         return Ok(None);
     };
     // 1. The state at a frame boundary, under the store lock.
-    let (payload, covers, ticket) = {
+    let (payload, covers, ticket, deletable) = {
         let mut core = shared.lock_core();
         if let Some(cause) = &core.poisoned {
             return Err(Error::Poisoned {
@@ -111,7 +121,18 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<u64>> {
             return Ok(None);
         }
         let payload = encode(&core.state, covers);
-        (payload, covers, core.last_ticket)
+        // Segments only ever deleted as a prefix: an ENQUEUE in a kept segment always has its
+        // later REMOVE in a kept segment too, so a replay of what is kept loses nothing.
+        let mut deletable = Vec::new();
+        for &seg in &existing {
+            let empty = core.state.seg_live.get(&seg).is_none_or(|l| l.records == 0);
+            if seg < covers.seg && empty {
+                deletable.push(seg);
+            } else {
+                break;
+            }
+        }
+        (payload, covers, core.last_ticket, deletable)
     };
     // 2. The log it covers must be durable first.
     shared.wait_ticket(ticket)?;
@@ -128,18 +149,52 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<u64>> {
         }
     }
     // 3. Write it; a failure poisons the store like any failed write.
-    match ck.writer.write(shared.vfs.as_ref(), &payload) {
+    let gen = match ck.writer.write(shared.vfs.as_ref(), &payload) {
         Ok(gen) => {
             ck.covers = Some(covers);
             ck.at = Instant::now();
-            Ok(Some(gen))
+            gen
         }
         Err(e) => {
             let cause = e.to_string();
             shared.poison(cause.clone());
-            Err(Error::Poisoned { cause })
+            return Err(Error::Poisoned { cause });
+        }
+    };
+    // 4. The segments it no longer needs. A deletion a crash undoes is redone next time
+    //    (recovery never reads segments before the checkpoint's), so the directory is not
+    //    synced for it.
+    let mut deleted = 0;
+    if let Some(last) = deletable.last() {
+        if let Err(e) = crate::segment::write_first(shared.vfs.as_ref(), &shared.log_dir, last + 1)
+        {
+            let cause = e.to_string();
+            shared.poison(cause.clone());
+            return Err(Error::Poisoned { cause });
         }
     }
+    for seg in deletable {
+        for path in [
+            shared.log_dir.join(segment_file_name(seg)),
+            crate::segindex::idx_path(&shared.log_dir, seg),
+        ] {
+            match shared.vfs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let cause = Error::io("delete segment", &path, e).to_string();
+                    shared.poison(cause.clone());
+                    return Err(Error::Poisoned { cause });
+                }
+            }
+        }
+        shared.reader.forget(seg);
+        let mut core = shared.lock_core();
+        core.state.ix.forget(seg);
+        core.state.seg_live.remove(&seg);
+        deleted += 1;
+    }
+    Ok(Some(Taken { gen, deleted }))
 }
 
 /// Builds the RAM index of the part of segment `seg` before `upto` (replay starts there, after

@@ -66,6 +66,9 @@ pub struct Enqueue {
     pub carried: Option<Carried>,
     /// Moved back from a dead-letter queue by `redrive` (counted as redriven, not pushed).
     pub redrive: bool,
+    /// A copy made by compaction of the record at this location (segment, offset, length):
+    /// the message moves there, nothing else changes.
+    pub relocated_from: Option<(u64, u32, u32)>,
 }
 
 /// What a dead letter carries from the queue it left.
@@ -167,6 +170,16 @@ pub enum Entry {
     /// Retained messages of a topic below `below_seq` are dropped (retention by age, decided
     /// by the clock, hence logged so that replay does not depend on the clock).
     TopicTrim { topic: u32, below_seq: u64 },
+    /// The counters a store never reuses, written at the start of every segment together with
+    /// the definitions of every queue, topic and named cursor: a replay of the log from any
+    /// segment (after the ones before it were deleted) knows them all.
+    Catalog {
+        next_msg_id: u64,
+        next_queue_id: u32,
+        next_topic_id: u32,
+        /// (topic, next sequence number).
+        topic_seqs: Vec<(u32, u64)>,
+    },
 }
 
 pub(crate) mod kind {
@@ -183,6 +196,7 @@ pub(crate) mod kind {
     pub const PUBLISH: u8 = 11;
     pub const CURSOR: u8 = 12;
     pub const TOPIC_TRIM: u8 = 13;
+    pub const CATALOG: u8 = 14;
 }
 
 /// Bytes of an entry header (`kind u8 | len u32`).
@@ -303,8 +317,14 @@ impl Entry {
                 put_u64(out, e.visible_ms);
                 let flags = u8::from(e.subject.is_some())
                     | (u8::from(e.carried.is_some()) << 1)
-                    | (u8::from(e.redrive) << 2);
+                    | (u8::from(e.redrive) << 2)
+                    | (u8::from(e.relocated_from.is_some()) << 3);
                 put_u8(out, flags);
+                if let Some((seg, off, len)) = e.relocated_from {
+                    put_u64(out, seg);
+                    put_u32(out, off);
+                    put_u32(out, len);
+                }
                 if let Some(s) = &e.subject {
                     put_bytes16(out, s.as_bytes());
                 }
@@ -408,6 +428,22 @@ impl Entry {
                 put_u32(out, *topic);
                 put_u64(out, *below_seq);
                 kind::TOPIC_TRIM
+            }
+            Entry::Catalog {
+                next_msg_id,
+                next_queue_id,
+                next_topic_id,
+                topic_seqs,
+            } => {
+                put_u64(out, *next_msg_id);
+                put_u32(out, *next_queue_id);
+                put_u32(out, *next_topic_id);
+                put_u32(out, topic_seqs.len() as u32);
+                for (t, seq) in topic_seqs {
+                    put_u32(out, *t);
+                    put_u64(out, *seq);
+                }
+                kind::CATALOG
             }
         };
         let len = (out.len() - start - ENTRY_HEADER_LEN) as u32;
@@ -656,9 +692,14 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             let expires_ms = r.u64()?;
             let visible_ms = r.u64()?;
             let flags = r.u8()?;
-            if flags & !0b111 != 0 {
+            if flags & !0b1111 != 0 {
                 return Err(r.err("unknown enqueue flags"));
             }
+            let relocated_from = if flags & 8 != 0 {
+                Some((r.u64()?, r.u32()?, r.u32()?))
+            } else {
+                None
+            };
             let subject = if flags & 1 != 0 {
                 let b = r.bytes16()?;
                 Some(String::from_utf8(b.to_vec()).map_err(|_| r.err("subject is not UTF-8"))?)
@@ -698,6 +739,7 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 payload,
                 carried,
                 redrive: flags & 4 != 0,
+                relocated_from,
             })
         }
         kind::LEASE => Entry::Lease {
@@ -754,6 +796,25 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             topic: r.u32()?,
             below_seq: r.u64()?,
         },
+        kind::CATALOG => {
+            let next_msg_id = r.u64()?;
+            let next_queue_id = r.u32()?;
+            let next_topic_id = r.u32()?;
+            let n = r.u32()? as usize;
+            if n > body.len() / 12 {
+                return Err(r.err("catalog count larger than the entry"));
+            }
+            let mut topic_seqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                topic_seqs.push((r.u32()?, r.u64()?));
+            }
+            Entry::Catalog {
+                next_msg_id,
+                next_queue_id,
+                next_topic_id,
+                topic_seqs,
+            }
+        }
         _ => return Err(r.err("unknown entry kind")),
     };
     r.done()?;
@@ -796,6 +857,7 @@ mod tests {
                     first_received_ms: 900,
                 }),
                 redrive: false,
+                relocated_from: None,
             }),
             Entry::Enqueue(Enqueue {
                 queue: 1,
@@ -809,6 +871,7 @@ mod tests {
                 payload: Bytes::new(),
                 carried: None,
                 redrive: true,
+                relocated_from: Some((3, 4096, 77)),
             }),
             Entry::Lease {
                 queue: 1,
@@ -890,6 +953,12 @@ mod tests {
                 topic: 3,
                 below_seq: 9,
             },
+            Entry::Catalog {
+                next_msg_id: 77,
+                next_queue_id: 4,
+                next_topic_id: 2,
+                topic_seqs: vec![(1, 10), (3, 1)],
+            },
         ]
     }
 
@@ -918,7 +987,7 @@ mod tests {
                         q.subject.as_deref(),
                         &q.headers,
                         q.carried.is_some()
-                    )
+                    ) + if q.relocated_from.is_some() { 16 } else { 0 }
                 );
             }
         }

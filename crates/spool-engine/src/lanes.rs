@@ -335,18 +335,20 @@ pub(crate) fn rebuild(
                     crc: crc32c::crc32c(&body[off..off + elen]),
                 };
                 if let Some((key, ie)) = index_entry(q, at) {
-                    let v = lanes.entry(key).or_default();
-                    if v.last().is_none_or(|l| l.id < ie.id) {
-                        v.push(ie);
-                    }
+                    lanes.entry(key).or_default().push(ie);
                 }
             }
         });
         pos += len;
     }
+    // In id order (a compaction's copies come after newer records); one entry per id.
     let mut lanes: Vec<LaneIndex> = lanes
         .into_iter()
-        .map(|(key, entries)| LaneIndex { key, entries })
+        .map(|(key, mut entries)| {
+            entries.sort_by_key(|e| e.id);
+            entries.dedup_by_key(|e| e.id);
+            LaneIndex { key, entries }
+        })
         .collect();
     lanes.sort_by_key(|l| l.key);
     Ok(SegmentIndex {
@@ -510,6 +512,12 @@ impl IndexStore {
         self.append(seg, key, e);
     }
 
+    /// Forgets segment `seg` (deleted).
+    pub fn forget(&mut self, seg: u64) {
+        self.ram.remove(&seg);
+        self.files.remove(&seg);
+    }
+
     /// Takes an index rebuilt by recovery: kept in RAM until the maintenance writes it.
     pub fn adopt(&mut self, idx: SegmentIndex) {
         self.files.remove(&idx.seg_id);
@@ -634,6 +642,122 @@ impl Stream {
         true
     }
 
+    /// Compaction copied the record of stream message `id` from segment `from_seg` to segment
+    /// `seg`: the message stays in the stream, its run changes. False if it was not there.
+    pub fn relocate(&mut self, id: u64, from_seg: u64, seg: u64, e: &IdxEntry) -> bool {
+        if !self.is_live(id) {
+            return false;
+        }
+        let Some(ri) = self
+            .runs
+            .iter()
+            .position(|r| r.seg == from_seg && r.lo <= id && id <= r.hi)
+        else {
+            return false;
+        };
+        let size = u64::from(e.size & !SIZE_CARRIED);
+        // The new run first (so that the old run's removal sees the overlap), then the old.
+        let existing = self
+            .runs
+            .iter()
+            .rposition(|r| r.seg == seg && r.hi < id && self.runs_between_clear(r.hi, id, seg));
+        let at = if let Some(i) = existing {
+            i
+        } else {
+            let at = self.runs.partition_point(|r| r.lo < id);
+            self.runs.insert(
+                at,
+                Run {
+                    seg,
+                    lo: id,
+                    hi: id,
+                    live: 0,
+                    live_bytes: 0,
+                    live_len: 0,
+                    pos: None,
+                    buf: VecDeque::new(),
+                },
+            );
+            at
+        };
+        {
+            let r = &mut self.runs[at];
+            r.hi = r.hi.max(id);
+            r.live += 1;
+            r.live_bytes += size;
+            r.live_len += u64::from(e.len);
+        }
+        let ri = if at <= ri { ri + 1 } else { ri };
+        let ri = if self
+            .runs
+            .get(ri)
+            .is_some_and(|r| r.seg == from_seg && r.lo <= id && id <= r.hi)
+        {
+            ri
+        } else {
+            match self
+                .runs
+                .iter()
+                .position(|r| r.seg == from_seg && r.lo <= id && id <= r.hi)
+            {
+                Some(i) => i,
+                None => return true,
+            }
+        };
+        let r = &mut self.runs[ri];
+        r.live = r.live.saturating_sub(1);
+        r.live_bytes = r.live_bytes.saturating_sub(size);
+        r.live_len = r.live_len.saturating_sub(u64::from(e.len));
+        if r.live == 0 {
+            self.runs.remove(ri);
+        }
+        // Every cursor is reloaded: the copy is inserted among the segment's entries.
+        for r in &mut self.runs {
+            r.pos = None;
+            r.buf.clear();
+        }
+        true
+    }
+
+    /// The stream's messages whose records are in segment `seg` (for compaction).
+    pub fn entries_in(
+        &self,
+        seg: u64,
+        key: LaneKey,
+        ix: &mut IndexStore,
+        gone: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<StreamEntry>> {
+        let mut out = Vec::new();
+        for r in self.runs.iter().filter(|r| r.seg == seg) {
+            let from = self.floor.max(r.lo.saturating_sub(1));
+            let mut pos = ix.lower_bound(seg, key, from.saturating_add(1))?;
+            'run: loop {
+                let got = ix.read(seg, key, pos, READ_AHEAD)?;
+                if got.is_empty() {
+                    break;
+                }
+                pos += got.len() as u64;
+                for e in got {
+                    if e.id > r.hi {
+                        break 'run;
+                    }
+                    if !self.dead.contains(&e.id) && !gone(e.id) {
+                        out.push(StreamEntry { id: e.id, seg, e });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// No other run of segment `seg` holds ids in (lo, hi): a run can grow over that range.
+    fn runs_between_clear(&self, lo: u64, hi: u64, seg: u64) -> bool {
+        !self
+            .runs
+            .iter()
+            .any(|r| r.seg == seg && r.lo > lo && r.lo < hi)
+    }
+
     /// Every message below `below` leaves (a purge: all existing ids are below it).
     pub fn purge_below(&mut self, below: u64) -> Released {
         let mut out = Released::default();
@@ -664,8 +788,13 @@ impl Stream {
     }
 
     /// The push time of the oldest message in the stream.
-    pub fn oldest(&mut self, key: LaneKey, ix: &mut IndexStore) -> Result<Option<u64>> {
-        let front = self.front(key, ix)?.map(|e| e.e.enqueued_ms);
+    pub fn oldest(
+        &mut self,
+        key: LaneKey,
+        ix: &mut IndexStore,
+        gone: &dyn Fn(u64) -> bool,
+    ) -> Result<Option<u64>> {
+        let front = self.front(key, ix, gone)?.map(|e| e.e.enqueued_ms);
         let descent = self.descents.first().map(|&(t, _)| t);
         Ok(match (front, descent) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -689,8 +818,14 @@ impl Stream {
         out
     }
 
-    /// The first message of the stream.
-    pub fn front(&mut self, key: LaneKey, ix: &mut IndexStore) -> Result<Option<StreamEntry>> {
+    /// The first message of the stream. `gone` says which ids are known to have left it
+    /// (messages touched since: a relocated copy of one may be listed in an index).
+    pub fn front(
+        &mut self,
+        key: LaneKey,
+        ix: &mut IndexStore,
+        gone: &dyn Fn(u64) -> bool,
+    ) -> Result<Option<StreamEntry>> {
         loop {
             let mut best: Option<(usize, IdxEntry)> = None;
             for i in 0..self.runs.len() {
@@ -706,7 +841,7 @@ impl Stream {
             let Some((i, h)) = best else {
                 return Ok(None);
             };
-            if self.dead.remove(&h.id) {
+            if self.dead.remove(&h.id) || gone(h.id) {
                 // Taken out of order earlier, and everything before it is gone: the floor
                 // moves past it.
                 self.floor = h.id;
@@ -738,9 +873,10 @@ impl Stream {
         &self,
         key: LaneKey,
         ix: &mut IndexStore,
+        gone: &dyn Fn(u64) -> bool,
         f: impl FnMut(StreamEntry) -> bool,
     ) -> Result<()> {
-        self.walk_from(key, ix, 0, f)
+        self.walk_from(key, ix, 0, gone, f)
     }
 
     /// [`Stream::walk`] from the first message with an id above `after`.
@@ -749,6 +885,7 @@ impl Stream {
         key: LaneKey,
         ix: &mut IndexStore,
         after: u64,
+        gone: &dyn Fn(u64) -> bool,
         mut f: impl FnMut(StreamEntry) -> bool,
     ) -> Result<()> {
         // A k-way merge over the runs, each read through a window of its own.
@@ -804,7 +941,7 @@ impl Stream {
                 return Ok(());
             };
             ws[i].buf.pop_front();
-            if h.id <= floor || self.dead.contains(&h.id) {
+            if h.id <= floor || self.dead.contains(&h.id) || gone(h.id) {
                 continue;
             }
             if !f(StreamEntry {

@@ -18,6 +18,12 @@ use crate::segindex;
 use crate::store::Store;
 use crate::writer::Shared;
 
+/// A sealed segment whose live records take less than this share of it is compacted.
+const COMPACT_LIVE_RATIO: f64 = 0.25;
+/// Bytes of records one compaction transaction copies at most (the rest waits for the next
+/// round): the copy is done under the store lock.
+const COMPACT_BYTES_MAX: u64 = 8 << 20;
+
 /// How often the background thread looks for work when nobody woke it.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 
@@ -28,6 +34,96 @@ pub struct MaintainReport {
     pub indexes_written: u64,
     /// The generation of the checkpoint written, if one was.
     pub checkpoint: Option<u64>,
+    /// Records copied forward out of sparse segments (compaction).
+    pub records_relocated: u64,
+    /// Segments deleted (nothing live in them, and a durable checkpoint no longer needs them).
+    pub segments_deleted: u64,
+}
+
+/// The oldest sealed segment worth compacting: its live records take less than
+/// `COMPACT_LIVE_RATIO` of the records ever written to it, and no topic keeps a retained message in it (topics are
+/// trimmed by age, from the oldest: they free their segments themselves).
+fn compaction_target(shared: &Shared) -> Option<u64> {
+    let core = shared.lock_core();
+    let st = &core.state;
+    let sealed = st.ix.sealed_through();
+    let topic_segs: std::collections::BTreeSet<u64> = st
+        .topics
+        .values()
+        .flat_map(|t| t.msgs.iter().map(|m| m.rec.seg))
+        .collect();
+
+    st.seg_live
+        .iter()
+        .filter(|(seg, l)| {
+            **seg <= sealed
+                && l.records > 0
+                && (l.bytes as f64) < (l.total_bytes as f64) * COMPACT_LIVE_RATIO
+                && !topic_segs.contains(seg)
+        })
+        .map(|(seg, _)| *seg)
+        .next()
+}
+
+/// Copies the live records of segment `seg` to the end of the log (`ENQUEUE` entries marked
+/// as relocations: same id, same content), in one transaction, up to `COMPACT_BYTES_MAX`.
+/// Returns how many.
+fn compact(shared: &Arc<Shared>, seg: u64) -> Result<u64> {
+    let (n, ticket) = crate::store::txn_on(
+        shared,
+        |txn| {
+            let mut todo: Vec<(u32, u64, crate::entry::RecRef)> = Vec::new();
+            {
+                let st = &mut txn.core.state;
+                let crate::state::State { queues, ix, .. } = st;
+                let mut qids: Vec<u32> = queues.keys().copied().collect();
+                qids.sort_unstable();
+                for qid in qids {
+                    if let Some(q) = queues.get(&qid) {
+                        for (id, rec) in q.records_in(ix, seg)? {
+                            todo.push((qid, id, rec));
+                        }
+                    }
+                }
+            }
+            let mut n = 0;
+            let mut bytes = 0u64;
+            for (qid, id, rec) in todo {
+                if bytes >= COMPACT_BYTES_MAX {
+                    break;
+                }
+                // A sealed segment is written: its records are readable.
+                let Some(read) = txn.read_committed(&rec) else {
+                    break;
+                };
+                let Ok(crate::entry::Entry::Enqueue(mut e)) = crate::entry::decode_record(&read?)
+                else {
+                    return Err(crate::Error::DamagedRecord {
+                        segment: rec.seg,
+                        offset: u64::from(rec.off),
+                        reason: format!("not the record of message {id}"),
+                    });
+                };
+                if e.id != id || e.queue != qid {
+                    return Err(crate::Error::DamagedRecord {
+                        segment: rec.seg,
+                        offset: u64::from(rec.off),
+                        reason: format!("not the record of message {id}"),
+                    });
+                }
+                e.relocated_from = Some((rec.seg, rec.off, rec.len));
+                txn.emit(crate::entry::Entry::Enqueue(e));
+                bytes += u64::from(rec.len);
+                n += 1;
+            }
+            Ok(n)
+        },
+        true,
+    )?;
+    if let Some(t) = ticket {
+        shared.wait_committed(t)?;
+    }
+    Ok(n)
 }
 
 /// Whether a checkpoint is due: the log moved by `checkpoint_bytes`, or it moved at all and
@@ -71,8 +167,17 @@ pub(crate) fn step(shared: &Arc<Shared>, forced: bool) -> Result<MaintainReport>
         shared.lock_core().state.ix.written(&idx);
         report.indexes_written += 1;
     }
-    if checkpoint_due(shared, forced) {
-        report.checkpoint = crate::checkpoint::take(shared)?;
+    // Compaction: the oldest sparse segment's live records are copied forward; the segment is
+    // deleted once a checkpoint no longer needs it (below).
+    if shared.options.checkpoint_bytes > 0 {
+        if let Some(seg) = compaction_target(shared) {
+            report.records_relocated += compact(shared, seg)?;
+        }
+    }
+    if checkpoint_due(shared, forced || report.records_relocated > 0) {
+        let done = crate::checkpoint::take(shared)?;
+        report.checkpoint = done.map(|d| d.gen);
+        report.segments_deleted += done.map_or(0, |d| d.deleted);
     }
     Ok(report)
 }
@@ -118,6 +223,6 @@ impl Store {
     /// open replays nothing before this point. Returns its generation. `Ok(None)` also when
     /// checkpoints are off (`checkpoint_bytes` = 0).
     pub fn checkpoint(&self) -> Result<Option<u64>> {
-        crate::checkpoint::take(self.shared())
+        Ok(crate::checkpoint::take(self.shared())?.map(|t| t.gen))
     }
 }

@@ -241,6 +241,7 @@ fn move_message(
             first_received_ms,
         }),
         redrive,
+        relocated_from: None,
     }));
     if let Some(s) = txn.core.state.queues.get(&dst).map(|q| q.signal.clone()) {
         txn.touch(&s);
@@ -1044,6 +1045,7 @@ fn push_txn(
             payload: m.payload,
             carried: None,
             redrive: false,
+            relocated_from: None,
         }));
         ids.push(id);
     }

@@ -53,6 +53,14 @@ impl LogReader {
         Ok(f)
     }
 
+    /// Forgets an open segment (it was deleted).
+    pub fn forget(&self, seg: u64) {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&seg);
+    }
+
     fn check(rec: &RecRef, bytes: &[u8]) -> Result<()> {
         if crc32c::crc32c(bytes) != rec.crc {
             return Err(Error::DamagedRecord {

@@ -299,9 +299,22 @@ pub(crate) fn recover(
         ),
     };
 
+    // Where the log starts: segment 1, or (once segments were deleted) what log/FIRST says.
+    let first_seg = match crate::segment::read_first(vfs.as_ref(), log_dir) {
+        Ok(f) => f.unwrap_or(0),
+        Err(why) => {
+            // Cannot tell a deleted prefix from a lost one: take the log as it is, and say so.
+            if start_at.is_none() {
+                report.checkpoint_problems.push(format!(
+                    "{why}: the log is replayed from its first segment present"
+                ));
+            }
+            all_ids.first().copied().unwrap_or(1)
+        }
+    };
     let ids: Vec<u64> = all_ids
         .into_iter()
-        .filter(|&id| start_at.is_none_or(|c| id >= c.seg))
+        .filter(|&id| start_at.map_or(id >= first_seg, |c| id >= c.seg))
         .collect();
     let failed_from = crate::segment::read_sync_failure(vfs.as_ref(), log_dir);
     let mut segs = Vec::with_capacity(ids.len());
@@ -338,7 +351,11 @@ pub(crate) fn recover(
     let mut ceiling = start_at.map_or(0, |c| c.next_lsn.saturating_sub(1));
     // Where the log ends: (segment index, offset) to append at.
     let mut end: Option<(usize, u64)> = None;
-    let mut prev_id = start_at.map_or(0, |c| c.seg.saturating_sub(1));
+    // Segments are deleted as a prefix (once a durable checkpoint no longer needs them): the
+    // log starts at the first segment there is. Each segment restates the catalog (queues,
+    // topics, counters) in its first frame, so a replay from there knows them all.
+    let mut prev_id = start_at.map_or(first_seg.saturating_sub(1), |c| c.seg.saturating_sub(1));
+    let first_seg = first_seg.max(1);
     for i in 0..segs.len() {
         // Replay reads one segment at a time (the last one is kept for the tail's cut).
         if i > 0 {
@@ -441,7 +458,7 @@ pub(crate) fn recover(
                     seg.id - 1
                 ),
             })?,
-            None if i == 0 && header.base_lsn != 1 => damage(DamagedRange {
+            None if i == 0 && first_seg == 1 && header.base_lsn != 1 => damage(DamagedRange {
                 segment: seg.id,
                 offset: 0,
                 lsn_from: 1,

@@ -249,3 +249,49 @@ pub(crate) fn read_sync_failure(vfs: &dyn Vfs, log_dir: &Path) -> Option<(u64, u
     a.copy_from_slice(&b[8..16]);
     Some((seg, u64::from_le_bytes(a)))
 }
+
+/// Name of the file that records where the log starts once segments were deleted.
+pub(crate) const FIRST_FILE: &str = "FIRST";
+
+/// Records, durably, that the log starts at segment `seg` (the ones before it are about to be
+/// deleted): a replay of the whole log (when no checkpoint is usable) then knows a missing
+/// prefix was deleted, not lost. 12 bytes: seg_id u64, crc32c u32.
+pub(crate) fn write_first(vfs: &dyn Vfs, log_dir: &Path, seg: u64) -> Result<()> {
+    let mut b = [0u8; 12];
+    b[0..8].copy_from_slice(&seg.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..8]);
+    b[8..12].copy_from_slice(&crc.to_le_bytes());
+    let path = log_dir.join(FIRST_FILE);
+    let f = vfs
+        .open(&path, OpenMode::Create)
+        .map_err(|e| Error::io("create", &path, e))?;
+    f.write_all_at(&b, 0)
+        .map_err(|e| Error::io("write", &path, e))?;
+    f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
+    vfs.sync_dir(log_dir)
+        .map_err(|e| Error::io("sync directory", log_dir, e))
+}
+
+/// Where the log starts (see [`write_first`]): `Ok(None)` when no segment was ever deleted,
+/// `Err` with a reason when the file is damaged.
+pub(crate) fn read_first(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+) -> std::result::Result<Option<u64>, String> {
+    let path = log_dir.join(FIRST_FILE);
+    let f = match vfs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("log/{FIRST_FILE}: {e}")),
+    };
+    let mut b = [0u8; 12];
+    f.read_exact_at(&mut b, 0)
+        .map_err(|e| format!("log/{FIRST_FILE}: {e}"))?;
+    let crc = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if crc32c::crc32c(&b[..8]) != crc {
+        return Err(format!("log/{FIRST_FILE} is damaged (checksum mismatch)"));
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    Ok(Some(u64::from_le_bytes(a)))
+}

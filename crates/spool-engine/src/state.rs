@@ -334,11 +334,14 @@ impl Queue {
         if lowest_first {
             prios.reverse();
         }
+        let Queue { lanes, touched, .. } = self;
         for p in prios {
-            let Some(lane) = self.lanes.get_mut(&Reverse(p)) else {
+            let Some(lane) = lanes.get_mut(&Reverse(p)) else {
                 continue;
             };
-            let s = lane.stream.front(lane_key(qid, p), ix)?;
+            let s = lane
+                .stream
+                .front(lane_key(qid, p), ix, &|id| touched.contains_key(&id))?;
             let r = lane.returned.first().copied();
             let pick_stream = match (&s, r) {
                 (Some(a), Some(b)) => a.id < b,
@@ -351,7 +354,7 @@ impl Queue {
                     return Ok(Some((e.id, Found::Stream(untouched(&e, p)))));
                 }
             } else if let Some(id) = r {
-                if let Some(t) = self.touched.get(&id) {
+                if let Some(t) = touched.get(&id) {
                     return Ok(Some((id, Found::Touched(t.clone()))));
                 }
             }
@@ -376,7 +379,8 @@ impl Queue {
             .filter_map(|id| self.touched.get(id).map(|t| (*id, t)))
             .peekable();
         let mut go_on = true;
-        lane.stream.walk(lane_key(self.id, prio), ix, |e| {
+        let gone = |id: u64| self.touched.contains_key(&id);
+        lane.stream.walk(lane_key(self.id, prio), ix, &gone, |e| {
             while let Some((id, t)) = returned.next_if(|(id, _)| *id < e.id) {
                 if !f(id, Found::Touched(t.clone())) {
                     go_on = false;
@@ -420,8 +424,9 @@ impl Queue {
         let mut v: Vec<(u64, Found)> = Vec::new();
         for (Reverse(p), lane) in &self.lanes {
             let mut n = 0;
+            let gone = |id: u64| self.touched.contains_key(&id);
             lane.stream
-                .walk_from(lane_key(self.id, *p), ix, after, |e| {
+                .walk_from(lane_key(self.id, *p), ix, after, &gone, |e| {
                     v.push((e.id, Found::Stream(untouched(&e, *p))));
                     n += 1;
                     n < limit
@@ -442,7 +447,8 @@ impl Queue {
     pub fn all(&self, ix: &mut IndexStore) -> Result<Vec<(u64, Found)>> {
         let mut v: Vec<(u64, Found)> = Vec::new();
         for (Reverse(p), lane) in &self.lanes {
-            lane.stream.walk(lane_key(self.id, *p), ix, |e| {
+            let gone = |id: u64| self.touched.contains_key(&id);
+            lane.stream.walk(lane_key(self.id, *p), ix, &gone, |e| {
                 v.push((e.id, Found::Stream(untouched(&e, *p))));
                 true
             })?;
@@ -456,12 +462,37 @@ impl Queue {
         Ok(v)
     }
 
+    /// Messages whose records are in segment `seg`: (id, record), for compaction.
+    pub fn records_in(&self, ix: &mut IndexStore, seg: u64) -> Result<Vec<(u64, RecRef)>> {
+        let mut out: Vec<(u64, RecRef)> = self
+            .touched
+            .iter()
+            .filter(|(_, t)| t.rec.seg == seg)
+            .map(|(id, t)| (*id, t.rec))
+            .collect();
+        let gone = |id: u64| self.touched.contains_key(&id);
+        for (Reverse(p), lane) in &self.lanes {
+            for e in lane
+                .stream
+                .entries_in(seg, lane_key(self.id, *p), ix, &gone)?
+            {
+                out.push((e.id, untouched(&e, *p).rec));
+            }
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
     /// When the oldest message was pushed (any state), without a scan.
     pub fn oldest_enqueued(&mut self, ix: &mut IndexStore) -> Result<Option<u64>> {
         let qid = self.id;
         let mut oldest = self.touched.values().map(|t| t.rec.enqueued_ms).min();
-        for (Reverse(p), lane) in &mut self.lanes {
-            if let Some(t) = lane.stream.oldest(lane_key(qid, *p), ix)? {
+        let Queue { lanes, touched, .. } = self;
+        for (Reverse(p), lane) in lanes {
+            if let Some(t) = lane
+                .stream
+                .oldest(lane_key(qid, *p), ix, &|id| touched.contains_key(&id))?
+            {
                 oldest = Some(oldest.map_or(t, |o| o.min(t)));
             }
         }
@@ -567,6 +598,8 @@ impl Topic {
 pub(crate) struct SegLive {
     pub records: u64,
     pub bytes: u64,
+    /// Bytes of every record ever written to the segment (live or not).
+    pub total_bytes: u64,
 }
 
 /// The whole in-memory state.
@@ -619,9 +652,11 @@ impl State {
         let Self { queues, ix, .. } = self;
         for q in queues.values_mut() {
             let qid = q.id;
-            for (Reverse(p), lane) in &mut q.lanes {
+            let Queue { lanes, touched, .. } = q;
+            for (Reverse(p), lane) in lanes {
                 if lane.stream.dead_len() > threshold {
-                    lane.stream.front(lane_key(qid, *p), ix)?;
+                    lane.stream
+                        .front(lane_key(qid, *p), ix, &|id| touched.contains_key(&id))?;
                 }
             }
         }
@@ -662,6 +697,7 @@ impl State {
         let s = self.seg_live.entry(rec.seg).or_default();
         s.records += 1;
         s.bytes += u64::from(rec.len);
+        s.total_bytes += u64::from(rec.len);
     }
 
     pub(crate) fn live_sub(&mut self, rec: &RecRef) {
@@ -944,7 +980,63 @@ impl State {
                     }
                 }
             }
+            Entry::Catalog {
+                next_msg_id,
+                next_queue_id,
+                next_topic_id,
+                topic_seqs,
+            } => {
+                self.next_msg_id = self.next_msg_id.max(next_msg_id);
+                self.next_queue_id = self.next_queue_id.max(next_queue_id);
+                self.next_topic_id = self.next_topic_id.max(next_topic_id);
+                for (topic, seq) in topic_seqs {
+                    if let Some(t) = self.topics.get_mut(&topic) {
+                        t.next_seq = t.next_seq.max(seq);
+                    }
+                }
+            }
         }
+    }
+
+    /// The entries that restate the catalog (see `Entry::Catalog`), as of now.
+    pub fn catalog_entries(&self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut qids: Vec<&u32> = self.queues.keys().collect();
+        qids.sort_unstable();
+        for qid in qids {
+            let q = &self.queues[qid];
+            out.push(Entry::QueueDef {
+                queue: *qid,
+                name: q.name.clone(),
+                config: q.config.clone(),
+            });
+        }
+        let mut tids: Vec<&u32> = self.topics.keys().collect();
+        tids.sort_unstable();
+        let mut topic_seqs = Vec::new();
+        for tid in tids {
+            let t = &self.topics[tid];
+            out.push(Entry::TopicDef {
+                topic: *tid,
+                name: t.name.clone(),
+                config: t.config.clone(),
+            });
+            for (name, seq) in &t.cursors {
+                out.push(Entry::Cursor {
+                    topic: *tid,
+                    name: name.clone(),
+                    seq: *seq,
+                });
+            }
+            topic_seqs.push((*tid, t.next_seq));
+        }
+        out.push(Entry::Catalog {
+            next_msg_id: self.next_msg_id,
+            next_queue_id: self.next_queue_id,
+            next_topic_id: self.next_topic_id,
+            topic_seqs,
+        });
+        out
     }
 
     fn apply_enqueue(&mut self, e: Enqueue, at: At) {
@@ -957,10 +1049,36 @@ impl State {
         let Some(q) = self.queues.get_mut(&e.queue) else {
             return;
         };
+        let rec = rec_of(&e, at);
+        if let Some((from_seg, from_off, from_len)) = e.relocated_from {
+            // Compaction's copy: the message moves here, nothing else changes.
+            if let Some(t) = q.touched.get_mut(&e.id) {
+                let old = t.rec;
+                if (old.seg, old.off) == (from_seg, from_off) {
+                    t.rec = rec;
+                    self.live_sub(&old);
+                    self.live_add(&rec);
+                }
+                return;
+            }
+            if let Some((_, ie)) = entry {
+                let moved = q
+                    .lanes
+                    .get_mut(&Reverse(e.priority))
+                    .is_some_and(|l| l.stream.relocate(e.id, from_seg, at.seg, &ie));
+                if moved {
+                    self.live_sub_n(from_seg, 1, u64::from(from_len));
+                    self.live_add(&rec);
+                    return;
+                }
+            }
+            // Not known here: its original record is gone (the whole log is replayed after
+            // the segments before this one were deleted). It is a message like any other
+            // (its delivery history, in the deleted segments, is lost: it is redelivered).
+        }
         if q.touched.contains_key(&e.id) {
             return;
         }
-        let rec = rec_of(&e, at);
         let added = if let Some((_, ie)) = entry {
             q.lane(e.priority).stream.push(at.seg, &ie)
         } else {
@@ -983,7 +1101,9 @@ impl State {
         if !added {
             return;
         }
-        if e.carried.is_some() {
+        if e.relocated_from.is_some() {
+            // Counted when it was pushed.
+        } else if e.carried.is_some() {
             q.counters.dead_letters_received += 1;
         } else if e.redrive {
             q.counters.redriven += 1;
@@ -1051,6 +1171,7 @@ impl State {
             e.u64(*seg);
             e.u64(l.records);
             e.u64(l.bytes);
+            e.u64(l.total_bytes);
         }
         let mut qids: Vec<&u32> = self.queues.keys().collect();
         qids.sort_unstable();
@@ -1138,12 +1259,13 @@ impl State {
         let next_msg_id = d.u64()?;
         ix.set_sealed_through(d.u64()?);
         let mut seg_live = BTreeMap::new();
-        for _ in 0..d.len(24)? {
+        for _ in 0..d.len(32)? {
             seg_live.insert(
                 d.u64()?,
                 SegLive {
                     records: d.u64()?,
                     bytes: d.u64()?,
+                    total_bytes: d.u64()?,
                 },
             );
         }

@@ -372,67 +372,7 @@ impl Store {
         f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
         park: bool,
     ) -> Result<(R, Option<u64>)> {
-        let shared = &self.inner.shared;
-        let mut core = shared.lock_core();
-        if let Some(cause) = &core.poisoned {
-            return Err(Error::Poisoned {
-                cause: cause.clone(),
-            });
-        }
-        if core.closing {
-            return Err(Error::Closed);
-        }
-        let ticket = core.last_ticket + 1;
-        let now = shared.options.clock.now_ms();
-        let group_max = shared.options.group_bytes_max;
-        // A transaction joins the last pending frame while it is below the group size; a
-        // frame's placement is fixed when it is opened (entries' locations are final at once).
-        if core.back_closed
-            || core
-                .pending
-                .back()
-                .is_none_or(|f| f.frame.entries_len() >= group_max)
-        {
-            core.open_frame();
-        }
-        let mut txn = Txn {
-            core: &mut core,
-            reader: &shared.reader,
-            now,
-            emitted: 0,
-            emitted_bytes: 0,
-            signals: Vec::new(),
-        };
-        let result = f(&mut txn);
-        let emitted = txn.emitted;
-        let signals = std::mem::take(&mut txn.signals);
-        if emitted == 0 {
-            core.drop_empty_frame();
-            return result.map(|r| (r, None));
-        }
-        core.last_ticket = ticket;
-        core.frame_used();
-        if park {
-            core.waiting.push((ticket, std::thread::current()));
-        }
-        if let Some(back) = core.pending.back_mut() {
-            back.last_ticket = ticket;
-            for s in signals {
-                if !back.signals.iter().any(|x| Arc::ptr_eq(x, &s)) {
-                    back.signals.push(s);
-                }
-            }
-        }
-        let wake = core.writer_waiting;
-        let maint = core.maint_wanted;
-        drop(core);
-        if wake {
-            shared.work_cv.notify_one();
-        }
-        if maint {
-            shared.maint_cv.notify_one();
-        }
-        result.map(|r| (r, Some(ticket)))
+        txn_on(&self.inner.shared, f, park)
     }
 
     /// Waits until `ticket` (if any) is committed.
@@ -493,6 +433,83 @@ impl Store {
         };
         shared.wait_committed(ticket)
     }
+}
+
+/// Runs `f` as a transaction on the store behind `shared` (see [`Store::txn`]); `park`
+/// registers the calling thread to be unparked when its ticket is committed.
+pub(crate) fn txn_on<R>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Txn<'_>) -> Result<R>,
+    park: bool,
+) -> Result<(R, Option<u64>)> {
+    let mut core = shared.lock_core();
+
+    if let Some(cause) = &core.poisoned {
+        return Err(Error::Poisoned {
+            cause: cause.clone(),
+        });
+    }
+    if core.closing {
+        return Err(Error::Closed);
+    }
+    let ticket = core.last_ticket + 1;
+    let now = shared.options.clock.now_ms();
+    let group_max = shared.options.group_bytes_max;
+    // A transaction joins the last pending frame while it is below the group size; a
+    // frame's placement is fixed when it is opened (entries' locations are final at once).
+    if core.back_closed
+        || core
+            .pending
+            .back()
+            .is_none_or(|f| f.frame.entries_len() >= group_max)
+    {
+        core.open_frame();
+    }
+    let mut txn = Txn {
+        core: &mut core,
+        reader: &shared.reader,
+        now,
+        emitted: 0,
+        emitted_bytes: 0,
+        signals: Vec::new(),
+    };
+    let result = f(&mut txn);
+    if txn.emitted > 0 && txn.core.pending_seal.is_some() {
+        // The first transaction in a new segment: it restates the catalog, so that a replay
+        // starting at this segment knows every queue, topic and counter.
+        for e in txn.core.state.catalog_entries() {
+            txn.emit(e);
+        }
+    }
+    let emitted = txn.emitted;
+    let signals = std::mem::take(&mut txn.signals);
+    if emitted == 0 {
+        core.drop_empty_frame();
+        return result.map(|r| (r, None));
+    }
+    core.last_ticket = ticket;
+    core.frame_used();
+    if park {
+        core.waiting.push((ticket, std::thread::current()));
+    }
+    if let Some(back) = core.pending.back_mut() {
+        back.last_ticket = ticket;
+        for s in signals {
+            if !back.signals.iter().any(|x| Arc::ptr_eq(x, &s)) {
+                back.signals.push(s);
+            }
+        }
+    }
+    let wake = core.writer_waiting;
+    let maint = core.maint_wanted;
+    drop(core);
+    if wake {
+        shared.work_cv.notify_one();
+    }
+    if maint {
+        shared.maint_cv.notify_one();
+    }
+    result.map(|r| (r, Some(ticket)))
 }
 
 /// One operation's access to the state and the pending log frame.

@@ -268,3 +268,192 @@ fn damage_before_the_checkpoint_in_the_segment_replay_starts_in_is_refused_or_sk
     let got = ids(&s);
     assert!(want.iter().all(|id| got.contains(id)), "{got:?}");
 }
+
+fn store_bytes(env: &Env) -> u64 {
+    let mut total = 0;
+    for dir in ["/s", "/s/log"] {
+        for n in env.vfs.read_dir(Path::new(dir)).unwrap() {
+            let p = Path::new(dir).join(&n);
+            if let Ok(f) = env.vfs.open(&p, OpenMode::Read) {
+                total += f.len().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn acking_most_of_a_backlog_in_random_order_gives_the_disk_back_after_compaction() {
+    let env = Env::new();
+    let s = env.open_with(opts(&env));
+    let n = 2000;
+    let payload = |i: usize| format!("m{i:05}-{}", "p".repeat(200));
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        s.push_batch("q", chunk.iter().map(|&i| Push::new(payload(i))).collect())
+            .unwrap();
+    }
+    let mut leased = Vec::new();
+    loop {
+        let got = s.lease("q", 500, Some(Duration::from_secs(3600))).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        leased.extend(got);
+    }
+    assert_eq!(leased.len(), n);
+    // Ack 90% in a scattered order; keep every tenth.
+    let mut kept = Vec::new();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = 0x9E37_79B9u64;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    for &i in &order {
+        if i % 10 == 0 {
+            kept.push(leased[i].id);
+        } else {
+            s.ack("q", leased[i].receipt.unwrap()).unwrap();
+        }
+    }
+    kept.sort_unstable();
+    let before = store_bytes(&env);
+    let mut relocated = 0;
+    let mut deleted = 0;
+    for _ in 0..50 {
+        let r = s.maintain().unwrap();
+        relocated += r.records_relocated;
+        deleted += r.segments_deleted;
+        if r.records_relocated == 0 && r.segments_deleted == 0 && r.checkpoint.is_none() {
+            break;
+        }
+    }
+    let after = store_bytes(&env);
+    let live = s.stats("q").unwrap().bytes;
+    assert!(relocated > 0 && deleted > 0, "{relocated} {deleted}");
+    assert!(
+        after < before / 3,
+        "compaction and deletion give the disk back: {before} -> {after} bytes ({live} live)"
+    );
+    // The kept messages are intact, still leased, and their receipts still work.
+    assert_eq!(ids(&s), kept);
+    let first = leased.iter().find(|m| m.id == kept[0]).unwrap();
+    assert_eq!(s.get("q", kept[0]).unwrap().payload, first.payload);
+    s.ack("q", first.receipt.unwrap()).unwrap();
+    drop(s);
+    // And after a reopen.
+    let s = env.open_with(opts(&env));
+    assert_eq!(ids(&s), kept[1..].to_vec());
+    for id in &kept[1..] {
+        let m = s.get("q", *id).unwrap();
+        assert_eq!(
+            m.payload,
+            leased.iter().find(|l| l.id == *id).unwrap().payload
+        );
+    }
+}
+
+#[test]
+fn low_priority_stragglers_are_compacted_and_still_delivered_in_order() {
+    let env = Env::new();
+    let s = env.open_with(opts(&env));
+    let mut low = Vec::new();
+    for i in 0..600 {
+        let prio = if i % 10 == 0 { 0 } else { 5 };
+        let id = s
+            .push(
+                "q",
+                Push::new(format!("{i}:{}", "x".repeat(150))).priority(prio),
+            )
+            .unwrap();
+        if prio == 0 {
+            low.push(id);
+        }
+    }
+    // Consume every high-priority message: each old segment keeps a few low ones.
+    loop {
+        let got = s.lease("q", 100, None).unwrap();
+        let high: Vec<_> = got.iter().filter(|m| m.priority == 5).collect();
+        for m in &got {
+            if m.priority == 5 {
+                s.ack("q", m.receipt.unwrap()).unwrap();
+            } else {
+                s.nack("q", m.receipt.unwrap(), Duration::ZERO, None)
+                    .unwrap();
+            }
+        }
+        if high.is_empty() {
+            break;
+        }
+    }
+    let mut relocated = 0;
+    for _ in 0..50 {
+        let r = s.maintain().unwrap();
+        relocated += r.records_relocated;
+        if r.records_relocated == 0 && r.segments_deleted == 0 && r.checkpoint.is_none() {
+            break;
+        }
+    }
+    assert!(relocated > 0);
+    let segs = env
+        .vfs
+        .read_dir(Path::new("/s/log"))
+        .unwrap()
+        .into_iter()
+        .filter(|n| Path::new(n).extension().is_some_and(|e| e == "seg"))
+        .count();
+    assert!(segs <= 3, "old segments were deleted: {segs} left");
+    drop(s);
+    let s = env.open_with(opts(&env));
+    let got: Vec<u64> = s
+        .lease("q", 1000, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, low, "the low-priority messages, in push order");
+}
+
+#[test]
+fn with_both_checkpoints_damaged_after_segments_were_deleted_nothing_is_lost() {
+    let env = Env::new();
+    let s = env.open_with(opts(&env));
+    s.create_queue(
+        "q",
+        spool_engine::QueueConfig {
+            max_receives: 5,
+            ..spool_engine::QueueConfig::default()
+        },
+    )
+    .unwrap();
+    let all = fill(&s, 400);
+    // Consume the first 300: their segments go.
+    let mut left = all.clone();
+    while left.len() > 100 {
+        for m in s.pop("q", 50).unwrap() {
+            left.retain(|id| *id != m.id);
+        }
+    }
+    for _ in 0..10 {
+        s.maintain().unwrap();
+    }
+    s.publish("t", "after").unwrap();
+    drop(s);
+    assert!(env.vfs.exists(Path::new("/s/log/FIRST")).unwrap());
+    flip(&env, "/s/ckpt.0", 70);
+    flip(&env, "/s/ckpt.1", 70);
+    let s = env.open_with(opts(&env));
+    let r = s.recovery_report().clone();
+    assert_eq!(r.checkpoint, None, "{r:?}");
+    assert!(
+        r.damaged.is_empty(),
+        "a deleted prefix is not damage: {r:?}"
+    );
+    assert_eq!(ids(&s), left);
+    // The queue's config and the counters survived (restated at each segment's start).
+    assert_eq!(s.queue_config("q").unwrap().max_receives, 5);
+    let id = s.push("q", Push::new("new")).unwrap();
+    assert!(id > *all.last().unwrap(), "ids are never reused");
+}

@@ -357,7 +357,10 @@ fn replay<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Replay {
                     }
                 }
                 // Leases, nacks and cursors change no membership.
-                Entry::Lease { .. } | Entry::Nack { .. } | Entry::Cursor { .. } => {}
+                Entry::Lease { .. }
+                | Entry::Nack { .. }
+                | Entry::Cursor { .. }
+                | Entry::Catalog { .. } => {}
             }
         }
     }
@@ -752,6 +755,7 @@ fn touched(p: &Pristine, lost: &BTreeSet<u64>) -> (BTreeSet<String>, BTreeSet<St
                 | Entry::Publish { topic, .. }
                 | Entry::Cursor { topic, .. }
                 | Entry::TopicTrim { topic, .. } => (vec![], vec![*topic]),
+                Entry::Catalog { .. } => (vec![], vec![]),
             };
             q.extend(
                 qs.iter()

@@ -185,11 +185,16 @@ pub struct Pristine {
     pub frames: BTreeSet<Vec<u8>>,
 }
 
+/// Checkpoints off: the target is the recovery scanner, which replays the whole log (what a
+/// store falls back to without a usable checkpoint); housekeeping only on request, so that a
+/// run is deterministic.
 fn options(policy: RecoveryPolicy) -> Options {
     Options {
         recovery: policy,
         segment_bytes: SEGMENT_BYTES,
         clock: Arc::new(ManualClock::new(NOW_MS)),
+        checkpoint_bytes: 0,
+        maintenance: spool_engine::Maintenance::Manual,
         ..Options::default()
     }
 }
@@ -687,8 +692,16 @@ pub struct Contents {
 
 fn read_contents(store: &Store) -> Contents {
     let mut queue_msgs = BTreeSet::new();
+    let damage_skipped = !store.recovery_report().damaged.is_empty();
     for q in store.queues() {
-        for m in store.messages(&q).expect("messages of a listed queue") {
+        let msgs = match store.messages(&q) {
+            Ok(m) => m,
+            // After damage was skipped, a record of a frame the scan took as valid may still
+            // fail its checksum when read: reported, never delivered.
+            Err(Error::DamagedRecord { .. }) if damage_skipped => continue,
+            Err(e) => panic!("messages of a listed queue: {e}"),
+        };
+        for m in msgs {
             queue_msgs.insert((q.clone(), m.id, m.payload, m.subject, m.headers));
         }
     }

@@ -147,14 +147,14 @@ fn checkpoint_due(shared: &Shared, forced: bool) -> bool {
         || ck.at.elapsed() >= o.checkpoint_interval
 }
 
-/// One round of housekeeping. `forced`: take a checkpoint if the log moved at all.
-pub(crate) fn step(shared: &Arc<Shared>, forced: bool) -> Result<MaintainReport> {
-    let mut report = MaintainReport::default();
+/// Writes the index files of sealed segments whose index is only in RAM. Returns how many.
+pub(crate) fn write_indexes(shared: &Shared) -> Result<u64> {
     let todo = {
         let mut core = shared.lock_core();
         core.maint_wanted = false;
         core.state.ix.unwritten()
     };
+    let mut n = 0;
     for idx in todo {
         // Derived data, but a disk that fails a write is not trusted with the log either: the
         // store is poisoned, as for a failed log write (reopening recovers, and rebuilds a
@@ -165,8 +165,17 @@ pub(crate) fn step(shared: &Arc<Shared>, forced: bool) -> Result<MaintainReport>
             return Err(crate::Error::Poisoned { cause });
         }
         shared.lock_core().state.ix.written(&idx);
-        report.indexes_written += 1;
+        n += 1;
     }
+    Ok(n)
+}
+
+/// One round of housekeeping. `forced`: take a checkpoint if the log moved at all.
+pub(crate) fn step(shared: &Arc<Shared>, forced: bool) -> Result<MaintainReport> {
+    let mut report = MaintainReport {
+        indexes_written: write_indexes(shared)?,
+        ..MaintainReport::default()
+    };
     // Compaction: the oldest sparse segment's live records are copied forward; the segment is
     // deleted once a checkpoint no longer needs it (below).
     if shared.options.checkpoint_bytes > 0 {

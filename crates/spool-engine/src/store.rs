@@ -54,7 +54,10 @@ impl Handle {
         let checkpoint = if poisoned || self.shared.lock_core().closing {
             Ok(None)
         } else {
-            crate::checkpoint::take(&self.shared)
+            // The index files of the segments sealed since the last housekeeping, then the
+            // checkpoint: a cleanly closed store has everything in place.
+            crate::maint::write_indexes(&self.shared)
+                .and_then(|_| crate::checkpoint::take(&self.shared))
         };
         {
             let mut core = self.shared.lock_core();

@@ -496,7 +496,9 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
         }
     }
     let poisoned = core.poisoned.is_some();
-    let marker = core.next_placement();
+    // The close marker ends the current segment even when it is full (a segment may exceed
+    // its size by one frame): a new segment just for it would leave the last one unsealed.
+    let marker = core.log_end();
     drop(core);
     // Closing: a sealed log is a synced log, in every durability mode.
     let close_error = if poisoned {

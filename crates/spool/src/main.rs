@@ -12,6 +12,8 @@ mod exit {
     pub const LOCKED: u8 = 3;
     pub const NOT_FOUND: u8 = 4;
     pub const CORRUPT: u8 = 5;
+    /// `spool inspect verify` ran and found problems (they are printed).
+    pub const PROBLEMS: u8 = 6;
 }
 
 fn main() -> ExitCode {
@@ -26,6 +28,9 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<cli::inspect::ProblemsFound>().is_some() {
+                return ExitCode::from(exit::PROBLEMS);
+            }
             let engine = e
                 .chain()
                 .find_map(|c| c.downcast_ref::<spool_engine::Error>());

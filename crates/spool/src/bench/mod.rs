@@ -35,6 +35,7 @@ pub mod baseline;
 pub mod engine;
 pub mod procio;
 pub mod report;
+pub mod scale;
 pub mod sqlite;
 
 use std::fs;

@@ -3,6 +3,7 @@
 //! cause plus a hint in `main.rs`.
 
 mod demo;
+pub mod inspect;
 mod output;
 mod queue;
 mod topic;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Benchmarks with ratios against baselines measured in the same run
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Look inside a store: verify, dump, stats, export, import, salvage
+    #[command(subcommand)]
+    Inspect(inspect::InspectCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +77,13 @@ pub enum BenchCommand {
     /// The engine against the raw disk (fdatasync rate, write bandwidth) and SQLite
     #[command(after_help = "Examples:\n  spool bench engine\n  spool bench engine --quick --json")]
     Engine(BenchArgs),
+    /// The engine at scale: reopen time and memory with a large backlog, recovery time
+    /// against the log since the last checkpoint, disk use after compaction
+    #[command(after_help = "Examples:\n  spool bench scale\n  spool bench scale --quick --json")]
+    Scale(BenchArgs),
+    /// (internal) Opens a store and prints the time and memory it took, as JSON
+    #[command(hide = true)]
+    ReopenProbe(crate::bench::scale::ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +146,11 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Bench(BenchCommand::Engine(a)) => {
             crate::bench::engine::run_engine_command(cli.dir.as_deref(), a)
         }
+        Command::Bench(BenchCommand::Scale(a)) => {
+            crate::bench::scale::run_scale_command(cli.dir.as_deref(), a)
+        }
+        Command::Bench(BenchCommand::ReopenProbe(a)) => crate::bench::scale::run_probe(a),
+        Command::Inspect(c) => inspect::run(cli, c),
     }
 }
 

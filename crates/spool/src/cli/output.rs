@@ -119,3 +119,46 @@ pub fn topic_message_json(topic: &str, m: &TopicMessage) -> Value {
     o.insert("skipped".into(), json!(m.skipped));
     Value::Object(o)
 }
+
+/// A queue message as `spool inspect dump` and `export` print it (`docs/inspect.md`): the
+/// `--json` shape of `peek` without `receipt`, plus `type` (`"message"`) and `queue`. When
+/// `headers` (an object of UTF-8 strings) cannot hold the headers exactly (a value that is not
+/// UTF-8, a repeated name, or names out of order), `header_list` holds them all, in order:
+/// `[{"name": .., "value": ..}]`, with `value_base64` instead of `value` for binary values.
+pub fn dump_message_json(queue: &str, m: &Message) -> Value {
+    let mut v = message_json(m);
+    if let Value::Object(o) = &mut v {
+        o.remove("receipt");
+        o.insert("type".into(), json!("message"));
+        o.insert("queue".into(), json!(queue));
+        let exact = m.headers.windows(2).all(|w| w[0].0 < w[1].0)
+            && m.headers
+                .iter()
+                .all(|(_, v)| std::str::from_utf8(v).is_ok());
+        if !exact {
+            let list: Vec<Value> = m
+                .headers
+                .iter()
+                .map(|(k, v)| match std::str::from_utf8(v) {
+                    Ok(s) => json!({"name": k, "value": s}),
+                    Err(_) => json!({
+                        "name": k,
+                        "value_base64": base64::engine::general_purpose::STANDARD.encode(v),
+                    }),
+                })
+                .collect();
+            o.insert("header_list".into(), Value::Array(list));
+        }
+    }
+    v
+}
+
+/// A topic message as `spool inspect dump` and `export` print it: the `--json` shape of
+/// `topic read` plus `type` (`"topic_message"`).
+pub fn dump_topic_message_json(topic: &str, m: &TopicMessage) -> Value {
+    let mut v = topic_message_json(topic, m);
+    if let Value::Object(o) = &mut v {
+        o.insert("type".into(), json!("topic_message"));
+    }
+    v
+}

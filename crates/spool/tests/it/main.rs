@@ -1,6 +1,7 @@
 //! End-to-end tests of the `spool` binary (one integration binary per crate).
 
 mod cli;
+mod inspect;
 mod kill9;
 
 use std::path::Path;

@@ -99,7 +99,7 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<Taken>> {
         return Ok(None);
     };
     // 1. The state at a frame boundary, under the store lock.
-    let (payload, covers, ticket, deletable) = {
+    let (payload, covers, ticket, deletable, dead_blobs) = {
         let mut core = shared.lock_core();
         if let Some(cause) = &core.poisoned {
             return Err(Error::Poisoned {
@@ -132,7 +132,8 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<Taken>> {
                 break;
             }
         }
-        (payload, covers, core.last_ticket, deletable)
+        let dead_blobs: Vec<u64> = core.state.dead_blobs.iter().copied().collect();
+        (payload, covers, core.last_ticket, deletable, dead_blobs)
     };
     // 2. The log it covers must be durable first.
     shared.wait_ticket(ticket)?;
@@ -193,6 +194,15 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<Taken>> {
         core.state.ix.forget(seg);
         core.state.seg_live.remove(&seg);
         deleted += 1;
+    }
+    // 5. Blobs no live message refers to, now that a durable checkpoint says so.
+    for b in dead_blobs {
+        if let Err(e) = crate::blob::remove_blob(shared.vfs.as_ref(), &shared.store_dir, b) {
+            let cause = e.to_string();
+            shared.poison(cause.clone());
+            return Err(Error::Poisoned { cause });
+        }
+        shared.lock_core().state.dead_blobs.remove(&b);
     }
     Ok(Some(Taken { gen, deleted }))
 }

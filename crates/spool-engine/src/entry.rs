@@ -69,6 +69,8 @@ pub struct Enqueue {
     /// A copy made by compaction of the record at this location (segment, offset, length):
     /// the message moves there, nothing else changes.
     pub relocated_from: Option<(u64, u32, u32)>,
+    /// The payload is in blob file `blob/<id>.blob` (id, length); `payload` is then empty.
+    pub blob: Option<(u64, u64)>,
 }
 
 /// What a dead letter carries from the queue it left.
@@ -318,7 +320,8 @@ impl Entry {
                 let flags = u8::from(e.subject.is_some())
                     | (u8::from(e.carried.is_some()) << 1)
                     | (u8::from(e.redrive) << 2)
-                    | (u8::from(e.relocated_from.is_some()) << 3);
+                    | (u8::from(e.relocated_from.is_some()) << 3)
+                    | (u8::from(e.blob.is_some()) << 4);
                 put_u8(out, flags);
                 if let Some((seg, off, len)) = e.relocated_from {
                     put_u64(out, seg);
@@ -340,7 +343,15 @@ impl Entry {
                     put_bytes16(out, k.as_bytes());
                     put_bytes32(out, v);
                 }
-                put_bytes32(out, &e.payload);
+                match e.blob {
+                    // The payload field holds the blob's id and length instead.
+                    Some((id, len)) => {
+                        put_u32(out, 16);
+                        put_u64(out, id);
+                        put_u64(out, len);
+                    }
+                    None => put_bytes32(out, &e.payload),
+                }
                 kind::ENQUEUE
             }
             Entry::Lease {
@@ -692,7 +703,7 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             let expires_ms = r.u64()?;
             let visible_ms = r.u64()?;
             let flags = r.u8()?;
-            if flags & !0b1111 != 0 {
+            if flags & !0b1_1111 != 0 {
                 return Err(r.err("unknown enqueue flags"));
             }
             let relocated_from = if flags & 8 != 0 {
@@ -726,7 +737,19 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 let v = Bytes::copy_from_slice(r.bytes32()?);
                 headers.push((k, v));
             }
-            let payload = Bytes::copy_from_slice(r.bytes32()?);
+            let raw = r.bytes32()?;
+            let (payload, blob) = if flags & 16 != 0 {
+                if raw.len() != 16 {
+                    return Err(r.err("a blob reference is not 16 bytes"));
+                }
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&raw[..8]);
+                let id = u64::from_le_bytes(a);
+                a.copy_from_slice(&raw[8..]);
+                (Bytes::new(), Some((id, u64::from_le_bytes(a))))
+            } else {
+                (Bytes::copy_from_slice(raw), None)
+            };
             Entry::Enqueue(Enqueue {
                 queue,
                 id,
@@ -740,6 +763,7 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 carried,
                 redrive: flags & 4 != 0,
                 relocated_from,
+                blob,
             })
         }
         kind::LEASE => Entry::Lease {
@@ -858,6 +882,7 @@ mod tests {
                 }),
                 redrive: false,
                 relocated_from: None,
+                blob: None,
             }),
             Entry::Enqueue(Enqueue {
                 queue: 1,
@@ -872,6 +897,7 @@ mod tests {
                 carried: None,
                 redrive: true,
                 relocated_from: Some((3, 4096, 77)),
+                blob: Some((9, 64 << 20)),
             }),
             Entry::Lease {
                 queue: 1,
@@ -988,6 +1014,7 @@ mod tests {
                         &q.headers,
                         q.carried.is_some()
                     ) + if q.relocated_from.is_some() { 16 } else { 0 }
+                        + if q.blob.is_some() { 16 } else { 0 }
                 );
             }
         }

@@ -57,7 +57,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::RemoveReason;
 pub use error::{Error, Result};
 pub use maint::MaintainReport;
-pub use message::{Message, Push, Receipt};
+pub use message::{BlobRef, Message, Push, Receipt};
 pub use options::{
     Durability, Maintenance, Options, Overflow, QueueConfig, RecoveryPolicy, TopicConfig,
 };

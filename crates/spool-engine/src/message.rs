@@ -117,6 +117,16 @@ pub struct Message {
     pub state: MessageState,
     /// For a dead letter: the queue it came from and its id there.
     pub dead_letter_of: Option<(String, u64)>,
+    /// When the payload is in a blob file (large payloads): its length; `payload` is then
+    /// empty, and [`Store::open_payload`](crate::Store::open_payload) streams it.
+    pub blob: Option<BlobRef>,
+}
+
+/// A payload kept in a blob file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub id: u64,
+    pub len: u64,
 }
 
 /// How a read message's counters are known: from the state (touched), or from its record
@@ -203,6 +213,7 @@ pub(crate) fn read_messages(shared: &Shared, outs: &[Out]) -> Result<Vec<Message
             first_received_at: (first != 0).then_some(first),
             state: o.state,
             dead_letter_of: None,
+            blob: e.blob.map(|(id, len)| BlobRef { id, len }),
         });
     }
     if origins.iter().any(Option::is_some) {

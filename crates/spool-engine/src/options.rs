@@ -19,9 +19,11 @@ pub const GROUP_BYTES_LIMIT: usize = 32 << 20;
 pub const FRAME_BODY_MAX: usize = 128 << 20;
 /// The largest segment size accepted (record offsets are 32-bit).
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
-/// The largest payload a queue or topic may be configured to accept. Larger payloads go to
-/// blob files (a later format addition); until then they must fit, with their batch, in a frame.
-pub const PAYLOAD_MAX: usize = 32 << 20;
+/// The largest payload a queue may be configured to accept (256 MiB). Payloads from
+/// `Options::blob_threshold` on are kept in blob files, streamed, never whole in a frame.
+pub const PAYLOAD_MAX: usize = 256 << 20;
+/// The largest topic payload (topic messages are not stored as blobs).
+pub const TOPIC_PAYLOAD_MAX: usize = 32 << 20;
 /// The largest number of messages in one `push_batch` (bounds the work done under the lock).
 pub const BATCH_LEN_MAX: usize = 100_000;
 /// The largest visibility timeout, delay or TTL accepted: 30 days. Longer values are almost
@@ -93,6 +95,10 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// See `checkpoint_bytes`. Default 10 s.
     pub checkpoint_interval: Duration,
+    /// Queue payloads of at least this many bytes are stored in blob files (streamed in with
+    /// [`Store::push_stream`](crate::Store::push_stream), or moved there by `push`). Default
+    /// 1 MiB.
+    pub blob_threshold: usize,
 }
 
 impl fmt::Debug for Options {
@@ -122,6 +128,7 @@ impl Default for Options {
             maintenance: Maintenance::Background,
             checkpoint_bytes: 32 << 20,
             checkpoint_interval: Duration::from_secs(10),
+            blob_threshold: 1 << 20,
         }
     }
 }
@@ -275,9 +282,9 @@ impl TopicConfig {
     /// Checks the ranges of every field.
     pub fn validate(&self) -> Result<()> {
         check_duration("retention", self.retention)?;
-        if self.max_payload_bytes > PAYLOAD_MAX {
+        if self.max_payload_bytes > TOPIC_PAYLOAD_MAX {
             return Err(Error::InvalidArgument(format!(
-                "max_payload_bytes {} is above the engine's limit of {PAYLOAD_MAX}",
+                "max_payload_bytes {} is above the engine's limit of {TOPIC_PAYLOAD_MAX} for topics",
                 self.max_payload_bytes
             )));
         }

@@ -2,6 +2,7 @@
 //! log entries through a transaction (see `store.rs`), then waits for the commit. Semantics in
 //! `ARCHITECTURE.md` and `../shared/design/engine.md` §2; errors as in `error.rs`.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::entry::{decode_record, Carried, Enqueue, Entry, RecRef, RemoveReason};
@@ -242,6 +243,7 @@ fn move_message(
         }),
         redrive,
         relocated_from: None,
+        blob: record.blob,
     }));
     if let Some(s) = txn.core.state.queues.get(&dst).map(|q| q.signal.clone()) {
         txn.touch(&s);
@@ -376,7 +378,117 @@ impl Store {
     /// once they are durable.
     pub fn push_batch(&self, queue: &str, msgs: Vec<Push>) -> Result<Vec<u64>> {
         name::validate(queue)?;
-        self.commit(|txn| push_txn(txn, queue, msgs, &self.shared().options))
+        let (msgs, blobs) = self.spill_large(msgs)?;
+        let r = self.commit(|txn| push_txn(txn, queue, msgs, &blobs, &self.shared().options));
+        if r.is_err() {
+            self.drop_blobs(&blobs);
+        }
+        r
+    }
+
+    /// Pushes one message whose payload is streamed from `reader` into a blob file (up to
+    /// 256 MiB, never held whole in memory); `meta` gives its priority, delay, TTL, subject
+    /// and headers (its payload must be empty). Returns its id once it is durable: the blob
+    /// file is synced and in place before the log entry that refers to it is written. Read it
+    /// back with [`Store::open_payload`].
+    pub fn push_stream(&self, queue: &str, meta: Push, reader: &mut dyn Read) -> Result<u64> {
+        name::validate(queue)?;
+        if !meta.payload.is_empty() {
+            return Err(Error::InvalidArgument(
+                "push_stream takes its payload from the reader: leave Push::payload empty".into(),
+            ));
+        }
+        let limit = self.payload_limit(queue);
+        let blob = self.write_blob(reader, limit, queue)?;
+        let blobs = vec![Some(blob)];
+        let r = self.commit(|txn| push_txn(txn, queue, vec![meta], &blobs, &self.shared().options));
+        match r {
+            Ok(ids) => ids.first().copied().ok_or(Error::EmptyBatch),
+            Err(e) => {
+                self.drop_blobs(&blobs);
+                Err(e)
+            }
+        }
+    }
+
+    /// A reader of a message's payload: its blob file, streamed and checked chunk by chunk,
+    /// or its bytes.
+    pub fn open_payload(&self, msg: &Message) -> Result<Box<dyn Read + Send>> {
+        match msg.blob {
+            None => Ok(Box::new(std::io::Cursor::new(msg.payload.clone()))),
+            Some(b) => {
+                let sh = self.shared();
+                let r =
+                    crate::blob::BlobReader::open(sh.vfs.clone(), &sh.store_dir, sh.store_id, b.id)
+                        .map_err(crate::store::blob_err)?;
+                Ok(Box::new(r))
+            }
+        }
+    }
+
+    /// The largest payload queue `queue` takes (its config, or the default one).
+    fn payload_limit(&self, queue: &str) -> usize {
+        let core = self.shared().lock_core();
+        core.state
+            .queue_by_name(queue)
+            .map_or(self.shared().options.default_queue.max_payload_bytes, |q| {
+                q.config.max_payload_bytes
+            })
+    }
+
+    /// Streams `reader` into a new blob file (durable when this returns).
+    fn write_blob(&self, reader: &mut dyn Read, limit: usize, queue: &str) -> Result<(u64, u64)> {
+        let sh = self.shared();
+        let id = sh
+            .next_blob
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut w = crate::blob::BlobWriter::create(sh.vfs.clone(), &sh.store_dir, sh.store_id, id)
+            .map_err(crate::store::blob_err)?;
+        let mut limited = reader.take(limit as u64 + 1);
+        let n = w.write_from(&mut limited).map_err(crate::store::blob_err)?;
+        if n > limit as u64 {
+            w.abort();
+            return Err(Error::PayloadTooLarge {
+                target: queue.to_string(),
+                size: usize::try_from(n).unwrap_or(usize::MAX),
+                max: limit,
+            });
+        }
+        let info = w.finish().map_err(crate::store::blob_err)?;
+        Ok((info.id, info.len))
+    }
+
+    /// Moves payloads of at least `blob_threshold` bytes to blob files (before the
+    /// transaction: a blob is durable before the entry that refers to it).
+    fn spill_large(&self, mut msgs: Vec<Push>) -> Result<(Vec<Push>, Vec<BlobSlot>)> {
+        let threshold = self.shared().options.blob_threshold;
+        if msgs.iter().all(|m| m.payload.len() < threshold) {
+            return Ok((msgs, Vec::new()));
+        }
+        let mut blobs = Vec::with_capacity(msgs.len());
+        for m in &mut msgs {
+            if m.payload.len() < threshold {
+                blobs.push(None);
+                continue;
+            }
+            let payload = std::mem::take(&mut m.payload);
+            match self.write_blob(&mut payload.as_ref(), usize::MAX - 1, "") {
+                Ok(b) => blobs.push(Some(b)),
+                Err(e) => {
+                    self.drop_blobs(&blobs);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((msgs, blobs))
+    }
+
+    /// Removes blob files written for a push that failed (best effort: open removes orphans).
+    fn drop_blobs(&self, blobs: &[Option<(u64, u64)>]) {
+        let sh = self.shared();
+        for (id, _) in blobs.iter().flatten() {
+            let _ = crate::blob::remove_blob(sh.vfs.as_ref(), &sh.store_dir, *id);
+        }
     }
 
     /// [`Store::push`] for async callers: the future resolves once the message is durable.
@@ -387,9 +499,12 @@ impl Store {
     /// [`Store::push_batch`] for async callers.
     pub fn push_batch_async(&self, queue: &str, msgs: Vec<Push>) -> Committed<Vec<u64>> {
         let opts = &self.shared().options;
+        // Large payloads are written to blob files first (on the calling thread).
+        let spilled = self.spill_large(msgs);
         self.commit_async(|txn| {
             name::validate(queue)?;
-            push_txn(txn, queue, msgs, opts)
+            let (msgs, blobs) = spilled?;
+            push_txn(txn, queue, msgs, &blobs, opts)
         })
     }
 
@@ -880,12 +995,17 @@ impl Store {
     }
 }
 
+/// Per message of a push: the blob its payload was written to (id, length), if any.
+type BlobSlot = Option<(u64, u64)>;
+
 fn push_txn(
     txn: &mut Txn<'_>,
     queue: &str,
     msgs: Vec<Push>,
+    blobs: &[Option<(u64, u64)>],
     opts: &crate::options::Options,
 ) -> Result<Vec<u64>> {
+    let blob_of = |i: usize| blobs.get(i).copied().flatten();
     if msgs.is_empty() {
         return Err(Error::EmptyBatch);
     }
@@ -908,11 +1028,12 @@ fn push_txn(
     let mut new_bytes = 0u64;
     let mut min_prio = u8::MAX;
     let mut plans = Vec::with_capacity(msgs.len());
-    for m in &msgs {
-        if m.payload.len() > config.max_payload_bytes {
+    for (i, m) in msgs.iter().enumerate() {
+        let plen = blob_of(i).map_or(m.payload.len(), |(_, len)| len as usize);
+        if plen > config.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
                 target: queue.to_string(),
-                size: m.payload.len(),
+                size: plen,
                 max: config.max_payload_bytes,
             });
         }
@@ -938,8 +1059,13 @@ fn push_txn(
             Some(t) => Some(check_duration("ttl", t)?),
             None => config.retention.map(|r| r.as_millis() as u64),
         };
-        encoded += Entry::enqueue_len(m.payload.len(), m.subject.as_deref(), &m.headers, false);
-        new_bytes += (m.payload.len()
+        encoded += Entry::enqueue_len(
+            if blob_of(i).is_some() { 16 } else { plen },
+            m.subject.as_deref(),
+            &m.headers,
+            false,
+        );
+        new_bytes += (plen
             + m.subject.as_ref().map_or(0, String::len)
             + m.headers
                 .iter()
@@ -1031,7 +1157,7 @@ fn push_txn(
     }
     let now = txn.now;
     let mut ids = Vec::with_capacity(msgs.len());
-    for (m, (delay, ttl)) in msgs.into_iter().zip(plans) {
+    for (i, (m, (delay, ttl))) in msgs.into_iter().zip(plans).enumerate() {
         let id = txn.core.state.next_msg_id;
         txn.emit(Entry::Enqueue(Enqueue {
             queue: qid,
@@ -1046,6 +1172,7 @@ fn push_txn(
             carried: None,
             redrive: false,
             relocated_from: None,
+            blob: blob_of(i),
         }));
         ids.push(id);
     }

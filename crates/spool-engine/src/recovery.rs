@@ -98,6 +98,9 @@ pub struct RecoveryReport {
     pub checkpoint_problems: Vec<String>,
     /// Index files of sealed segments found missing or bad and rebuilt.
     pub indexes_rebuilt: u64,
+    /// Blob files no live message refers to, removed (a push cut by a crash before it was
+    /// durable, or a deletion cut short).
+    pub orphan_blobs_removed: u64,
     /// Milliseconds recovery took.
     pub duration_ms: u64,
 }

@@ -53,7 +53,7 @@ pub(crate) struct At {
 
 /// The bytes a message counts against its queue's capacity.
 pub(crate) fn message_size(e: &Enqueue) -> u64 {
-    (e.payload.len()
+    (e.blob.map_or(e.payload.len(), |(_, len)| len as usize)
         + e.subject.as_ref().map_or(0, String::len)
         + e.headers
             .iter()
@@ -620,6 +620,12 @@ pub(crate) struct State {
     pub entries_applied: u64,
     /// The segment indexes (stream entries).
     pub ix: IndexStore,
+    /// Messages whose payload is in a blob file: (queue, id) -> blob id.
+    pub msg_blob: HashMap<(u32, u64), u64>,
+    /// Live messages per blob (a dead letter's copy shares its original's blob).
+    pub blob_refs: HashMap<u64, u32>,
+    /// Blobs no live message refers to any more: deleted once a checkpoint covers that.
+    pub dead_blobs: BTreeSet<u64>,
 }
 
 fn rec_of(e: &Enqueue, at: At) -> RecRef {
@@ -711,6 +717,26 @@ impl State {
         }
     }
 
+    fn ref_blob(&mut self, queue: u32, id: u64, blob: u64) {
+        if self.msg_blob.insert((queue, id), blob).is_none() {
+            *self.blob_refs.entry(blob).or_default() += 1;
+            self.dead_blobs.remove(&blob);
+        }
+    }
+
+    fn unref_blob(&mut self, queue: u32, id: u64) {
+        let Some(blob) = self.msg_blob.remove(&(queue, id)) else {
+            return;
+        };
+        if let Some(n) = self.blob_refs.get_mut(&blob) {
+            *n -= 1;
+            if *n == 0 {
+                self.blob_refs.remove(&blob);
+                self.dead_blobs.insert(blob);
+            }
+        }
+    }
+
     fn release(&mut self, r: &Released) {
         for &(seg, n, len) in &r.per_seg {
             self.live_sub_n(seg, n, len);
@@ -738,6 +764,15 @@ impl State {
                 }
             }
             Entry::QueueDrop { queue } => {
+                let blobs: Vec<u64> = self
+                    .msg_blob
+                    .keys()
+                    .filter(|(q, _)| *q == queue)
+                    .map(|(_, id)| *id)
+                    .collect();
+                for id in blobs {
+                    self.unref_blob(queue, id);
+                }
                 if let Some(q) = self.queues.remove(&queue) {
                     self.queue_ids.remove(&q.name);
                     for lane in q.lanes.values() {
@@ -861,6 +896,7 @@ impl State {
                     RemoveReason::Redriven => {}
                 }
                 self.live_sub(&rec);
+                self.unref_blob(queue, id);
             }
             Entry::Purge { queue, below_id } => {
                 let Some(q) = self.queues.get_mut(&queue) else {
@@ -884,6 +920,15 @@ impl State {
                 }
                 q.counters.purged +=
                     gone.len() as u64 + released.iter().map(|r| r.count).sum::<u64>();
+                let blobs: Vec<u64> = self
+                    .msg_blob
+                    .keys()
+                    .filter(|(q, id)| *q == queue && *id < below_id)
+                    .map(|(_, id)| *id)
+                    .collect();
+                for id in blobs {
+                    self.unref_blob(queue, id);
+                }
                 for rec in gone {
                     self.live_sub(&rec);
                 }
@@ -1101,6 +1146,12 @@ impl State {
         if !added {
             return;
         }
+        if let Some((blob, _)) = e.blob {
+            self.ref_blob(e.queue, e.id, blob);
+        }
+        let Some(q) = self.queues.get_mut(&e.queue) else {
+            return;
+        };
         if e.relocated_from.is_some() {
             // Counted when it was pushed.
         } else if e.carried.is_some() {
@@ -1172,6 +1223,18 @@ impl State {
             e.u64(l.records);
             e.u64(l.bytes);
             e.u64(l.total_bytes);
+        }
+        let mut blobs: Vec<(&(u32, u64), &u64)> = self.msg_blob.iter().collect();
+        blobs.sort_unstable();
+        e.len(blobs.len());
+        for ((q, id), b) in blobs {
+            e.u32(*q);
+            e.u64(*id);
+            e.u64(*b);
+        }
+        e.len(self.dead_blobs.len());
+        for b in &self.dead_blobs {
+            e.u64(*b);
         }
         let mut qids: Vec<&u32> = self.queues.keys().collect();
         qids.sort_unstable();
@@ -1277,6 +1340,13 @@ impl State {
             ix,
             ..State::default()
         };
+        for _ in 0..d.len(20)? {
+            let (q, id, b) = (d.u32()?, d.u64()?, d.u64()?);
+            state.ref_blob(q, id, b);
+        }
+        for _ in 0..d.len(8)? {
+            state.dead_blobs.insert(d.u64()?);
+        }
         for _ in 0..d.len(8)? {
             let Ok(Entry::QueueDef {
                 queue: id,

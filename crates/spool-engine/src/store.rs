@@ -89,6 +89,17 @@ impl Handle {
     }
 }
 
+pub(crate) fn blob_err(e: crate::blob::BlobError) -> Error {
+    use crate::blob::BlobError;
+    match e {
+        BlobError::Io { op, path, source } => Error::io(op, path, source),
+        other => Error::Format {
+            path: std::path::PathBuf::new(),
+            reason: other.to_string(),
+        },
+    }
+}
+
 /// How long `open` retries a held lock before it reports [`Error::Locked`].
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -175,6 +186,19 @@ impl Store {
             vfs.sync_dir(d)
                 .map_err(|e| Error::io("sync directory", d, e))?;
         }
+        // Blobs: what a crash left half written goes; a blob no live message refers to (written
+        // for a push that never became durable, or whose deletion a crash cut short) goes too.
+        let mut recovered = recovered;
+        crate::blob::wipe_tmp(vfs.as_ref(), &dir).map_err(blob_err)?;
+        let blobs = crate::blob::list_blobs(vfs.as_ref(), &dir).map_err(blob_err)?;
+        let next_blob = blobs.iter().max().map_or(1, |m| m + 1);
+        for b in blobs {
+            if !recovered.state.blob_refs.contains_key(&b) {
+                crate::blob::remove_blob(vfs.as_ref(), &dir, b).map_err(blob_err)?;
+                recovered.report.orphan_blobs_removed += 1;
+            }
+        }
+        recovered.state.dead_blobs.clear();
         let active = recovered.active;
         let tail = (active.seg_id, active.offset);
         let shared = Arc::new(Shared {
@@ -197,7 +221,10 @@ impl Store {
             }),
             reader: LogReader::new(vfs.clone(), &log_dir),
             vfs: vfs.clone(),
+            store_dir: dir.clone(),
             log_dir: log_dir.clone(),
+            store_id: format.store_id,
+            next_blob: AtomicU64::new(next_blob),
             maint_cv: Condvar::new(),
             ckpt: Mutex::new(ckpt_state),
             work_cv: Condvar::new(),

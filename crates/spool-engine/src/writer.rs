@@ -199,7 +199,12 @@ pub(crate) struct Shared {
     /// Reads records back from the log files.
     pub reader: crate::reader::LogReader,
     pub vfs: Arc<dyn crate::vfs::Vfs>,
+    pub store_dir: std::path::PathBuf,
     pub log_dir: std::path::PathBuf,
+    pub store_id: u64,
+    /// The next blob id (blob files are named by it; never reused while the store is open,
+    /// and above every blob file found at open).
+    pub next_blob: AtomicU64,
     /// The maintenance thread waits on it.
     pub maint_cv: Condvar,
     /// Checkpoint bookkeeping (`None` when checkpoints are off).

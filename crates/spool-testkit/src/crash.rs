@@ -1089,6 +1089,7 @@ impl TMsg {
             first_received_at: self.first_received_at,
             state,
             dead_letter_of,
+            blob: None,
         }
     }
 }

@@ -555,6 +555,7 @@ impl Model {
             first_received_at: (m.first_received_ms != 0).then_some(m.first_received_ms),
             state: m.state,
             dead_letter_of: origin_name.zip(m.origin.map(|(_, id)| id)),
+            blob: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests of the engine through its public API (one binary, as rust-analyzer does).
 
+mod blobs;
 mod checkpoint;
 mod corruption;
 mod queue;

@@ -444,9 +444,10 @@ fn dump(cli: &Cli, a: &DumpArgs) -> Result<()> {
         let mut after = a.from_id.saturating_sub(1);
         while left > 0 {
             let n = usize::try_from(left).map_or(PAGE, |l| l.min(PAGE));
-            let page = store
+            let mut page = store
                 .messages_page(q, after, n)
                 .with_context(|| format!("cannot read queue {q:?}"))?;
+            inline_blobs(&store, &mut page)?;
             for m in &page {
                 writeln!(out, "{}", dump_message_json(q, m))?;
                 after = m.id;
@@ -893,6 +894,21 @@ fn headers_of(f: &Fields<'_>) -> Result<Vec<(String, Bytes)>> {
 
 // --- copying into a store: import and salvage ------------------------------------------------
 
+/// Reads the payloads kept in blob files into the messages (export, dump and salvage print
+/// or copy them whole).
+fn inline_blobs(store: &Store, msgs: &mut [Message]) -> Result<()> {
+    for m in msgs.iter_mut() {
+        if m.blob.is_some() {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut store.open_payload(m)?, &mut buf)
+                .with_context(|| format!("reading the payload of message {}", m.id))?;
+            m.payload = Bytes::from(buf);
+            m.blob = None;
+        }
+    }
+    Ok(())
+}
+
 /// A message to put into the destination store.
 struct Msg {
     priority: u8,
@@ -1243,9 +1259,10 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
     for q in &queues {
         let mut after = 0;
         loop {
-            let page = store
+            let mut page = store
                 .messages_page(q, after, PAGE)
                 .with_context(|| format!("cannot read queue {q:?} (to copy what is readable of a damaged store, use `spool inspect salvage`)"))?;
+            inline_blobs(&store, &mut page)?;
             for m in &page {
                 writeln!(out, "{}", dump_message_json(q, m))?;
                 after = m.id;
@@ -1594,8 +1611,9 @@ fn salvage_queue(
     loop {
         let n = if single > 0 { 1 } else { PAGE };
         match store.messages_page(queue, after, n) {
-            Ok(page) => {
+            Ok(mut page) => {
                 let len = page.len();
+                inline_blobs(store, &mut page)?;
                 for m in page {
                     after = m.id;
                     f(m)?;

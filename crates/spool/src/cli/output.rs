@@ -30,7 +30,13 @@ pub fn message_json(m: &Message) -> Value {
         m.receipt
             .map_or(Value::Null, |r| Value::String(r.to_string())),
     );
-    put_payload(&mut o, &m.payload);
+    match m.blob {
+        // A large payload stays in its blob file: `spool inspect dump` prints it whole.
+        Some(b) => {
+            o.insert("payload_blob_bytes".into(), json!(b.len));
+        }
+        None => put_payload(&mut o, &m.payload),
+    }
     o.insert("priority".into(), json!(m.priority));
     o.insert("subject".into(), json!(m.subject));
     let headers: Map<String, Value> = m
@@ -77,7 +83,10 @@ pub fn print_messages(out: &mut impl Write, msgs: &[Message], json: bool) -> std
             let key = m
                 .receipt
                 .map_or_else(|| m.id.to_string(), |r| r.to_string());
-            writeln!(out, "{key}\t{}", payload_text(&m.payload))?;
+            match m.blob {
+                Some(b) => writeln!(out, "{key}\t<payload of {} bytes in a blob file>", b.len)?,
+                None => writeln!(out, "{key}\t{}", payload_text(&m.payload))?,
+            }
         }
     }
     Ok(())

@@ -34,6 +34,13 @@ pub struct PushArgs {
     /// Subject (e.g. an MQTT topic)
     #[arg(long)]
     pub subject: Option<String>,
+    /// Stream the payload from this file (any size up to the queue's max_payload_bytes, at
+    /// most 256 MiB; never held whole in memory: it goes to a blob file)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["payload", "lines", "stream"])]
+    pub file: Option<std::path::PathBuf>,
+    /// Stream the payload from stdin into a blob file instead of reading it into memory
+    #[arg(long, conflicts_with_all = ["payload", "lines"])]
+    pub stream: bool,
 }
 
 impl PushArgs {
@@ -83,10 +90,22 @@ pub fn push(cli: &Cli, a: &PushArgs) -> Result<()> {
         store.close()?;
         return Ok(());
     }
-    let payload = super::payload_or_stdin(a.payload.as_deref())?;
-    let id = store
-        .push(&a.queue, a.message(payload))
-        .with_context(|| format!("cannot push to queue {:?}", a.queue))?;
+    let id = if let Some(path) = &a.file {
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("cannot read the payload file {}", path.display()))?;
+        store
+            .push_stream(&a.queue, a.message(Vec::new()), &mut f)
+            .with_context(|| format!("cannot push to queue {:?}", a.queue))?
+    } else if a.stream {
+        store
+            .push_stream(&a.queue, a.message(Vec::new()), &mut io::stdin().lock())
+            .with_context(|| format!("cannot push to queue {:?}", a.queue))?
+    } else {
+        let payload = super::payload_or_stdin(a.payload.as_deref())?;
+        store
+            .push(&a.queue, a.message(payload))
+            .with_context(|| format!("cannot push to queue {:?}", a.queue))?
+    };
     writeln!(out, "{id}")?;
     store.close()?;
     Ok(())

@@ -493,6 +493,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     base: usize,
+    /// The buffer `buf` lies in, when payloads may share it instead of being copied.
+    src: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
@@ -542,6 +544,14 @@ impl<'a> Reader<'a> {
     fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    /// `b` (a slice of this reader's buffer) as `Bytes`: sharing the source buffer when
+    /// there is one, else copied.
+    fn shared(&self, b: &[u8]) -> Bytes {
+        match self.src {
+            Some(src) => src.slice_ref(b),
+            None => Bytes::copy_from_slice(b),
+        }
     }
     fn rec(&mut self) -> Result<Option<RecRef>, DecodeError> {
         match self.u8()? {
@@ -683,10 +693,40 @@ pub fn decode_record(bytes: &[u8]) -> Result<Entry, DecodeError> {
 }
 
 fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> {
+    decode_one_in(kind, body, base, None)
+}
+
+/// [`decode_record`] of a record held in `bytes`: its payload and header values share that
+/// buffer instead of being copied.
+pub fn decode_record_shared(bytes: &Bytes) -> Result<Entry, DecodeError> {
+    let b: &[u8] = bytes;
+    if b.len() < ENTRY_HEADER_LEN {
+        return Err(DecodeError {
+            offset: 0,
+            reason: "entry header ends early",
+        });
+    }
+    let len = u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as usize;
+    if b.len() - ENTRY_HEADER_LEN != len {
+        return Err(DecodeError {
+            offset: 0,
+            reason: "not exactly one entry",
+        });
+    }
+    decode_one_in(b[0], &b[ENTRY_HEADER_LEN..], ENTRY_HEADER_LEN, Some(bytes))
+}
+
+fn decode_one_in(
+    kind: u8,
+    body: &[u8],
+    base: usize,
+    src: Option<&Bytes>,
+) -> Result<Entry, DecodeError> {
     let mut r = Reader {
         buf: body,
         pos: 0,
         base,
+        src,
     };
     let e = match kind {
         kind::QUEUE_DEF => Entry::QueueDef {
@@ -734,7 +774,8 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 let k = r.bytes16()?;
                 let k =
                     String::from_utf8(k.to_vec()).map_err(|_| r.err("header name is not UTF-8"))?;
-                let v = Bytes::copy_from_slice(r.bytes32()?);
+                let v = r.bytes32()?;
+                let v = r.shared(v);
                 headers.push((k, v));
             }
             let raw = r.bytes32()?;
@@ -748,7 +789,7 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
                 a.copy_from_slice(&raw[8..]);
                 (Bytes::new(), Some((id, u64::from_le_bytes(a))))
             } else {
-                (Bytes::copy_from_slice(raw), None)
+                (r.shared(raw), None)
             };
             Entry::Enqueue(Enqueue {
                 queue,
@@ -809,7 +850,10 @@ fn decode_one(kind: u8, body: &[u8], base: usize) -> Result<Entry, DecodeError> 
             topic: r.u32()?,
             seq: r.u64()?,
             published_ms: r.u64()?,
-            payload: Bytes::copy_from_slice(r.bytes32()?),
+            payload: {
+                let p = r.bytes32()?;
+                r.shared(p)
+            },
         },
         kind::CURSOR => Entry::Cursor {
             topic: r.u32()?,

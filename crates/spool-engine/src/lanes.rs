@@ -611,7 +611,23 @@ impl Stream {
         else {
             return false;
         };
-        self.dead.insert(id);
+        // The usual case on the live path: the message is the front a read just found (every
+        // run that could hold a smaller id has its read-ahead past it). The floor moves to it
+        // directly. Otherwise (replay, or out of order) the dead set takes it.
+        let at_front = self.runs[ri].buf.front().is_some_and(|e| e.id == id)
+            && self
+                .runs
+                .iter()
+                .all(|r| r.lo > id || r.buf.front().is_some_and(|e| e.id >= id));
+        if at_front {
+            self.floor = id;
+            self.runs[ri].buf.pop_front();
+            if self.dead.first().is_some_and(|&d| d <= id) {
+                self.dead = self.dead.split_off(&id.saturating_add(1));
+            }
+        } else {
+            self.dead.insert(id);
+        }
         self.descents.remove(&(enqueued_ms, id));
         let size = u64::from(size & !SIZE_CARRIED);
         let r = &mut self.runs[ri];

@@ -152,7 +152,12 @@ pub(crate) fn write_indexes(shared: &Shared) -> Result<u64> {
     let todo = {
         let mut core = shared.lock_core();
         core.maint_wanted = false;
-        core.state.ix.unwritten()
+        // Only segments the writer has finished: once the RAM copy is dropped, a reader
+        // checks the file against the segment's length, which must be final by then.
+        let done_before = core.committed_pos.0;
+        let mut v = core.state.ix.unwritten();
+        v.retain(|i| i.seg_id < done_before);
+        v
     };
     let mut n = 0;
     for idx in todo {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::entry::{decode_record, Entry, RecRef};
+use crate::entry::{decode_record_shared, Entry, RecRef};
 use crate::error::Error;
 use crate::state::MessageState;
 use crate::writer::Shared;
@@ -175,7 +175,7 @@ pub(crate) fn read_messages(shared: &Shared, outs: &[Out]) -> Result<Vec<Message
     let mut msgs = Vec::with_capacity(outs.len());
     let mut origins = Vec::with_capacity(outs.len());
     for (o, b) in outs.iter().zip(bytes) {
-        let e = match decode_record(&b) {
+        let e = match decode_record_shared(&b) {
             Ok(Entry::Enqueue(e)) if e.id == o.id => e,
             Ok(Entry::Enqueue(e)) => {
                 return Err(damaged(

@@ -100,10 +100,10 @@ impl LogReader {
 
     /// Reads several records (checked), in the order given. Records close to each other in
     /// the same segment share one read.
-    pub fn read_many(&self, recs: &[RecRef]) -> Result<Vec<Vec<u8>>> {
+    pub fn read_many(&self, recs: &[RecRef]) -> Result<Vec<bytes::Bytes>> {
         let mut order: Vec<usize> = (0..recs.len()).collect();
         order.sort_unstable_by_key(|&i| (recs[i].seg, recs[i].off));
-        let mut out: Vec<Vec<u8>> = vec![Vec::new(); recs.len()];
+        let mut out: Vec<bytes::Bytes> = vec![bytes::Bytes::new(); recs.len()];
         let mut i = 0;
         while i < order.len() {
             let first = recs[order[i]];
@@ -126,12 +126,14 @@ impl LogReader {
             let mut buf = vec![0u8; (end - start) as usize];
             f.read_exact_at(&mut buf, start)
                 .map_err(|e| self.read_error(&first, &e))?;
+            // One buffer for the group: each record is a slice of it (no copy).
+            let buf = bytes::Bytes::from(buf);
             for &k in &order[i..j] {
                 let r = recs[k];
                 let from = (u64::from(r.off) - start) as usize;
-                let bytes = &buf[from..from + r.len as usize];
-                Self::check(&r, bytes)?;
-                out[k] = bytes.to_vec();
+                let bytes = buf.slice(from..from + r.len as usize);
+                Self::check(&r, &bytes)?;
+                out[k] = bytes;
             }
             i = j;
         }

@@ -30,6 +30,7 @@ use crate::lanes::{index_entry, IndexStore, Released, Stream, StreamEntry};
 use crate::options::{QueueConfig, TopicConfig};
 use crate::segindex::{LaneKey, SIZE_CARRIED};
 use crate::signal::Signal;
+use rustc_hash::FxHashMap;
 
 /// Where a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +163,7 @@ pub(crate) struct Queue {
     pub config: QueueConfig,
     /// Lanes by priority, highest first.
     pub lanes: BTreeMap<Reverse<u8>, Lane>,
-    pub touched: HashMap<u64, Touched>,
+    pub touched: FxHashMap<u64, Touched>,
     touched_bytes: u64,
     delayed: BTreeSet<(u64, u64)>,
     leased: BTreeSet<(u64, u64)>,
@@ -177,7 +178,7 @@ impl Queue {
             name,
             config,
             lanes: BTreeMap::new(),
-            touched: HashMap::new(),
+            touched: FxHashMap::default(),
             touched_bytes: 0,
             delayed: BTreeSet::new(),
             leased: BTreeSet::new(),

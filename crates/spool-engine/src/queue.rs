@@ -251,7 +251,7 @@ fn move_message(
     Ok(Some(new_id))
 }
 
-fn queue_id_of(queues: &std::collections::HashMap<u32, Queue>, name: &str) -> Result<u32> {
+fn queue_id_of(queues: &rustc_hash::FxHashMap<u32, Queue>, name: &str) -> Result<u32> {
     queues
         .iter()
         .find(|(_, q)| q.name == name)

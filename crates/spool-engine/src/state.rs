@@ -606,10 +606,10 @@ pub(crate) struct SegLive {
 /// The whole in-memory state.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub queues: HashMap<u32, Queue>,
-    pub queue_ids: HashMap<String, u32>,
-    pub topics: HashMap<u32, Topic>,
-    pub topic_ids: HashMap<String, u32>,
+    pub queues: FxHashMap<u32, Queue>,
+    pub queue_ids: FxHashMap<String, u32>,
+    pub topics: FxHashMap<u32, Topic>,
+    pub topic_ids: FxHashMap<String, u32>,
     pub next_queue_id: u32,
     pub next_topic_id: u32,
     pub next_msg_id: u64,
@@ -622,7 +622,7 @@ pub(crate) struct State {
     /// The segment indexes (stream entries).
     pub ix: IndexStore,
     /// Messages whose payload is in a blob file: (queue, id) -> blob id.
-    pub msg_blob: HashMap<(u32, u64), u64>,
+    pub msg_blob: FxHashMap<(u32, u64), u64>,
     /// Live messages per blob (a dead letter's copy shares its original's blob).
     pub blob_refs: HashMap<u64, u32>,
     /// Blobs no live message refers to any more: deleted once a checkpoint covers that.
@@ -701,7 +701,11 @@ impl State {
     }
 
     fn live_add(&mut self, rec: &RecRef) {
-        let s = self.seg_live.entry(rec.seg).or_default();
+        // Records nearly always go to the newest segment: its entry is the last one.
+        let s = match self.seg_live.last_entry() {
+            Some(e) if *e.key() == rec.seg => e.into_mut(),
+            _ => self.seg_live.entry(rec.seg).or_default(),
+        };
         s.records += 1;
         s.bytes += u64::from(rec.len);
         s.total_bytes += u64::from(rec.len);
@@ -726,6 +730,9 @@ impl State {
     }
 
     fn unref_blob(&mut self, queue: u32, id: u64) {
+        if self.msg_blob.is_empty() {
+            return;
+        }
         let Some(blob) = self.msg_blob.remove(&(queue, id)) else {
             return;
         };
@@ -815,7 +822,9 @@ impl State {
                     if !taken {
                         return;
                     }
-                    q.add_touched(
+                    // Not attached anywhere yet: `attach` below puts it in the leased set.
+                    q.touched_bytes += rec.bytes();
+                    q.touched.insert(
                         id,
                         Touched {
                             rec,
@@ -827,7 +836,6 @@ impl State {
                             delivered: false,
                         },
                     );
-                    q.detach(id);
                 }
                 if let Some(t) = q.touched.get_mut(&id) {
                     t.receive_count = receive_count;

@@ -281,6 +281,7 @@ fn put_queue_config(out: &mut Vec<u8>, c: &QueueConfig) {
         },
     );
     put_u32(out, c.max_payload_bytes as u32);
+    put_u64(out, c.max_in_flight);
 }
 
 fn put_topic_config(out: &mut Vec<u8>, c: &TopicConfig) {
@@ -606,6 +607,7 @@ fn queue_config(r: &mut Reader<'_>) -> Result<QueueConfig, DecodeError> {
         _ => return Err(r.err("unknown overflow policy")),
     };
     let max_payload_bytes = r.u32()? as usize;
+    let max_in_flight = r.u64()?;
     Ok(QueueConfig {
         visibility,
         delay,
@@ -616,6 +618,7 @@ fn queue_config(r: &mut Reader<'_>) -> Result<QueueConfig, DecodeError> {
         max_bytes,
         overflow,
         max_payload_bytes,
+        max_in_flight,
     })
 }
 

@@ -71,6 +71,11 @@ pub enum Error {
     #[error("queue {queue:?} is full ({limit}); consume or purge it, raise its capacity, or set overflow to evict-lowest-priority")]
     Full { queue: String, limit: String },
 
+    /// The queue holds `max_in_flight` messages in memory one by one (leased, delayed, or
+    /// ready again after a lease).
+    #[error("queue {queue:?} has {limit} messages leased, delayed or waiting for redelivery (its max_in_flight); ack or nack leased messages, or raise max_in_flight in the queue config")]
+    InFlightLimit { queue: String, limit: u64 },
+
     /// `dead`/`redrive` on a queue without a dead-letter queue.
     #[error("queue {queue:?} has no dead-letter queue; set dead_letter_queue (or max_receives) in its config")]
     NoDeadLetterQueue { queue: String },

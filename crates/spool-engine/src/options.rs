@@ -191,6 +191,12 @@ pub struct QueueConfig {
     pub overflow: Overflow,
     /// Largest payload accepted. Default 1 MiB, at most [`PAYLOAD_MAX`].
     pub max_payload_bytes: usize,
+    /// Most messages held in memory one by one: leased, delayed (pushed with a delay or nacked
+    /// with one) or ready again after a lease; 0 = unbounded. The backlog never handed out is
+    /// not counted (it stays on disk). At the bound, `lease` of a new message and `push` with
+    /// a delay fail with [`Error::InFlightLimit`](crate::Error::InFlightLimit). Default
+    /// 100,000 (about 10 MB).
+    pub max_in_flight: u64,
 }
 
 impl Default for QueueConfig {
@@ -205,6 +211,7 @@ impl Default for QueueConfig {
             max_bytes: 0,
             overflow: Overflow::Reject,
             max_payload_bytes: 1 << 20,
+            max_in_flight: 100_000,
         }
     }
 }

@@ -1074,6 +1074,19 @@ fn push_txn(
         min_prio = min_prio.min(m.priority);
         plans.push((delay, ttl));
     }
+    // Delayed messages are held in memory one by one: bounded by max_in_flight.
+    if config.max_in_flight > 0 {
+        let delayed = plans.iter().filter(|(delay, _)| *delay > 0).count() as u64;
+        let held = existing
+            .and_then(|id| txn.core.state.queues.get(&id))
+            .map_or(0, |q| q.touched.len() as u64);
+        if delayed > 0 && held + delayed > config.max_in_flight {
+            return Err(Error::InFlightLimit {
+                queue: queue.to_string(),
+                limit: config.max_in_flight,
+            });
+        }
+    }
     // Headroom for the queue definition and evictions sharing the frame.
     let limit = TXN_BYTES_MAX - (1 << 20);
     if encoded > limit {
@@ -1228,6 +1241,17 @@ fn lease_txn(
         };
         let vis = vis.unwrap_or(q.config.visibility.as_millis() as u64);
         let max_receives = q.config.max_receives;
+        let limit = q.config.max_in_flight;
+        if limit > 0 && matches!(f, Found::Stream(_)) && q.touched.len() as u64 >= limit {
+            // A new message would be held in memory one by one: the bound is reached.
+            if out.is_empty() {
+                return Err(Error::InFlightLimit {
+                    queue: queue.to_string(),
+                    limit,
+                });
+            }
+            break;
+        }
         let rec = f.rec();
         let from_stream = Some(f.rec());
         let (mut receive_count, mut lease_gen, mut first_received_ms, priority) = match &f {

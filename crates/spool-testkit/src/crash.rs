@@ -2581,6 +2581,7 @@ impl Gen {
                 Overflow::EvictLowestPriority
             },
             max_payload_bytes: if r.chance(1, 20) { 256 } else { 1 << 20 },
+            max_in_flight: 0,
         }
     }
 

@@ -204,6 +204,7 @@ fn queue_config() -> impl Strategy<Value = QueueConfig> {
                     max_bytes,
                     overflow,
                     max_payload_bytes: SMALL_PAYLOAD_MAX,
+                    max_in_flight: 0,
                 }
             },
         )

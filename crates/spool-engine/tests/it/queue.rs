@@ -470,3 +470,39 @@ fn everything_pushed_is_leased_with_the_background_maintenance_racing_the_writer
         assert_eq!((got, st.messages), (n, 0), "round {round}: {st:?}");
     }
 }
+
+#[test]
+fn messages_held_in_memory_one_by_one_are_bounded_with_a_clear_error() {
+    let env = crate::Env::new();
+    let s = env.open();
+    s.create_queue(
+        "q",
+        QueueConfig {
+            max_in_flight: 3,
+            ..QueueConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        s.push("q", Push::new(format!("m{i}"))).unwrap();
+    }
+    // A lease stops at the bound; the next one is refused with a clear error.
+    let got = s.lease("q", 10, None).unwrap();
+    assert_eq!(got.len(), 3);
+    let e = s.lease("q", 1, None).unwrap_err();
+    assert!(matches!(e, Error::InFlightLimit { limit: 3, .. }), "{e}");
+    assert!(e.to_string().contains("max_in_flight"), "{e}");
+    // A push with a delay would add one more: refused, nothing pushed.
+    let e = s
+        .push("q", Push::new("later").delay(Duration::from_secs(5)))
+        .unwrap_err();
+    assert!(matches!(e, Error::InFlightLimit { .. }), "{e}");
+    assert_eq!(s.stats("q").unwrap().messages, 5);
+    // A nacked message is already held: it can be leased again at the bound.
+    s.nack("q", got[0].receipt.unwrap(), Duration::ZERO, None)
+        .unwrap();
+    assert_eq!(s.lease("q", 10, None).unwrap().len(), 1);
+    // An ack frees a place.
+    s.ack("q", got[1].receipt.unwrap()).unwrap();
+    assert_eq!(s.lease("q", 10, None).unwrap().len(), 1);
+}

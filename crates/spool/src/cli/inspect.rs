@@ -711,6 +711,7 @@ fn queue_config_json(c: &QueueConfig) -> Value {
             Overflow::EvictLowestPriority => "evict_lowest_priority",
         },
         "max_payload_bytes": c.max_payload_bytes,
+        "max_in_flight": c.max_in_flight,
     })
 }
 
@@ -779,6 +780,7 @@ fn queue_config_of(v: &Value) -> Result<QueueConfig> {
         "max_bytes",
         "overflow",
         "max_payload_bytes",
+        "max_in_flight",
     ])?;
     let d = QueueConfig::default();
     let c = QueueConfig {
@@ -808,6 +810,7 @@ fn queue_config_of(v: &Value) -> Result<QueueConfig> {
             .transpose()
             .context("max_payload_bytes is too large")?
             .unwrap_or(d.max_payload_bytes),
+        max_in_flight: f.u64("max_in_flight")?.unwrap_or(d.max_in_flight),
     };
     c.validate()?;
     Ok(c)

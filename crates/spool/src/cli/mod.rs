@@ -109,8 +109,21 @@ impl Cli {
     /// Opens the store, creating it when missing (commands that write: push, publish, demo).
     fn open(&self) -> Result<Store> {
         let dir = self.dir();
-        Store::open(&dir, Options::default())
-            .with_context(|| format!("cannot open the store in {}", dir.display()))
+        let store = Store::open(&dir, Options::default())
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        // Recovery could not use a checkpoint (nothing is lost: the log was replayed), or
+        // could not tell a deleted prefix from a lost one: say so, loudly, once.
+        for p in &store.recovery_report().checkpoint_problems {
+            eprintln!("warning: {p}");
+        }
+        if !store.recovery_report().checkpoint_problems.is_empty()
+            && store.recovery_report().checkpoint.is_none()
+        {
+            eprintln!(
+                "warning: no usable checkpoint: the whole log was replayed; run `spool inspect verify`"
+            );
+        }
+        Ok(store)
     }
 
     /// Opens an existing store (commands that only read or act on what is there): a mistyped

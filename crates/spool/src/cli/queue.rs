@@ -132,15 +132,21 @@ pub struct LeaseArgs {
     /// One JSON object per message
     #[arg(long)]
     pub json: bool,
+    /// Write the message's payload to this file, streamed (a large payload is never whole in
+    /// memory); with --count 1
+    #[arg(long, value_name = "PATH")]
+    pub payload_to: Option<std::path::PathBuf>,
 }
 
 pub fn lease(cli: &Cli, a: &LeaseArgs) -> Result<()> {
+    check_payload_to(a.payload_to.as_deref(), a.count)?;
     let store = cli.open_existing()?;
     let msgs = match a.wait {
         Some(w) => store.lease_wait(&a.queue, a.count, a.visibility, w),
         None => store.lease(&a.queue, a.count, a.visibility),
     }
     .with_context(|| format!("cannot lease from queue {:?}", a.queue))?;
+    write_payload_to(&store, &msgs, a.payload_to.as_deref())?;
     print_messages(&mut io::stdout().lock(), &msgs, a.json)?;
     store.close()?;
     Ok(())
@@ -220,23 +226,59 @@ pub struct ReadArgs {
     /// One JSON object per message
     #[arg(long)]
     pub json: bool,
+    /// Write the message's payload to this file, streamed (a large payload is never whole in
+    /// memory); with --count 1
+    #[arg(long, value_name = "PATH")]
+    pub payload_to: Option<std::path::PathBuf>,
+}
+
+/// Checks `--payload-to` against `--count` before anything changes.
+fn check_payload_to(payload_to: Option<&std::path::Path>, count: usize) -> Result<()> {
+    if payload_to.is_some() && count != 1 {
+        anyhow::bail!("--payload-to writes one message's payload: use it with --count 1");
+    }
+    Ok(())
+}
+
+/// Streams the payload of the (single) message to `--payload-to`.
+fn write_payload_to(
+    store: &spool_engine::Store,
+    msgs: &[spool_engine::Message],
+    payload_to: Option<&std::path::Path>,
+) -> Result<()> {
+    let (Some(path), Some(m)) = (payload_to, msgs.first()) else {
+        return Ok(());
+    };
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut r = store
+        .open_payload(m)
+        .with_context(|| format!("cannot read the payload of message {}", m.id))?;
+    io::copy(&mut r, &mut f).with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 pub fn pop(cli: &Cli, a: &ReadArgs) -> Result<()> {
+    check_payload_to(a.payload_to.as_deref(), a.count)?;
     let store = cli.open_existing()?;
     let msgs = store
         .pop(&a.queue, a.count)
         .with_context(|| format!("cannot pop from queue {:?}", a.queue))?;
+    write_payload_to(&store, &msgs, a.payload_to.as_deref())?;
     print_messages(&mut io::stdout().lock(), &msgs, a.json)?;
     store.close()?;
     Ok(())
 }
 
 pub fn peek(cli: &Cli, a: &ReadArgs) -> Result<()> {
+    check_payload_to(a.payload_to.as_deref(), a.count)?;
     let store = cli.open_existing()?;
     let msgs = store
         .peek(&a.queue, a.count)
         .with_context(|| format!("cannot peek into queue {:?}", a.queue))?;
+    write_payload_to(&store, &msgs, a.payload_to.as_deref())?;
     print_messages(&mut io::stdout().lock(), &msgs, a.json)?;
     store.close()?;
     Ok(())

@@ -267,6 +267,28 @@ fn a_large_payload_is_streamed_from_a_file_and_survives_export_and_import() {
     let peeked = json_lines(&ok(&d, &["peek", "big", "--json"]));
     assert_eq!(peeked[0]["id"], id);
     assert_eq!(peeked[0]["payload_blob_bytes"], data.len());
+    // Streamed out to a file by a lease (one message at a time).
+    let out_file = tmp.path().join("out.bin");
+    let bad = run(
+        &d,
+        &["lease", "big", "--count", "2", "--payload-to", "x"],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--count 1"));
+    ok(
+        &d,
+        &[
+            "lease",
+            "big",
+            "--visibility",
+            "1ms",
+            "--payload-to",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&out_file).unwrap(), data);
+    std::thread::sleep(std::time::Duration::from_millis(5));
     // Export and import into a fresh store: the payload comes through whole.
     let export = ok(&d, &["inspect", "export"]);
     let d2 = tmp.path().join("s2");

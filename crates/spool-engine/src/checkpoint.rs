@@ -233,8 +233,11 @@ pub(crate) fn index_prefix(
     let mut pos = crate::frame::SEGMENT_HEADER_LEN as u64;
     let mut last_lsn = 0u64;
     let mut buf: Vec<u8> = Vec::new();
+    // The next read's size: a chunk, or a whole frame larger than a chunk.
+    let mut window = CHUNK;
     'chunks: while pos < upto {
-        let want = usize::try_from(upto - pos).unwrap_or(CHUNK).min(CHUNK);
+        let want = usize::try_from(upto - pos).unwrap_or(window).min(window);
+        window = CHUNK;
         read(&mut buf, pos, want)?;
         let mut at = 0usize;
         while at < buf.len() {
@@ -261,6 +264,18 @@ pub(crate) fn index_prefix(
                     });
                     at += len;
                 }
+                FrameCheck::Truncated
+                    if crate::frame::frame_total_len(&buf[at..]).is_some_and(|need| {
+                        (pos + at as u64).saturating_add(need as u64) <= upto
+                    }) =>
+                {
+                    // The frame goes on past this window but ends before `upto`: read it
+                    // whole next (a frame may be larger than a chunk).
+                    let need = crate::frame::frame_total_len(&buf[at..]).unwrap_or(CHUNK);
+                    window = need.max(CHUNK);
+                    pos += at as u64;
+                    continue 'chunks;
+                }
                 FrameCheck::Truncated if at > 0 => break,
                 FrameCheck::Truncated | FrameCheck::Invalid(_) => {
                     let bad_at = pos + at as u64;
@@ -268,13 +283,9 @@ pub(crate) fn index_prefix(
                         FrameCheck::Invalid(w) => w.to_string(),
                         _ => "frame cut short".to_string(),
                     };
-                    // A frame larger than the window, or damage: look at the rest whole.
+                    // Damage: look at the rest whole for the next valid frame.
                     let rest_len = usize::try_from(upto - bad_at).unwrap_or(usize::MAX);
                     read(&mut buf, bad_at, rest_len)?;
-                    if let FrameCheck::Valid { .. } = check_frame(&buf) {
-                        pos = bad_at;
-                        continue 'chunks;
-                    }
                     let next = find_next_frame(&buf, 1, last_lsn);
                     damaged.push(DamagedRange {
                         segment: seg,

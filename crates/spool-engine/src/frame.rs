@@ -81,6 +81,18 @@ pub enum FrameCheck {
     Invalid(&'static str),
 }
 
+/// The whole length of the frame starting at `buf[0]`, read from its header: `None` when the
+/// header is incomplete, not a frame header, or its length is out of range.
+pub fn frame_total_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return None;
+    }
+    let magic = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let body_len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    (magic == FRAME_MAGIC && (BODY_PREFIX_LEN..=FRAME_BODY_MAX).contains(&body_len))
+        .then_some(FRAME_HEADER_LEN + body_len)
+}
+
 /// Checks the frame starting at `buf[0]`. Never allocates: the length field is bounded before
 /// anything else is done with it.
 pub fn check_frame(buf: &[u8]) -> FrameCheck {

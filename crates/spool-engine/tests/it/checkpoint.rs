@@ -457,3 +457,32 @@ fn with_both_checkpoints_damaged_after_segments_were_deleted_nothing_is_lost() {
     let id = s.push("q", Push::new("new")).unwrap();
     assert!(id > *all.last().unwrap(), "ids are never reused");
 }
+
+#[test]
+fn a_frame_larger_than_the_read_window_before_the_checkpoint_is_indexed_on_reopen() {
+    // Regression: a batch frame above 4 MiB in the segment replay starts in made the
+    // prefix indexer read the same window forever.
+    let env = Env::new();
+    let o = Options {
+        segment_bytes: 64 << 20,
+        ..opts(&env)
+    };
+    let s = env.open_with(o.clone());
+    let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 600 << 10]).collect();
+    let batch: Vec<Push> = payloads.iter().map(|p| Push::new(p.clone())).collect();
+    let big = s.push_batch("q", batch).unwrap();
+    let small = s.push("q", Push::new("after")).unwrap();
+    assert!(s.maintain().unwrap().checkpoint.is_some());
+    let last = s.push("q", Push::new("tail")).unwrap();
+    drop(s);
+    for _ in 0..2 {
+        let s = env.open_with(o.clone());
+        assert!(s.recovery_report().checkpoint.is_some());
+        let want: Vec<u64> = big.iter().copied().chain([small, last]).collect();
+        assert_eq!(ids(&s), want);
+        let got = s.peek("q", 20).unwrap();
+        for (m, p) in got.iter().zip(&payloads) {
+            assert_eq!(&m.payload[..], &p[..]);
+        }
+    }
+}

@@ -15,10 +15,18 @@
 //! 3. **Disk use after acking 90% of a 1 GiB backlog in random order**, once maintenance (and
 //!    compaction, where it exists) has run: bytes of every file under the store directory
 //!    against the live bytes of the queue.
+//! 4. **A 64 MiB payload pushed and leased** (a blob file): a fresh child process
+//!    (`spool bench reopen-probe DIR --blob-mib 64`) creates a store, pushes one payload with
+//!    `Store::push_stream` from a reader that generates it on the fly, leases it and streams it
+//!    back with `Store::open_payload` into a sink that checks every byte, and prints the times
+//!    and its `VmRSS`/`VmHWM` as one JSON line. The parent then measures the raw sequential
+//!    write bandwidth of the same directory ([`baseline::sequential_write`], as
+//!    `spool bench engine` does) to compare with. This scenario runs first, on a disk that has
+//!    not just absorbed the gigabytes of the others, but is reported last.
 //!
 //! Every store lives in a scratch directory removed when the command ends, error or not.
 
-use std::io::Write as _;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,9 +35,13 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use spool_engine::{Durability, MaintainReport, Maintenance, Options, Push, Receipt, Store};
+use spool_engine::{
+    Durability, MaintainReport, Maintenance, Options, Push, QueueConfig, Receipt, Store,
+};
 
-use super::{payload, procio, Figure, IoCounters, MemoryUsage, Report, Target};
+use super::{
+    baseline, names, payload, procio, BenchConfig, Figure, IoCounters, MemoryUsage, Report, Target,
+};
 use crate::cli::BenchArgs;
 
 #[derive(Debug, Args)]
@@ -41,6 +53,15 @@ pub struct ProbeArgs {
     /// closing it (a crash: no checkpoint at close)
     #[arg(long, value_name = "MIB", hide = true)]
     pub crash_after_mib: Option<u64>,
+    /// Instead of probing: create a store in DIR, push one payload of this many MiB with
+    /// `push_stream`, lease it and read it back, and print the times and the RSS
+    #[arg(
+        long,
+        value_name = "MIB",
+        hide = true,
+        conflicts_with = "crash_after_mib"
+    )]
+    pub blob_mib: Option<u64>,
     /// Segment size to open the store with
     #[arg(long, value_name = "BYTES", hide = true, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
@@ -54,8 +75,10 @@ const BATCH: usize = 1000;
 const LEASE_BATCH: usize = 10_000;
 /// Visibility of the leases of the disk-use scenario: nothing expires while it runs.
 const LEASE_VISIBILITY: Duration = Duration::from_secs(3600);
-/// At most this many `maintain` rounds in the disk-use scenario.
-const MAINTAIN_ROUNDS_MAX: usize = 16;
+/// At most this many `maintain` rounds in the disk-use scenario. Compaction copies one sparse
+/// segment (at most 8 MiB) per round: the full size, with about 100 MiB live in 17 segments,
+/// takes 16 rounds with work and a 17th that finds none.
+const MAINTAIN_ROUNDS_MAX: usize = 64;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Names of the figures (sizes are in the notes and the context, so names stay stable).
@@ -69,6 +92,12 @@ pub mod scale_names {
     pub const REPLAY_RATE: &str = "recovery: replay rate";
     pub const DISK_LIVE: &str = "disk use: live bytes (10% of backlog)";
     pub const DISK_STORE: &str = "disk use: store files after maintain";
+    pub const BLOB_PUSH: &str = "large payload: push";
+    pub const BLOB_LEASE_READ: &str = "large payload: lease + read";
+    pub const BLOB_ROUND_TRIP: &str = "large payload: push + lease + read";
+    pub const BLOB_RSS: &str = "large payload: RSS growth";
+    /// The same figure as `spool bench engine`'s.
+    pub const RAW_SEQ_WRITE: &str = super::names::RAW_SEQ_WRITE;
 }
 use scale_names as sn;
 
@@ -94,12 +123,23 @@ pub struct ScaleConfig {
     pub ack_percent: u64,
     /// Seed of the random ack order.
     pub seed: u64,
+    /// MiB of the payload of the large-payload scenario (at most 256, the engine's limit).
+    pub blob_mib: u64,
+    /// The raw sequential write it is compared with: block size ...
+    pub seq_block_size: usize,
+    /// ... stop after this many bytes ...
+    pub seq_max_bytes: u64,
+    /// ... or after this long (checked at sync points) ...
+    pub seq_budget: Duration,
+    /// ... with an fdatasync every this many bytes: `spool bench engine`'s settings.
+    pub seq_sync_every: u64,
     /// Print a line to stderr before each step.
     pub progress: bool,
 }
 
 impl ScaleConfig {
     pub fn full() -> Self {
+        let raw = BenchConfig::full();
         ScaleConfig {
             backlog_messages: 10_000_000,
             payload_size: 100,
@@ -110,18 +150,29 @@ impl ScaleConfig {
             disk_payload_size: 1024,
             ack_percent: 90,
             seed: 0x5EED,
+            blob_mib: 64,
+            seq_block_size: raw.seq_block_size,
+            seq_max_bytes: raw.seq_max_bytes,
+            seq_budget: raw.seq_budget,
+            seq_sync_every: raw.seq_sync_every,
             progress: false,
         }
     }
 
     /// Same shapes, small: a 4 MiB segment size keeps several sealed segments.
     pub fn quick() -> Self {
+        let raw = BenchConfig::quick();
         ScaleConfig {
             backlog_messages: 200_000,
             segment_bytes: 4 << 20,
             probes: 1,
             recovery_mib: vec![0, 2, 8],
             disk_messages: 20_000,
+            blob_mib: 8,
+            seq_block_size: raw.seq_block_size,
+            seq_max_bytes: raw.seq_max_bytes,
+            seq_budget: raw.seq_budget,
+            seq_sync_every: raw.seq_sync_every,
             ..ScaleConfig::full()
         }
     }
@@ -153,7 +204,7 @@ impl Drop for Scratch {
     }
 }
 
-/// `spool bench scale`: the three scenarios in a scratch directory under `--bench-dir` (else
+/// `spool bench scale`: the four scenarios in a scratch directory under `--bench-dir` (else
 /// under the parent of `--dir`, else the current directory), printed as a table or JSON.
 pub fn run_scale_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()> {
     let parent = match (&args.bench_dir, store_dir) {
@@ -182,11 +233,14 @@ pub fn run_scale_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<(
     Ok(())
 }
 
-/// Runs the three scenarios in `dir` (which must exist; their stores are removed afterwards).
+/// Runs the four scenarios in `dir` (which must exist; their stores are removed afterwards).
 /// `exe` is the `spool` binary that runs the child processes (`bench reopen-probe`).
 pub fn run_scale(dir: &Path, cfg: &ScaleConfig, exe: &Path) -> Result<Report> {
     let mut report = Report::new("spool bench scale");
     describe(&mut report, dir, cfg);
+    // First, while the disk is quiet (the others leave gigabytes behind them to flush and
+    // delete); its figures go last.
+    let blob = blob_scenario(dir, cfg, exe)?;
     {
         let store = Scratch::create(dir.join("backlog"))?;
         reopen_scenario(&store.0, cfg, exe, &mut report)?;
@@ -196,6 +250,7 @@ pub fn run_scale(dir: &Path, cfg: &ScaleConfig, exe: &Path) -> Result<Report> {
         let store = Scratch::create(dir.join("disk"))?;
         disk_scenario(&store.0, cfg, &mut report)?;
     }
+    report.extend(blob);
     Ok(report)
 }
 
@@ -236,7 +291,7 @@ fn describe(report: &mut Report, dir: &Path, cfg: &ScaleConfig) {
         "config",
         format!(
             "backlog {} x {} B, segments {} MiB, recovery after {:?} MiB, disk use {} x {} B \
-             with {}% acked, {} reopen probe(s)",
+             with {}% acked, {} reopen probe(s), large payload {} MiB",
             cfg.backlog_messages,
             cfg.payload_size,
             cfg.segment_bytes >> 20,
@@ -244,7 +299,8 @@ fn describe(report: &mut Report, dir: &Path, cfg: &ScaleConfig) {
             cfg.disk_messages,
             cfg.disk_payload_size,
             cfg.ack_percent,
-            cfg.probes
+            cfg.probes,
+            cfg.blob_mib
         ),
     );
     report.note(
@@ -265,15 +321,21 @@ fn mib(bytes: u64) -> f64 {
 
 /// Bytes of the segment files (`log/*.seg`) of a store.
 fn log_bytes(store: &Path) -> Result<u64> {
+    Ok(segment_files(store)?.1)
+}
+
+/// Number and bytes of the segment files (`log/*.seg`) of a store.
+fn segment_files(store: &Path) -> Result<(u64, u64)> {
     let log = store.join("log");
-    let mut total = 0;
+    let (mut count, mut total) = (0, 0);
     for entry in std::fs::read_dir(&log).with_context(|| format!("listing {}", log.display()))? {
         let entry = entry?;
         if entry.path().extension().is_some_and(|e| e == "seg") {
+            count += 1;
             total += entry.metadata()?.len();
         }
     }
-    Ok(total)
+    Ok((count, total))
 }
 
 fn backlog_options(cfg: &ScaleConfig) -> Options {
@@ -581,20 +643,26 @@ fn disk_scenario(store: &Path, cfg: &ScaleConfig, report: &mut Report) -> Result
         }
     }
     let before_maintain = procio::dir_size(store)?;
+    let segments_before = segment_files(store)?.0;
 
     cfg.step("disk use: maintenance");
     let mut rounds = 0;
-    let mut last = MaintainReport::default();
+    let mut done = MaintainReport::default();
+    let (mut checkpoints, mut idle) = (0, false);
     for _ in 0..MAINTAIN_ROUNDS_MAX {
         rounds += 1;
         let r = s.maintain()?;
         if r == MaintainReport::default() {
+            idle = true;
             break;
         }
-        last = r;
+        done.indexes_written += r.indexes_written;
+        done.records_relocated += r.records_relocated;
+        done.segments_deleted += r.segments_deleted;
+        checkpoints += u64::from(r.checkpoint.is_some());
     }
     let disk = procio::dir_size(store)?;
-    let log = log_bytes(store)?;
+    let (segments, log) = segment_files(store)?;
     let stats = s.stats(QUEUE)?;
     s.close()?;
     anyhow::ensure!(
@@ -616,8 +684,19 @@ fn disk_scenario(store: &Path, cfg: &ScaleConfig, report: &mut Report) -> Result
             .ratio_to(sn::DISK_LIVE)
             .target(Target::AtMostRatio(2.0))
             .note(format!(
-                "every file under the store directory after {rounds} maintain round(s) (last \
-                 with work: {last:?}); segments {:.0} MiB; {:.0} MiB before maintain",
+                "every file under the store directory after {rounds} maintain round(s){}: \
+                 {} records relocated, {} segments deleted, {} index file(s) written, \
+                 {checkpoints} checkpoint(s) in all; now {segments} segment file(s) of \
+                 {:.1} MiB; before maintain {segments_before} segment file(s), {:.0} MiB of \
+                 files in all",
+                if idle {
+                    " (the last one found no work)"
+                } else {
+                    " (stopped at the cap: work was left)"
+                },
+                done.records_relocated,
+                done.segments_deleted,
+                done.indexes_written,
                 mib(log),
                 mib(before_maintain)
             )),
@@ -637,6 +716,356 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
     for i in (1..items.len()).rev() {
         let j = (next() % (i as u64 + 1)) as usize;
         items.swap(i, j);
+    }
+}
+
+// --- scenario 4: one large payload --------------------------------------------------------
+
+/// Scenario 4 (run first, reported last: see [`run_scale`]): a child process pushes, leases
+/// and reads back one `cfg.blob_mib` MiB payload, then the raw sequential write of the same
+/// directory is measured. Returns a report holding the figures.
+fn blob_scenario(dir: &Path, cfg: &ScaleConfig, exe: &Path) -> Result<Report> {
+    let mut report = Report::new("large payload");
+    cfg.step(&format!(
+        "large payload: {} MiB pushed, leased and read back",
+        cfg.blob_mib
+    ));
+    let p = {
+        let store = Scratch::create(dir.join("blob"))?;
+        let p: BlobProbeOutput = run_child(
+            exe,
+            &store.0,
+            &[
+                "--blob-mib".to_owned(),
+                cfg.blob_mib.to_string(),
+                "--segment-bytes".to_owned(),
+                cfg.segment_bytes.to_string(),
+            ],
+        )?
+        .parse_json_line("large-payload probe")?;
+        p
+    };
+    anyhow::ensure!(
+        p.bytes == cfg.blob_mib << 20,
+        "the large-payload probe read back {} bytes, {} were pushed",
+        p.bytes,
+        cfg.blob_mib << 20
+    );
+
+    cfg.step("large payload: raw sequential write");
+    let seq = baseline::sequential_write(
+        &dir.join(format!(".raw-sequential-{}.dat", std::process::id())),
+        cfg.seq_block_size,
+        cfg.seq_max_bytes,
+        cfg.seq_budget,
+        cfg.seq_sync_every,
+    )
+    .context("raw sequential write")?;
+
+    report.add(
+        Figure::new(sn::RAW_SEQ_WRITE, seq.mib_per_sec(), "MiB/s").note(format!(
+            "as in `spool bench engine`: {} KiB blocks, fdatasync every {} MiB and at end, \
+             {} MiB in {:.2} s (time-bound), right after the large-payload probe",
+            cfg.seq_block_size >> 10,
+            cfg.seq_sync_every >> 20,
+            seq.bytes >> 20,
+            seq.elapsed.as_secs_f64()
+        )),
+    );
+    let payload_mib = mib(p.bytes);
+    report.add(
+        Figure::new(sn::BLOB_PUSH, payload_mib / (p.push_ms / 1000.0), "MiB/s")
+            .ratio_to(sn::RAW_SEQ_WRITE)
+            .target(Target::AtLeastRatio(0.5))
+            .note(format!(
+                "one {payload_mib:.0} MiB payload, Store::push_stream from a reader generating \
+                 it 1 MiB at a time, in {:.1} ms until durable (blob file written in 1 MiB \
+                 chunks, one fdatasync, renamed, blob/ fsynced; then its log entry, \
+                 Durability::Sync); fresh child process, fresh store",
+                p.push_ms
+            )),
+    );
+    report.add(
+        Figure::new(
+            sn::BLOB_LEASE_READ,
+            payload_mib / (p.lease_read_ms / 1000.0),
+            "MiB/s",
+        )
+        .note(format!(
+            "lease 1 (durable lease) {:.1} ms, then Store::open_payload read to the end into a \
+             sink checking every byte against the pattern, {:.1} ms; the blob was just \
+             written, so it is read from the page cache",
+            p.lease_ms,
+            p.lease_read_ms - p.lease_ms
+        )),
+    );
+    report.add(
+        Figure::new(
+            sn::BLOB_ROUND_TRIP,
+            payload_mib / ((p.push_ms + p.lease_read_ms) / 1000.0),
+            "MiB/s",
+        )
+        .ratio_to(sn::RAW_SEQ_WRITE)
+        .target(Target::AtLeastRatio(0.5))
+        .note(format!(
+            "payload MiB / (push + lease + read time: {:.1} ms): the target \"pushed and leased \
+             at >= 0.5x raw write bandwidth\" read as the whole round trip",
+            p.push_ms + p.lease_read_ms
+        )),
+    );
+    let growth = p.peak_kb.saturating_sub(p.rss_before_kb) * 1024;
+    let peak_note = if p.hwm_reset {
+        "peak = VmHWM after the read, reset to the current RSS right before the push (5 to \
+         /proc/self/clear_refs), so the peak of the push, lease and read"
+    } else {
+        "peak = VmHWM of the whole process (it could not be reset before the push: \
+         /proc/self/clear_refs refused), an upper bound"
+    };
+    report.add(
+        Figure::new(sn::BLOB_RSS, growth as f64 / 1e6, "MB")
+            .target(Target::AtMost(16.0))
+            .note(format!(
+                "peak VmRSS during push + lease + read minus VmRSS before the push, in MB of \
+                 10^6 B as the target is ({:.2} MiB): {:.1} MiB before (after Store::open and \
+                 create_queue), {:.1} MiB after the push, peak {:.1} MiB, {:.1} MiB after the \
+                 read; {peak_note}; store files after the push: {:.1} MiB",
+                mib(growth),
+                kib_to_mib(p.rss_before_kb),
+                kib_to_mib(p.rss_after_push_kb),
+                kib_to_mib(p.peak_kb),
+                kib_to_mib(p.rss_after_kb),
+                mib(p.store_bytes_after_push)
+            )),
+    );
+    Ok(report)
+}
+
+/// What the large-payload probe (`bench reopen-probe DIR --blob-mib N`) prints (one JSON line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobProbeOutput {
+    /// Payload bytes pushed, and read back (checked against the pattern).
+    pub bytes: u64,
+    /// Wall time of `push_stream`, ms (until durable).
+    pub push_ms: f64,
+    /// Wall time of the `lease` call alone, ms.
+    pub lease_ms: f64,
+    /// Wall time of the lease plus reading the payload to its end, ms.
+    pub lease_read_ms: f64,
+    /// VmRSS right before the push (after `Store::open` and `create_queue`), kB.
+    pub rss_before_kb: u64,
+    /// VmRSS right after the push, kB.
+    pub rss_after_push_kb: u64,
+    /// Bytes of every file of the store right after the push.
+    pub store_bytes_after_push: u64,
+    /// VmRSS after the read, kB.
+    pub rss_after_kb: u64,
+    /// VmHWM after the read, kB: the peak since the reset before the push when `hwm_reset`,
+    /// since the process started otherwise.
+    pub peak_kb: u64,
+    /// Whether VmHWM was reset to the current RSS right before the push.
+    pub hwm_reset: bool,
+}
+
+/// Resets VmHWM to the current RSS (Linux: writing 5 to `/proc/self/clear_refs`). Whether it
+/// could.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The child side of scenario 4: in a fresh store in `dir`, push one `mib` MiB payload from a
+/// [`PatternReader`], lease it, read it back into a [`PatternSink`]; measure.
+pub fn blob_probe(dir: &Path, segment_bytes: u64, mib: u64) -> Result<BlobProbeOutput> {
+    anyhow::ensure!(
+        !dir.join("FORMAT").exists(),
+        "{} already holds a store: the large-payload probe wants a fresh one",
+        dir.display()
+    );
+    let len = mib << 20;
+    let store = Store::open(
+        dir,
+        Options {
+            segment_bytes,
+            ..Options::default()
+        },
+    )
+    .with_context(|| format!("creating a store in {}", dir.display()))?;
+    store.create_queue(
+        QUEUE,
+        QueueConfig {
+            max_payload_bytes: usize::try_from(len)
+                .context("payload size")?
+                .max(QueueConfig::default().max_payload_bytes),
+            ..QueueConfig::default()
+        },
+    )?;
+
+    let before = MemoryUsage::read().context("reading /proc/self/status")?;
+    let hwm_reset = reset_peak_rss();
+    let started = Instant::now();
+    let id = store.push_stream(QUEUE, Push::default(), &mut PatternReader::new(len))?;
+    let push_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let pushed = MemoryUsage::read().context("reading /proc/self/status")?;
+    let store_bytes_after_push = procio::dir_size(dir)?;
+
+    let started = Instant::now();
+    let msgs = store.lease(QUEUE, 1, Some(LEASE_VISIBILITY))?;
+    let lease_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let msg = msgs.first().context("the lease returned nothing")?;
+    anyhow::ensure!(msg.id == id, "leased message {}, pushed {id}", msg.id);
+    let blob = msg.blob.context("the leased message has no blob")?;
+    anyhow::ensure!(
+        blob.len == len,
+        "the blob holds {} bytes, {len} were pushed",
+        blob.len
+    );
+    let mut reader = store.open_payload(msg)?;
+    let mut sink = PatternSink::default();
+    let read = std::io::copy(&mut reader, &mut sink).context("reading the payload back")?;
+    let lease_read_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let after = MemoryUsage::read().context("reading /proc/self/status")?;
+    drop(reader);
+    anyhow::ensure!(
+        read == len && sink.bytes() == len,
+        "read back {read} bytes, {len} were pushed"
+    );
+    if let Some(r) = msg.receipt {
+        store.ack(QUEUE, r)?;
+    }
+    store.close()?;
+    Ok(BlobProbeOutput {
+        bytes: sink.bytes(),
+        push_ms,
+        lease_ms,
+        lease_read_ms,
+        rss_before_kb: before.rss_bytes / 1024,
+        rss_after_push_kb: pushed.rss_bytes / 1024,
+        store_bytes_after_push,
+        rss_after_kb: after.rss_bytes / 1024,
+        peak_kb: after.hwm_bytes / 1024,
+        hwm_reset,
+    })
+}
+
+/// The 8 bytes at `8 * index..8 * index + 8` of the generated payload (splitmix64 of the
+/// index: incompressible-looking, and any byte can be checked from its position alone).
+fn pattern_word(index: u64) -> [u8; 8] {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).to_le_bytes()
+}
+
+/// Fills `buf` with the payload bytes at positions `start..start + buf.len()`.
+fn fill_pattern(start: u64, buf: &mut [u8]) {
+    let mut pos = start;
+    let head = usize::try_from((8 - pos % 8) % 8)
+        .unwrap_or(0)
+        .min(buf.len());
+    let (first, rest) = buf.split_at_mut(head);
+    if !first.is_empty() {
+        let word = pattern_word(pos / 8);
+        let skip = (pos % 8) as usize;
+        first.copy_from_slice(&word[skip..skip + head]);
+        pos += head as u64;
+    }
+    // `pos` is a multiple of 8 from here on.
+    let mut chunks = rest.chunks_exact_mut(8);
+    for c in &mut chunks {
+        c.copy_from_slice(&pattern_word(pos / 8));
+        pos += 8;
+    }
+    let tail = chunks.into_remainder();
+    let n = tail.len();
+    tail.copy_from_slice(&pattern_word(pos / 8)[..n]);
+}
+
+/// Whether `data` is the payload at positions `start..start + data.len()`.
+fn matches_pattern(start: u64, data: &[u8]) -> bool {
+    let mut pos = start;
+    let head = usize::try_from((8 - pos % 8) % 8)
+        .unwrap_or(0)
+        .min(data.len());
+    let (first, rest) = data.split_at(head);
+    if !first.is_empty() {
+        let skip = (pos % 8) as usize;
+        if pattern_word(pos / 8)[skip..skip + head] != *first {
+            return false;
+        }
+        pos += head as u64;
+    }
+    let mut chunks = rest.chunks_exact(8);
+    for c in &mut chunks {
+        if pattern_word(pos / 8) != *c {
+            return false;
+        }
+        pos += 8;
+    }
+    let tail = chunks.remainder();
+    pattern_word(pos / 8)[..tail.len()] == *tail
+}
+
+/// A `Read` that generates a payload of `len` bytes on the fly (nothing held but a position).
+#[derive(Debug, Clone)]
+pub struct PatternReader {
+    pos: u64,
+    len: u64,
+}
+
+impl PatternReader {
+    pub fn new(len: u64) -> Self {
+        PatternReader { pos: 0, len }
+    }
+}
+
+impl Read for PatternReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = usize::try_from(self.len - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        fill_pattern(self.pos, &mut buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A `Write` that checks that what it is given is the [`PatternReader`] payload, in order, and
+/// counts it; a byte that differs fails the write (`InvalidData`, with its position).
+#[derive(Debug, Clone, Default)]
+pub struct PatternSink {
+    pos: u64,
+}
+
+impl PatternSink {
+    /// Bytes checked so far.
+    pub fn bytes(&self) -> u64 {
+        self.pos
+    }
+}
+
+impl Write for PatternSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !matches_pattern(self.pos, buf) {
+            let mut expected = vec![0u8; buf.len()];
+            fill_pattern(self.pos, &mut expected);
+            let at = expected
+                .iter()
+                .zip(buf)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "payload byte {} differs from what was pushed",
+                    self.pos + at as u64
+                ),
+            ));
+        }
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -686,10 +1115,19 @@ pub struct ProbeRecovery {
 
 /// `spool bench reopen-probe DIR`: open an existing store, peek 1 message and read its stats,
 /// print a [`ProbeOutput`] as one JSON line, close. With `--crash-after-mib`: the crash writer
-/// of the recovery scenario instead.
+/// of the recovery scenario instead; with `--blob-mib`: the large-payload probe
+/// ([`BlobProbeOutput`]).
 pub fn run_probe(a: &ProbeArgs) -> Result<()> {
     if let Some(mib) = a.crash_after_mib {
         return crash_writer(a, mib);
+    }
+    if let Some(mib) = a.blob_mib {
+        let out = blob_probe(&a.store, a.segment_bytes, mib)?;
+        let line = serde_json::to_string(&out)?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+        return Ok(());
     }
     let (out, store) = probe(&a.store, a.segment_bytes)?;
     let line = serde_json::to_string(&out)?;
@@ -906,6 +1344,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("failed") && err.contains("stderr"), "{err}");
+    }
+
+    #[test]
+    fn pattern_reader_and_sink_agree() {
+        // Read in odd pieces: the same bytes as in one read, whatever the split.
+        let len = 10_000u64;
+        let mut whole = vec![0u8; 12_000];
+        let n = PatternReader::new(len).read(&mut whole).unwrap();
+        assert_eq!(n as u64, len);
+        whole.truncate(n);
+        for piece in [1usize, 3, 7, 8, 13, 4096] {
+            let mut r = PatternReader::new(len);
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; piece];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, whole, "pieces of {piece}");
+            // Written to the sink in odd pieces too.
+            let mut sink = PatternSink::default();
+            for c in got.chunks(piece + 2) {
+                sink.write_all(c).unwrap();
+            }
+            assert_eq!(sink.bytes(), len);
+        }
+        // Not a constant or a short cycle.
+        assert!(whole[..64].windows(2).any(|w| w[0] != w[1]));
+        assert_ne!(whole[..4096], whole[4096..8192]);
+        // Streams through io::copy; an empty payload is fine.
+        let mut sink = PatternSink::default();
+        let copied = std::io::copy(&mut PatternReader::new(3 << 20 | 5), &mut sink).unwrap();
+        assert_eq!((copied, sink.bytes()), (3 << 20 | 5, 3 << 20 | 5));
+        assert_eq!(PatternReader::new(0).read(&mut [0u8; 8]).unwrap(), 0);
+        // A changed byte is found, with its position, also in a piece that starts mid-word.
+        let mut bad = whole.clone();
+        bad[5003] ^= 1;
+        let mut sink = PatternSink::default();
+        sink.write_all(&bad[..4999]).unwrap();
+        let err = sink.write_all(&bad[4999..]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("byte 5003"), "{err}");
+        // Out of order: the bytes of another position do not match.
+        let mut sink = PatternSink::default();
+        assert!(sink.write_all(&whole[8..16]).is_err());
+    }
+
+    #[test]
+    fn blob_probe_pushes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s");
+        let out = blob_probe(&store, 4 << 20, 2).unwrap();
+        assert_eq!(out.bytes, 2 << 20);
+        assert!(out.push_ms > 0.0 && out.lease_read_ms >= out.lease_ms);
+        assert!(out.rss_before_kb > 0 && out.peak_kb > 0);
+        let line = serde_json::to_string(&out).unwrap();
+        let child = ChildOutput {
+            stdout: format!("{line}\n"),
+            stderr: String::new(),
+        };
+        let back: BlobProbeOutput = child.parse_json_line("blob probe").unwrap();
+        assert_eq!(back.bytes, out.bytes);
+        // The message is acked: the store holds nothing. A second probe wants a fresh store.
+        let s = Store::open(&store, Options::default()).unwrap();
+        assert_eq!(s.stats(QUEUE).unwrap().messages, 0);
+        s.close().unwrap();
+        assert!(blob_probe(&store, 4 << 20, 1).is_err());
     }
 
     #[test]

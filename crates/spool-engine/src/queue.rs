@@ -523,8 +523,7 @@ impl Store {
         check_count(n)?;
         let vis = visibility.map(check_visibility).transpose()?;
         let default = self.shared().options.default_queue.clone();
-        let outs = self.commit(|txn| lease_txn(txn, queue, n, vis, &default))?;
-        read_messages(self.shared(), &outs)
+        self.commit_read(|txn| lease_txn(txn, queue, n, vis, &default))
     }
 
     /// [`Store::lease`] for async callers (it never blocks on an empty queue; the future
@@ -566,7 +565,9 @@ impl Store {
         let auto_create = self.shared().options.auto_create;
         loop {
             let mut wait_for = None;
+            let mut committed = (0, 0);
             let (got, ticket) = self.txn(|txn| {
+                committed = txn.core.committed_pos;
                 // Read a signal's version under the lock: a commit after this point wakes us.
                 let state = &txn.core.state;
                 if state.queue_by_name(queue).is_none() && auto_create {
@@ -584,10 +585,10 @@ impl Store {
                 }
                 Ok(got)
             })?;
-            self.wait(ticket)?;
             if !got.is_empty() {
-                return read_messages(self.shared(), &got);
+                return self.read_then_wait(&got, committed, ticket);
             }
+            self.wait(ticket)?;
             let Some((signal, seen, due)) = wait_for else {
                 return Ok(Vec::new());
             };
@@ -769,7 +770,7 @@ impl Store {
     /// cannot bring them back; a crash before it returns may).
     pub fn pop(&self, queue: &str, n: usize) -> Result<Vec<Message>> {
         check_count(n)?;
-        let outs = self.commit(|txn| {
+        self.commit_read(|txn| {
             let qid = txn.core.state.queue_id(queue)?;
             let now = txn.now;
             let mut out = Vec::new();
@@ -805,8 +806,7 @@ impl Store {
                 out.push(o);
             }
             Ok(out)
-        })?;
-        read_messages(self.shared(), &outs)
+        })
     }
 
     /// Up to `n` visible messages in delivery order, without changing anything.

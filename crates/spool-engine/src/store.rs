@@ -420,6 +420,44 @@ impl Store {
         Ok(r)
     }
 
+    /// Runs a transaction that hands out messages, and reads their records. When every one of
+    /// those records is committed already (usual: a backlog), they are read while the writer
+    /// syncs the transaction, overlapping its `fdatasync` instead of following it; a record
+    /// still in a pending frame (pushed a moment ago) may not be in the file yet, so then the
+    /// read waits for the commit (which covers the record: its frame comes first). Either way
+    /// the messages are returned only once the transaction is committed.
+    pub(crate) fn commit_read(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<Vec<crate::message::Out>>,
+    ) -> Result<Vec<crate::message::Message>> {
+        let ((outs, committed), ticket) = self.txn(|txn| {
+            let committed = txn.core.committed_pos;
+            f(txn).map(|outs| (outs, committed))
+        })?;
+        self.read_then_wait(&outs, committed, ticket)
+    }
+
+    /// The second half of [`Store::commit_read`]: `committed` is the committed position read in
+    /// the transaction that handed out `outs`, `ticket` that transaction's.
+    pub(crate) fn read_then_wait(
+        &self,
+        outs: &[crate::message::Out],
+        committed: (u64, u64),
+        ticket: Option<u64>,
+    ) -> Result<Vec<crate::message::Message>> {
+        let on_disk = outs
+            .iter()
+            .all(|o| (o.rec.seg, u64::from(o.rec.off) + u64::from(o.rec.len)) <= committed);
+        if on_disk {
+            let msgs = crate::message::read_messages(&self.inner.shared, outs);
+            self.wait(ticket)?;
+            msgs
+        } else {
+            self.wait(ticket)?;
+            crate::message::read_messages(&self.inner.shared, outs)
+        }
+    }
+
     /// Runs a transaction and returns a future completed when it is committed.
     pub(crate) fn commit_async<R: Send + 'static>(
         &self,

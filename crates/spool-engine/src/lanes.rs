@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::frame::{
     check_frame, find_next_frame, segment_file_name, FrameCheck, SegmentHeader, SEGMENT_HEADER_LEN,
 };
+use crate::recovery::DamagedRange;
 use crate::segindex::{
     Expect, IdxEntry, IdxError, IdxFile, LaneIndex, LaneKey, SegmentIndex, SIZE_CARRIED,
 };
@@ -187,7 +188,20 @@ impl IndexStore {
             Err(_) => {
                 // Missing, stale or damaged: rebuild it from the segment, into RAM (recovery
                 // checks the index files it relies on, so this is rare).
-                let idx = rebuild(vfs.as_ref(), &log_dir, store_id, seg)?;
+                let (idx, damaged) = rebuild(vfs.as_ref(), &log_dir, store_id, seg)?;
+                if let Some(d) = damaged.first() {
+                    // Messages in the damaged frames would silently be missing from the
+                    // stream: fail loudly instead, as reading a damaged record does.
+                    return Err(Error::DamagedRecord {
+                        segment: d.segment,
+                        offset: d.offset,
+                        reason: format!(
+                            "{} frame(s) of this segment are damaged and its index file had \
+                             to be rebuilt: {d}",
+                            damaged.len()
+                        ),
+                    });
+                }
                 self.rebuilt += 1;
                 self.ram.insert(seg, RamSeg::Frozen(Arc::new(idx), false));
                 return Ok(None);
@@ -301,7 +315,7 @@ pub(crate) fn rebuild(
     log_dir: &Path,
     store_id: u64,
     seg: u64,
-) -> Result<SegmentIndex> {
+) -> Result<(SegmentIndex, Vec<DamagedRange>)> {
     let path = log_dir.join(segment_file_name(seg));
     let f = vfs
         .open(&path, OpenMode::Read)
@@ -312,16 +326,43 @@ pub(crate) fn rebuild(
         .map_err(|e| Error::io("read segment", &path, e))?;
     let expect = expect_for(vfs, log_dir, store_id, seg)?;
     let mut lanes: HashMap<LaneKey, Vec<IdxEntry>> = HashMap::new();
+    let mut damaged = Vec::new();
+    let mut last_lsn = 0u64;
     let mut pos = SEGMENT_HEADER_LEN.min(data.len());
     while pos < data.len() {
-        let FrameCheck::Valid { entries, len, .. } = check_frame(&data[pos..]) else {
-            // Damage (skipped by recovery) or the end: go on at the next valid frame.
-            match find_next_frame(&data, pos + 1, 0) {
-                Some(f) => {
-                    pos = f.offset;
-                    continue;
+        let (entries, len) = match check_frame(&data[pos..]) {
+            FrameCheck::Valid {
+                lsn, entries, len, ..
+            } => {
+                last_lsn = lsn;
+                (entries, len)
+            }
+            FrameCheck::Truncated | FrameCheck::Invalid(_) => {
+                // A sealed segment is frames from end to end: this is damage (which a skipped
+                // open may have accepted already). The records in it cannot be indexed: say
+                // so, and go on at the next valid frame.
+                let why = match check_frame(&data[pos..]) {
+                    FrameCheck::Invalid(w) => w.to_string(),
+                    _ => "frame cut short".to_string(),
+                };
+                let next = find_next_frame(&data, pos + 1, last_lsn);
+                damaged.push(DamagedRange {
+                    segment: seg,
+                    offset: pos as u64,
+                    lsn_from: last_lsn + 1,
+                    lsn_to: next.map_or(expect.last_lsn, |f| f.lsn.saturating_sub(1)),
+                    bytes: next.map_or(data.len(), |f| f.offset).saturating_sub(pos) as u64,
+                    reason: format!(
+                        "{why} (found rebuilding the segment's missing or stale index file)"
+                    ),
+                });
+                match next {
+                    Some(f) => {
+                        pos = f.offset;
+                        continue;
+                    }
+                    None => break,
                 }
-                None => break,
             }
         };
         let base = pos + entries.start;
@@ -351,13 +392,16 @@ pub(crate) fn rebuild(
         })
         .collect();
     lanes.sort_by_key(|l| l.key);
-    Ok(SegmentIndex {
-        store_id,
-        seg_id: seg,
-        seg_len: expect.seg_len,
-        last_lsn: expect.last_lsn,
-        lanes,
-    })
+    Ok((
+        SegmentIndex {
+            store_id,
+            seg_id: seg,
+            seg_len: expect.seg_len,
+            last_lsn: expect.last_lsn,
+            lanes,
+        },
+        damaged,
+    ))
 }
 
 /// A stream message, as its index entry says.

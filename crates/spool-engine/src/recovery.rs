@@ -289,11 +289,19 @@ pub(crate) fn recover(
         }
         loaded = Some(l);
     }
+    // Damage found rebuilding the index file of a segment the checkpoint relies on.
+    let mut index_damage: Vec<DamagedRange> = Vec::new();
     let (mut state, start_at) = match start {
         Some((gen, covers, mut st)) => {
             report.checkpoint = Some(gen);
-            report.indexes_rebuilt +=
-                check_indexes(vfs.as_ref(), log_dir, store_id, &mut st, covers.seg)?;
+            report.indexes_rebuilt += check_indexes(
+                vfs.as_ref(),
+                log_dir,
+                store_id,
+                &mut st,
+                covers.seg,
+                &mut index_damage,
+            )?;
             (st, Some(covers))
         }
         None => (
@@ -346,6 +354,9 @@ pub(crate) fn recover(
         }
         Ok(())
     };
+    for d in index_damage {
+        damage(d)?;
+    }
     // The next LSN the log must hold; `None` after skipped damage (the next segment's header
     // says where the log resumes).
     let mut expected: Option<u64> = start_at.map(|c| c.next_lsn);
@@ -744,6 +755,7 @@ fn check_indexes(
     store_id: u64,
     state: &mut State,
     first_replayed: u64,
+    damaged: &mut Vec<DamagedRange>,
 ) -> Result<u64> {
     let mut segs: Vec<u64> = state
         .queues
@@ -757,7 +769,8 @@ fn check_indexes(
     for seg in segs {
         let expect = crate::lanes::expect_for(vfs, log_dir, store_id, seg)?;
         if segindex::probe_header(vfs, log_dir, expect).is_err() {
-            let idx = crate::lanes::rebuild(vfs, log_dir, store_id, seg)?;
+            let (idx, damage) = crate::lanes::rebuild(vfs, log_dir, store_id, seg)?;
+            damaged.extend(damage);
             state.ix.adopt(idx);
             n += 1;
         }

@@ -486,3 +486,82 @@ fn a_frame_larger_than_the_read_window_before_the_checkpoint_is_indexed_on_reope
         }
     }
 }
+
+#[test]
+fn damage_found_rebuilding_a_missing_index_file_is_reported_not_silently_skipped() {
+    let env = Env::new();
+    let s = env.open_with(opts(&env));
+    let a = fill(&s, 300);
+    s.maintain().unwrap();
+    drop(s);
+    // Damage a message in segment 1 (covered by the close's checkpoint) and remove the
+    // segment's index file: the index must be rebuilt from the segment, which finds it.
+    let seg = "/s/log/00000000000000000001.seg";
+    let data = {
+        let f = env.vfs.open(Path::new(seg), OpenMode::Read).unwrap();
+        let mut d = vec![0u8; f.len().unwrap() as usize];
+        f.read_exact_at(&mut d, 0).unwrap();
+        d
+    };
+    let at = data
+        .windows(b"payload 5 ".len())
+        .position(|w| w == b"payload 5 ")
+        .unwrap();
+    flip(&env, seg, at as u64 + 3);
+    env.vfs
+        .remove_file(Path::new("/s/log/00000000000000000001.idx"))
+        .unwrap();
+    // Refused by default, with the place of the damage.
+    let e = Store::open_with_vfs(env.vfs.clone(), "/s", opts(&env)).unwrap_err();
+    let Error::Corrupt { ranges } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert_eq!(ranges[0].segment, 1);
+    assert!(ranges[0].offset <= at as u64, "{ranges:?}");
+    assert!(e.to_string().contains("index"), "{e}");
+    // Skip opens it, reports it, and everything else is there.
+    let s = env.open_with(Options {
+        recovery: spool_engine::RecoveryPolicy::Skip,
+        ..opts(&env)
+    });
+    let r = s.recovery_report().clone();
+    assert_eq!(r.damaged.len(), 1, "{r:?}");
+    assert!(r.indexes_rebuilt >= 1, "{r:?}");
+    let got: Vec<u64> = s
+        .lease("q", 1000, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let want: Vec<u64> = a.iter().copied().filter(|&id| id != a[5]).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn an_index_file_lost_while_open_and_rebuilt_over_damage_fails_the_read_loudly() {
+    let env = Env::new();
+    let s = env.open_with(opts(&env));
+    fill(&s, 300);
+    s.maintain().unwrap();
+    drop(s);
+    let s = env.open_with(opts(&env));
+    let seg = "/s/log/00000000000000000001.seg";
+    let data = {
+        let f = env.vfs.open(Path::new(seg), OpenMode::Read).unwrap();
+        let mut d = vec![0u8; f.len().unwrap() as usize];
+        f.read_exact_at(&mut d, 0).unwrap();
+        d
+    };
+    let at = data
+        .windows(b"payload 5 ".len())
+        .position(|w| w == b"payload 5 ")
+        .unwrap();
+    flip(&env, seg, at as u64 + 3);
+    env.vfs
+        .remove_file(Path::new("/s/log/00000000000000000001.idx"))
+        .unwrap();
+    let e = s.lease("q", 1000, None).unwrap_err();
+    assert!(matches!(e, Error::DamagedRecord { segment: 1, .. }), "{e}");
+    assert!(e.to_string().contains("index file"), "{e}");
+}

@@ -365,7 +365,7 @@ pub fn run_write_amp(dir: &Path, cfg: &BenchConfig, report: &mut Report) -> Resu
         en::WRITE_AMP,
         &volume,
         drained.ops,
-        "/call (whole log kept: no segment deletion yet)",
+        "/call, then close (checkpoint and index files included)",
         |f| {
             f.ratio_to(names::SQLITE_WRITE_AMP)
                 .target(Target::AtMostRatio(1.0))

@@ -69,11 +69,31 @@ pub(crate) fn index_entry(e: &Enqueue, at: At) -> Option<(LaneKey, IdxEntry)> {
 #[derive(Debug)]
 enum RamSeg {
     /// The active segment's: grows with every push.
-    Building(HashMap<LaneKey, Vec<IdxEntry>>),
+    Building(HashMap<LaneKey, BuildingLane>),
     /// A sealed segment's, until the maintenance writes its file (`true`), or rebuilt by a
     /// reader because its file was damaged (`false`: kept in RAM for this session, so that
     /// what the disk sees never depends on what was read; the next open rebuilds it).
     Frozen(Arc<SegmentIndex>, bool),
+}
+
+/// A lane's entries in the active segment. Pushes come in id order; a compaction's copies
+/// (older ids) do not: they are appended and the lane is sorted when it is next read, once
+/// for a whole compaction round instead of one insertion (moving every later entry) each.
+#[derive(Debug, Default)]
+struct BuildingLane {
+    entries: Vec<IdxEntry>,
+    unsorted: bool,
+}
+
+impl BuildingLane {
+    fn settle(&mut self) {
+        if self.unsorted {
+            // Stable: of two entries with the same id, the first one written stays.
+            self.entries.sort_by_key(|e| e.id);
+            self.entries.dedup_by_key(|e| e.id);
+            self.unsorted = false;
+        }
+    }
 }
 
 /// Where stream entries are read from: segment indexes in RAM or in `.idx` files.
@@ -106,13 +126,18 @@ impl IndexStore {
             // A sealed segment never gets new records.
             return;
         };
-        let v = lanes.entry(key).or_default();
-        if v.last().is_none_or(|l| l.id < e.id) {
-            v.push(e);
-        } else {
-            let i = v.partition_point(|x| x.id < e.id);
-            if v.get(i).is_none_or(|x| x.id != e.id) {
-                v.insert(i, e);
+        let lane = lanes.entry(key).or_default();
+        if lane.entries.last().is_some_and(|l| l.id >= e.id) {
+            lane.unsorted = true;
+        }
+        lane.entries.push(e);
+    }
+
+    /// Sorts the active segment's lane `key` if out-of-order entries were appended to it.
+    fn settle(&mut self, seg: u64, key: LaneKey) {
+        if let Some(RamSeg::Building(lanes)) = self.ram.get_mut(&seg) {
+            if let Some(lane) = lanes.get_mut(&key) {
+                lane.settle();
             }
         }
     }
@@ -137,7 +162,13 @@ impl IndexStore {
         };
         let mut lanes: Vec<LaneIndex> = lanes
             .into_iter()
-            .map(|(key, entries)| LaneIndex { key, entries })
+            .map(|(key, mut lane)| {
+                lane.settle();
+                LaneIndex {
+                    key,
+                    entries: lane.entries,
+                }
+            })
             .collect();
         lanes.sort_by_key(|l| l.key);
         let idx = Arc::new(SegmentIndex {
@@ -217,6 +248,7 @@ impl IndexStore {
 
     /// Up to `max` entries of lane `key` in segment `seg`, from entry number `from`.
     pub fn read(&mut self, seg: u64, key: LaneKey, from: u64, max: usize) -> Result<Vec<IdxEntry>> {
+        self.settle(seg, key);
         if let Some(v) = self.ram_lane(seg, key) {
             let from = (from as usize).min(v.len());
             return Ok(v[from..(from + max).min(v.len())].to_vec());
@@ -241,6 +273,7 @@ impl IndexStore {
 
     /// The number of the first entry of lane `key` in segment `seg` with an id >= `id`.
     pub fn lower_bound(&mut self, seg: u64, key: LaneKey, id: u64) -> Result<u64> {
+        self.settle(seg, key);
         if let Some(v) = self.ram_lane(seg, key) {
             return Ok(v.partition_point(|e| e.id < id) as u64);
         }
@@ -266,7 +299,7 @@ impl IndexStore {
 
     fn ram_lane(&self, seg: u64, key: LaneKey) -> Option<&[IdxEntry]> {
         match self.ram.get(&seg)? {
-            RamSeg::Building(l) => Some(l.get(&key).map_or(&[][..], Vec::as_slice)),
+            RamSeg::Building(l) => Some(l.get(&key).map_or(&[][..], |l| l.entries.as_slice())),
             RamSeg::Frozen(i, _) => Some(i.lane(key).map_or(&[][..], |l| l.entries.as_slice())),
         }
     }
@@ -768,7 +801,13 @@ impl Stream {
         r.live = r.live.saturating_sub(1);
         r.live_bytes = r.live_bytes.saturating_sub(size);
         r.live_len = r.live_len.saturating_sub(u64::from(e.len));
-        if r.live == 0 {
+        // Compaction copies a segment's records in id order, so every stream message of this
+        // run below `id` was copied before it (or has left): the old run starts above it now.
+        // Without this, the old segment's index (which still lists the copied records) and the
+        // new run would both hold `id` until the old segment's last record was copied: a read
+        // of the front could take the stale copy, and the new run's count would never fall.
+        r.lo = r.lo.max(id.saturating_add(1));
+        if r.live == 0 || r.lo > r.hi {
             self.runs.remove(ri);
         }
         // Every cursor is reloaded: the copy is inserted among the segment's entries.

@@ -88,8 +88,11 @@ fn compact(shared: &Arc<Shared>, seg: u64) -> Result<u64> {
             }
             let mut n = 0;
             let mut bytes = 0u64;
+            // At most an eighth of a segment per round (small segments, as in the tests, are
+            // compacted over several rounds too).
+            let budget = (shared.options.segment_bytes / 8).clamp(1, COMPACT_BYTES_MAX);
             for (qid, id, rec) in todo {
-                if bytes >= COMPACT_BYTES_MAX {
+                if bytes >= budget {
                     break;
                 }
                 // A sealed segment is written: its records are readable.

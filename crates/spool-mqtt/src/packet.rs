@@ -12,7 +12,7 @@
 //!
 //! Reason codes are kept as the raw MQTT 5 byte. A MQTT 3.1.1 CONNACK return code is
 //! translated to its MQTT 5 equivalent on decode (and back on encode), so that the session
-//! maps every refusal through one table ([`crate::ConnectError`]).
+//! maps every refusal through one table ([`crate::ConnectRefusal`]).
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as mb4, v4};

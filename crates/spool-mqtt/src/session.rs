@@ -4,7 +4,9 @@
 //! It owns no socket, reads no clock (every input carries `now`) and never calls the store.
 //! An event loop feeds it the packets it decodes ([`Session::handle_incoming`]), wakes it at
 //! [`Session::next_deadline`] ([`Session::handle_tick`]), offers it store records
-//! ([`Session::offer`]) and carries out the [`Action`]s it returns, **in order**.
+//! ([`Session::offer`]) and carries out the [`Action`]s it returns, **in order**. The full
+//! contract (inputs, outputs, what the caller must persist before it continues, and why) is
+//! in `docs/mqtt.md`.
 //!
 //! # Invariants
 //!

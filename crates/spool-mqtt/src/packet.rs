@@ -66,6 +66,10 @@ pub mod reason {
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
     /// PUBACK/PUBREC or DISCONNECT: the packet is larger than allowed.
     pub const PACKET_TOO_LARGE: u8 = 0x95;
+    /// The broker does not accept retained messages.
+    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    /// The broker does not accept this QoS.
+    pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
 }
 
 /// CONNECT (sent by the session; decoded too, for the local listener and tests).
@@ -104,6 +108,8 @@ pub struct ConnAck {
     pub maximum_packet_bytes: Option<u32>,
     /// MQTT 5: the highest QoS the broker accepts.
     pub maximum_qos: Option<u8>,
+    /// MQTT 5: whether the broker accepts retained messages (absent = yes).
+    pub retain_available: Option<bool>,
     /// MQTT 5: the client id the broker chose, when we sent none.
     pub assigned_client_id: Option<String>,
     /// MQTT 5: a human readable reason.
@@ -784,7 +790,7 @@ fn to_v5(packet: &Packet) -> v5::Packet {
                 session_expiry_interval: None,
                 receive_max: c.receive_maximum,
                 max_qos: c.maximum_qos,
-                retain_available: None,
+                retain_available: c.retain_available.map(u8::from),
                 max_packet_size: c.maximum_packet_bytes,
                 assigned_client_identifier: c.assigned_client_id.clone(),
                 topic_alias_max: None,
@@ -940,6 +946,7 @@ fn from_v5(packet: v5::Packet) -> Result<Packet, CodecError> {
                 out.server_keep_alive_s = p.server_keep_alive;
                 out.maximum_packet_bytes = p.max_packet_size;
                 out.maximum_qos = p.max_qos;
+                out.retain_available = p.retain_available.map(|r| r != 0);
                 out.assigned_client_id = p.assigned_client_identifier;
                 out.reason_string = p.reason_string;
                 out.server_reference = p.server_reference;
@@ -1137,6 +1144,7 @@ mod tests {
             server_keep_alive_s: Some(10),
             maximum_packet_bytes: Some(1024),
             maximum_qos: Some(1),
+            retain_available: Some(false),
             assigned_client_id: None,
             reason_string: Some("bad password".to_owned()),
             server_reference: None,

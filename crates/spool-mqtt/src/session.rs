@@ -17,9 +17,10 @@
 //!   (QoS 2) for its own packet id, received on a connection on which it was written.** A
 //!   QoS 0 record is acked right after its PUBLISH is emitted. A record the broker refuses
 //!   (reason code 0x80 or above) is reported [`Action::Rejected`] once and never retried.
-//! - **Resend order.** Records are kept in the order they were offered (restored QoS 2
-//!   records first). After every CONNACK, whatever `session_present` says, every record not
-//!   yet acked is written again in that order before any newer one, within the window.
+//! - **Resend order.** Records are kept in the order they were offered (after a restart,
+//!   restored QoS 2 records among the records offered again, by sequence number). After
+//!   every CONNACK, whatever `session_present` says, every record not yet acked is written
+//!   again in that order before any newer one, within the window.
 //! - **Durable before the wire.** A [`Action::Qos2Progress`] always comes before the packet
 //!   it describes: the caller records it durably, then writes what follows. So after a crash
 //!   the recorded packet id and stage are never behind what the broker saw.
@@ -44,6 +45,12 @@ pub const WINDOW_MAX: u16 = 65_000;
 /// Default window: enough to keep a 50 ms RTT link busy at a few thousand messages/s
 /// (research section 9 asks for >= 64), small enough that a reconnect resends little.
 pub const WINDOW_DEFAULT: u16 = 256;
+
+/// Restored records are spaced this far apart in the order of slots, so that records offered
+/// after a restart can be put between them by sequence number (see [`Session::restore`]).
+/// Larger than any number of records the session can hold.
+const RESTORED_ORD_GAP: u64 = 1 << 20;
+const _: () = assert!(RESTORED_ORD_GAP > WINDOW_MAX as u64);
 
 /// Receive Maximum when the broker announces none (MQTT 5 default, and MQTT 3.1.1).
 const BROKER_RECEIVE_MAXIMUM_DEFAULT: u16 = 65_535;
@@ -645,9 +652,13 @@ pub struct Session {
     codec: Codec,
     state: ConnectionState,
 
-    // Outgoing records, in offer order (restored QoS 2 records first).
+    // Outgoing records, in offer order (restored QoS 2 records among them by seq).
     slots: BTreeMap<u64, Slot>,
     next_ord: u64,
+    /// After [`Session::restore`] and until the first connect: the restored records
+    /// (sequence number, ord) and how many records were put before each, so that records
+    /// offered again keep their original order with the restored ones.
+    restored: Vec<(u64, u64, u64)>,
     by_packet_id: HashMap<u16, u64>,
     by_seq: HashMap<u64, u64>,
     packet_ids: PacketIds,
@@ -659,6 +670,8 @@ pub struct Session {
     // Connection parameters from CONNACK.
     broker_receive_maximum: u16,
     broker_max_packet_bytes: Option<u32>,
+    broker_max_qos: QoS,
+    broker_retain_available: bool,
     keep_alive: Duration,
 
     // Time.
@@ -697,6 +710,7 @@ impl Session {
             state: ConnectionState::Disconnected,
             slots: BTreeMap::new(),
             next_ord: 0,
+            restored: Vec::new(),
             by_packet_id: HashMap::new(),
             by_seq: HashMap::new(),
             packet_ids: PacketIds::new(),
@@ -704,6 +718,8 @@ impl Session {
             in_flight: 0,
             broker_receive_maximum: BROKER_RECEIVE_MAXIMUM_DEFAULT,
             broker_max_packet_bytes: None,
+            broker_max_qos: QoS::ExactlyOnce,
+            broker_retain_available: true,
             keep_alive,
             connect_sent_at: None,
             last_write: None,
@@ -724,9 +740,13 @@ impl Session {
 
     /// A session after a process restart: `inflight` are the QoS 2 records whose progress was
     /// recorded ([`Action::Qos2Progress`]) and that were not acked. They keep their packet
-    /// ids and are finished first (in sequence order) on the next connection: PUBREL for
-    /// [`Qos2State::Released`] when the broker kept the session, PUBLISH with DUP otherwise.
-    /// The caller then offers its other unacked records as usual (not these again).
+    /// ids and are finished on the next connection: PUBREL for [`Qos2State::Released`] when
+    /// the broker kept the session, PUBLISH with DUP otherwise.
+    ///
+    /// The caller then offers its other unacked records as usual (not these again), before
+    /// calling [`Session::connect`]: each one offered then is placed before the first
+    /// restored record with a larger sequence number, so that the original order holds across
+    /// the restart (records offered after the first connect come after all of them).
     pub fn restore(
         config: SessionConfig,
         mut inflight: Vec<Qos2Restore>,
@@ -749,8 +769,9 @@ impl Session {
                     packet_id: r.packet_id,
                 });
             }
-            let ord = session.next_ord;
-            session.next_ord += 1;
+            let ord = (session.restored.len() as u64 + 1) * RESTORED_ORD_GAP;
+            session.next_ord = ord + RESTORED_ORD_GAP;
+            session.restored.push((seq, ord, 0));
             session.by_seq.insert(seq, ord);
             session.by_packet_id.insert(r.packet_id, ord);
             session.slots.insert(
@@ -864,6 +885,8 @@ impl Session {
         if self.state != ConnectionState::Disconnected {
             self.connection_lost();
         }
+        // From now on, offers go to the end.
+        self.restored.clear();
         self.state = ConnectionState::Connecting;
         self.connect_sent_at = Some(now);
         self.last_write = Some(now);
@@ -944,8 +967,7 @@ impl Session {
         if self.by_seq.contains_key(&record.seq) {
             return Err(OfferError::DuplicateSeq { seq: record.seq });
         }
-        let ord = self.next_ord;
-        self.next_ord += 1;
+        let ord = self.ord_for_offer(record.seq);
         self.by_seq.insert(record.seq, ord);
         self.slots.insert(
             ord,
@@ -962,6 +984,22 @@ impl Session {
         let mut out = Vec::new();
         self.pump(&mut out, now);
         Ok(out)
+    }
+
+    /// Where an offered record goes in the order of slots: at the end, except between a
+    /// restore and the first connect (see [`Session::restore`]).
+    fn ord_for_offer(&mut self, seq: u64) -> u64 {
+        if let Some(i) = self.restored.iter().position(|&(r, _, _)| r > seq) {
+            // Before restored record i: after restored record i-1 (or 0) and after the
+            // records already put there.
+            let (_, before, placed) = self.restored[i];
+            let ord = before - RESTORED_ORD_GAP + 1 + placed;
+            self.restored[i].2 += 1;
+            return ord;
+        }
+        let ord = self.next_ord;
+        self.next_ord += 1;
+        ord
     }
 
     fn remove_slot(&mut self, ord: u64) -> Option<Slot> {
@@ -1069,20 +1107,41 @@ impl Session {
             },
         };
         let packet = Packet::Publish(publish);
-        if let Some(max) = self.broker_max_packet_bytes {
-            let len = self.codec.encoded_len(&packet);
-            if len > max as usize {
-                self.remove_slot(ord);
-                self.stats.rejected += 1;
-                out.push(Action::Rejected {
-                    seq,
-                    reason: reason::PACKET_TOO_LARGE,
-                    reason_string: Some(format!(
-                        "the PUBLISH is {len} bytes, the broker accepts at most {max}"
-                    )),
-                });
-                return true;
-            }
+        // What the broker announced it cannot take would make it close the connection, and
+        // the record would be resent after every reconnect: refuse it here instead.
+        let refusal = if qos > self.broker_max_qos {
+            Some((
+                reason::QOS_NOT_SUPPORTED,
+                format!(
+                    "the record has QoS {}, the broker accepts at most QoS {}",
+                    qos as u8, self.broker_max_qos as u8
+                ),
+            ))
+        } else if slot.record.retain && !self.broker_retain_available {
+            Some((
+                reason::RETAIN_NOT_SUPPORTED,
+                "the record is retained, the broker does not accept retained messages".to_owned(),
+            ))
+        } else {
+            self.broker_max_packet_bytes.and_then(|max| {
+                let len = self.codec.encoded_len(&packet);
+                (len > max as usize).then(|| {
+                    (
+                        reason::PACKET_TOO_LARGE,
+                        format!("the PUBLISH is {len} bytes, the broker accepts at most {max}"),
+                    )
+                })
+            })
+        };
+        if let Some((code, why)) = refusal {
+            self.remove_slot(ord);
+            self.stats.rejected += 1;
+            out.push(Action::Rejected {
+                seq,
+                reason: code,
+                reason_string: Some(why),
+            });
+            return true;
         }
         let Some(slot) = self.slots.get_mut(&ord) else {
             return true;
@@ -1257,6 +1316,11 @@ impl Session {
             .receive_maximum
             .unwrap_or(BROKER_RECEIVE_MAXIMUM_DEFAULT);
         self.broker_max_packet_bytes = connack.maximum_packet_bytes;
+        self.broker_max_qos = connack
+            .maximum_qos
+            .and_then(QoS::from_u8)
+            .unwrap_or(QoS::ExactlyOnce);
+        self.broker_retain_available = connack.retain_available.unwrap_or(true);
         self.keep_alive = Duration::from_secs(u64::from(
             connack
                 .server_keep_alive_s

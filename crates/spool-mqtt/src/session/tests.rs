@@ -756,6 +756,80 @@ fn qos2_finishes_with_the_same_packet_ids_after_a_process_restart() {
 }
 
 #[test]
+fn records_offered_again_after_a_restart_keep_their_order_with_the_restored_ones() {
+    // In flight at the crash: 5 (QoS 1), 6 (QoS 2, recorded), 7 (QoS 1), 8 (QoS 2, recorded).
+    let c = Clock::new();
+    let restored = vec![
+        Qos2Restore {
+            record: record(8, QoS::ExactlyOnce),
+            packet_id: 80,
+            state: Qos2State::Published,
+        },
+        Qos2Restore {
+            record: record(6, QoS::ExactlyOnce),
+            packet_id: 60,
+            state: Qos2State::Released,
+        },
+    ];
+    let mut s = Session::restore(config(V5), restored).unwrap();
+    // The outbox offers the rest again, in order, before connecting.
+    for seq in [5, 7, 9] {
+        assert!(offer(&mut s, record(seq, QoS::AtLeastOnce), c.at(0)).is_empty());
+    }
+    let out = connect(&mut s, c.at(1), true);
+    // One more after the connect goes last.
+    let later = offer(&mut s, record(4, QoS::AtLeastOnce), c.at(2));
+    let order: Vec<String> = sent(&out)
+        .iter()
+        .chain(sent(&later).iter())
+        .map(|p| match p {
+            Packet::Publish(p) => format!("P{}", seq_of(p)),
+            Packet::PubRel(a) => format!("R{}", a.packet_id),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(order, ["P5", "R60", "P7", "P8", "P9", "P4"]);
+}
+
+#[test]
+fn what_the_broker_announced_it_cannot_take_is_rejected_not_resent_forever() {
+    let c = Clock::new();
+    let mut s = Session::new(config(V5)).unwrap();
+    let _ = s.connect(c.at(0));
+    s.handle_incoming(
+        Packet::ConnAck(ConnAck {
+            maximum_qos: Some(1),
+            retain_available: Some(false),
+            ..ConnAck::default()
+        }),
+        c.at(0),
+    )
+    .unwrap();
+    let out = offer(&mut s, record(1, QoS::ExactlyOnce), c.at(1));
+    assert!(matches!(
+        &out[..],
+        [Action::Rejected { seq: 1, reason: reason::QOS_NOT_SUPPORTED, reason_string: Some(why) }]
+            if why.contains("at most QoS 1")
+    ));
+    let mut retained = record(2, QoS::AtLeastOnce);
+    retained.retain = true;
+    let out = offer(&mut s, retained, c.at(1));
+    assert!(matches!(
+        out[..],
+        [Action::Rejected {
+            seq: 2,
+            reason: reason::RETAIN_NOT_SUPPORTED,
+            ..
+        }]
+    ));
+    // QoS 1, not retained: fine.
+    let out = offer(&mut s, record(3, QoS::AtLeastOnce), c.at(1));
+    assert_eq!(publishes(&out).len(), 1);
+    assert_eq!(s.stats().rejected, 2);
+    assert_eq!(s.held(), 1);
+}
+
+#[test]
 fn a_restored_release_the_broker_no_longer_knows_still_completes() {
     // The broker completed the transaction, we died before deleting the record: its
     // PUBCOMP says "packet id not found", which still means delivered.

@@ -6,6 +6,8 @@
 //! - every offered record is reported `Acked` exactly once, eventually;
 //! - `Acked` is never reported for a record whose PUBLISH was not written;
 //! - the packet ids of the records held are unique and never 0;
+//! - on every connection, records are published in their original (offer) order, resends
+//!   first, also across a restart;
 //! - the broker saw every acked QoS 1/2 record at least once, and every QoS 2 record
 //!   exactly once unless it was in flight when the broker lost the session (exactly-once
 //!   across crashes);
@@ -56,6 +58,9 @@ struct Broker {
     /// How many times each record reached subscribers.
     delivered: HashMap<u64, u32>,
     connected: bool,
+    /// The last record published on this connection: records are offered in sequence
+    /// order, so every connection must see them in increasing order (resends included).
+    last_seq: Option<u64>,
 }
 
 impl Broker {
@@ -66,6 +71,12 @@ impl Broker {
         match packet {
             Packet::Publish(p) => {
                 let seq = seq_of(p);
+                assert!(
+                    self.last_seq.is_none_or(|last| seq > last),
+                    "{seq} published after {:?} on one connection",
+                    self.last_seq
+                );
+                self.last_seq = Some(seq);
                 match p.qos {
                     QoS::AtMostOnce => *self.delivered.entry(seq).or_default() += 1,
                     QoS::AtLeastOnce => {
@@ -231,6 +242,7 @@ impl World {
         }
         self.broker.connected = true;
         self.broker.pending.clear();
+        self.broker.last_seq = None;
         let _ = self.session.connect(self.now());
         let out = self
             .session

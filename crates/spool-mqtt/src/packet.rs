@@ -1202,3 +1202,44 @@ mod tests {
         assert!(codec.decode(&mut buf).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz_like {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// Whatever the broker sends, decoding returns a packet, "need more" or an error;
+        /// it never panics, and a decoded packet re-encodes to something that decodes to it.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            first in prop_oneof![
+                any::<u8>(),
+                proptest::sample::select(vec![
+                    0x10u8, 0x20, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x3B, 0x40, 0x50, 0x62,
+                    0x70, 0x82, 0x90, 0xA2, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0,
+                ]),
+            ],
+            len in 0u8..64,
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            v5 in any::<bool>(),
+            exact in any::<bool>(),
+        ) {
+            let protocol = if v5 { Protocol::V5 } else { Protocol::V311 };
+            let codec = Codec::new(protocol, 1 << 16);
+            let mut buf = BytesMut::new();
+            // Half the cases announce exactly the bytes that follow (a complete packet).
+            let len = if exact { body.len() as u8 } else { len };
+            buf.extend_from_slice(&[first, len]);
+            buf.extend_from_slice(&body);
+            if let Ok(Some(packet)) = codec.decode(&mut buf) {
+                let mut again = BytesMut::new();
+                if codec.encode(&packet, &mut again).is_ok() {
+                    let _ = codec.decode(&mut again);
+                }
+            }
+        }
+    }
+}

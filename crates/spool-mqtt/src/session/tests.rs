@@ -4,6 +4,7 @@
 use super::*;
 use crate::packet::{ConnAck, Disconnect, SubAck, UnsubAck};
 
+mod inbound_model;
 mod model;
 
 const V311: Protocol = Protocol::V311;

@@ -104,6 +104,7 @@ impl Broker {
 }
 
 struct World {
+    protocol: Protocol,
     clock: Clock,
     now_ms: u64,
     session: Session,
@@ -125,8 +126,8 @@ struct World {
     exposed_to_session_loss: HashSet<u64>,
 }
 
-fn model_config() -> SessionConfig {
-    let mut cfg = SessionConfig::new(Protocol::V5, "model");
+fn model_config(protocol: Protocol) -> SessionConfig {
+    let mut cfg = SessionConfig::new(protocol, "model");
     cfg.window = 8;
     cfg.keep_alive = Duration::from_secs(5);
     cfg.ping_timeout = Duration::from_secs(2);
@@ -134,11 +135,12 @@ fn model_config() -> SessionConfig {
 }
 
 impl World {
-    fn new() -> World {
+    fn new(protocol: Protocol) -> World {
         World {
+            protocol,
             clock: Clock::new(),
             now_ms: 0,
-            session: Session::new(model_config()).unwrap(),
+            session: Session::new(model_config(protocol)).unwrap(),
             broker: Broker::default(),
             offered: BTreeMap::new(),
             next_seq: 1,
@@ -211,7 +213,7 @@ impl World {
                 state,
             })
             .collect();
-        self.session = Session::restore(model_config(), restore).unwrap();
+        self.session = Session::restore(model_config(self.protocol), restore).unwrap();
         self.session.packet_ids.next = self.restart_next_id;
         // The outbox offers every other unacked record again, in order.
         let again: Vec<(u64, QoS)> = self
@@ -249,7 +251,8 @@ impl World {
             .handle_incoming(
                 Packet::ConnAck(ConnAck {
                     session_present,
-                    receive_maximum: Some(5),
+                    // MQTT 3.1.1 has no Receive Maximum: the configured window (8) holds.
+                    receive_maximum: (self.protocol == Protocol::V5).then_some(5),
                     ..ConnAck::default()
                 }),
                 self.now(),
@@ -345,8 +348,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_record_is_acked_exactly_once(ops in proptest::collection::vec(op(), 1..150)) {
-        let mut w = World::new();
+    fn every_record_is_acked_exactly_once(
+        v5 in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..150),
+    ) {
+        let mut w = World::new(if v5 { Protocol::V5 } else { Protocol::V311 });
         for op in ops {
             w.step(op);
         }

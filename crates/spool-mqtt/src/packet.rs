@@ -1209,7 +1209,14 @@ mod fuzz_like {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+        // 20,000 cases by default (cheap); PROPTEST_CASES=N for a longer run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20_000),
+            ..ProptestConfig::default()
+        })]
 
         /// Whatever the broker sends, decoding returns a packet, "need more" or an error;
         /// it never panics, and a decoded packet re-encodes to something that decodes to it.

@@ -1215,6 +1215,12 @@ impl Session {
         if self.state == ConnectionState::Connecting {
             return match packet {
                 Packet::ConnAck(connack) => self.handle_connack(connack, now),
+                // Some brokers answer a CONNECT they refuse with DISCONNECT.
+                Packet::Disconnect(d) => Err(self.fail(Error::ServerDisconnected {
+                    reason: d.reason,
+                    reason_string: d.reason_string,
+                    server_reference: d.server_reference,
+                })),
                 other => Err(self.fail(Error::Protocol {
                     what: format!("expected CONNACK, received {}", packet_name(&other)),
                 })),

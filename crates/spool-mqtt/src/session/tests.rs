@@ -234,6 +234,24 @@ fn a_v311_bad_password_is_bad_credentials() {
 }
 
 #[test]
+fn a_disconnect_instead_of_connack_is_a_server_disconnect() {
+    let c = Clock::new();
+    let mut s = Session::new(config(V5)).unwrap();
+    let _ = s.connect(c.at(0));
+    assert!(matches!(
+        s.handle_incoming(
+            Packet::Disconnect(Disconnect {
+                reason: 0x89,
+                ..Disconnect::default()
+            }),
+            c.at(1)
+        ),
+        Err(Error::ServerDisconnected { reason: 0x89, .. })
+    ));
+    assert_eq!(s.state(), ConnectionState::Disconnected);
+}
+
+#[test]
 fn anything_but_connack_first_is_a_protocol_error() {
     let c = Clock::new();
     let mut s = Session::new(config(V311)).unwrap();

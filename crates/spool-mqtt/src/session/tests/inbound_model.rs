@@ -265,8 +265,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
+    // 256 cases by default; PROPTEST_CASES=N for a longer run.
     #[test]
     fn incoming_messages_are_stored_before_acked_and_qos2_is_handed_once(
         v5 in any::<bool>(),

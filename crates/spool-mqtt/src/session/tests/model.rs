@@ -345,8 +345,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
+    // 256 cases by default; PROPTEST_CASES=N for a longer run.
     #[test]
     fn every_record_is_acked_exactly_once(
         v5 in any::<bool>(),

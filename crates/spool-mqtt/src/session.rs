@@ -59,6 +59,20 @@ const BROKER_RECEIVE_MAXIMUM_DEFAULT: u16 = 65_535;
 /// transactions and subscriptions kept by the broker.
 pub const SESSION_EXPIRY_DEFAULT_S: u32 = 24 * 3600;
 
+/// Default keep alive: short enough that a NAT or a cellular link does not drop an idle
+/// connection silently (many time out after 60 s or more), long enough to cost little.
+pub const KEEP_ALIVE_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Default time to wait for an answer to PINGREQ: a few round trips on a slow cellular link.
+pub const PING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default time to wait for CONNACK (TLS and authentication happen before it on the broker).
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default MQTT 5 Receive Maximum we announce: how many incoming QoS 1/2 messages may wait
+/// for the caller to store them; bounds the memory of a slow inbox.
+pub const INBOUND_RECEIVE_MAXIMUM_DEFAULT: u16 = 64;
+
 /// The largest incoming packet we accept by default (MQTT allows 256 MiB; an edge device
 /// must not be made to buffer that).
 pub const INCOMING_PACKET_BYTES_DEFAULT: usize = 1 << 20;
@@ -71,12 +85,12 @@ pub struct SessionConfig {
     /// Client identifier; must be non-empty (a persistent session is tied to it).
     pub client_id: String,
     /// Keep alive sent in CONNECT (whole seconds, at most 65535 s); zero turns pings off.
-    /// Default 30 s. A broker's MQTT 5 Server Keep Alive overrides it.
+    /// Default [`KEEP_ALIVE_DEFAULT`]. A broker's MQTT 5 Server Keep Alive overrides it.
     pub keep_alive: Duration,
     /// How long to wait after a PINGREQ for any packet before declaring the link dead.
-    /// Default 10 s.
+    /// Default [`PING_TIMEOUT_DEFAULT`].
     pub ping_timeout: Duration,
-    /// How long to wait for CONNACK after CONNECT. Default 10 s.
+    /// How long to wait for CONNACK after CONNECT. Default [`CONNECT_TIMEOUT_DEFAULT`].
     pub connect_timeout: Duration,
     /// MQTT 5 session expiry interval in seconds. Default [`SESSION_EXPIRY_DEFAULT_S`].
     pub session_expiry_s: u32,
@@ -84,7 +98,8 @@ pub struct SessionConfig {
     /// Default [`WINDOW_DEFAULT`], at most [`WINDOW_MAX`].
     pub window: u16,
     /// MQTT 5 Receive Maximum we announce: how many QoS 1/2 messages the broker may have
-    /// unacknowledged towards us (bounds what waits for `ack_incoming`). Default 64.
+    /// unacknowledged towards us (bounds what waits for `ack_incoming`). Default
+    /// [`INBOUND_RECEIVE_MAXIMUM_DEFAULT`].
     pub inbound_receive_maximum: u16,
     /// User name, if the broker wants one.
     pub username: Option<String>,
@@ -98,12 +113,12 @@ impl SessionConfig {
         SessionConfig {
             protocol,
             client_id: client_id.into(),
-            keep_alive: Duration::from_secs(30),
-            ping_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
+            keep_alive: KEEP_ALIVE_DEFAULT,
+            ping_timeout: PING_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             session_expiry_s: SESSION_EXPIRY_DEFAULT_S,
             window: WINDOW_DEFAULT,
-            inbound_receive_maximum: 64,
+            inbound_receive_maximum: INBOUND_RECEIVE_MAXIMUM_DEFAULT,
             username: None,
             password: None,
         }

@@ -65,6 +65,15 @@ pub struct ProxyStats {
     pub upstream_to_client: Flow,
 }
 
+impl ProxyStats {
+    /// Bytes read but not (yet) forwarded, both directions: what a stall holds back, or what
+    /// is on its way. Zero when the proxy is idle.
+    pub fn held_bytes(&self) -> u64 {
+        let flows = [self.client_to_upstream, self.upstream_to_client];
+        flows.iter().map(|f| f.received - f.forwarded).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Control {
     stalled: bool,

@@ -73,7 +73,7 @@ fn through_the_proxy() {
     let sub = subscribe(&via_proxy, "p/#", 0);
     publish_ok(&via_proxy, "p/x", b"proxied", 0);
     assert_eq!(sub.next_message(WAIT), Some(message("p/x", b"proxied")));
-    let stats = proxy.stats();
+    let stats = proxy.wait_until(WAIT, |s| s.held_bytes() == 0).unwrap();
     assert!(stats.accepted >= 2, "{stats:?}");
     assert!(stats.client_to_upstream.forwarded > 0, "{stats:?}");
     assert!(stats.upstream_to_client.forwarded > 0, "{stats:?}");
@@ -115,7 +115,8 @@ fn stall_keeps_the_socket_open_but_passes_no_bytes() {
     let broker = start(BrokerConfig::default().persistence(false));
     let proxy = Proxy::start(broker.addr()).unwrap();
     let sub = subscribe(&broker.client().port(proxy.port()), "s/#", 1);
-    let before = proxy.stats();
+    // Counters settle just after the bytes are written: wait until nothing is on its way.
+    let before = proxy.wait_until(WAIT, |s| s.held_bytes() == 0).unwrap();
     proxy.set_stalled(true);
     // Published straight to the broker, which sends it down the stalled link.
     publish_ok(&broker.client(), "s/held", b"held back", 1);
@@ -137,6 +138,36 @@ fn stall_keeps_the_socket_open_but_passes_no_bytes() {
         Some(message("s/held", b"held back"))
     );
     assert_eq!(sub.connect_attempts(), 1);
+}
+
+#[test]
+fn a_stall_is_a_half_open_link_that_keepalive_detects() {
+    let broker = start(BrokerConfig::default().persistence(false));
+    let proxy = Proxy::start(broker.addr()).unwrap();
+    // Keepalive 5 s (mosquitto_sub's minimum): the client pings after 5 s of silence and gives
+    // up when the answer has not come by the next keepalive.
+    let opts = broker.client().port(proxy.port()).keepalive(5);
+    let sub = subscribe(&opts, "h/#", 1);
+    proxy.set_stalled(true);
+    // About 10 s; the bound leaves room for a loaded machine.
+    assert!(
+        sub.wait_connect_attempts(2, 6 * WAIT),
+        "the client never noticed the stalled link: {}",
+        sub.stderr()
+    );
+    proxy.set_stalled(false);
+    sub.wait_subscribed(2, WAIT).unwrap();
+    publish_ok(&broker.client(), "h/after", b"alive", 1);
+    assert_eq!(sub.next_message(WAIT), Some(message("h/after", b"alive")));
+}
+
+#[test]
+fn mqtt_v5_clients_work_too() {
+    let broker = start(BrokerConfig::default().persistence(false));
+    let v5 = broker.client().protocol("mqttv5");
+    let sub = subscribe(&v5, "v5/#", 2);
+    publish_ok(&v5, "v5/a", b"five", 2);
+    assert_eq!(sub.next_message(WAIT), Some(message("v5/a", b"five")));
 }
 
 #[test]

@@ -545,6 +545,15 @@ mod tests {
         proxy.set_refusing(false);
         let mut s = connect(&proxy);
         assert_eq!(echo(&mut s, b"y"), b"y");
+        // A timed refusal ends by itself, or when lifted.
+        proxy.refuse_for(Duration::from_secs(3600));
+        let mut s = connect(&proxy);
+        let read = s.read(&mut buf);
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(proxy.stats().refused, 2);
+        proxy.set_refusing(false);
+        let mut s = connect(&proxy);
+        assert_eq!(echo(&mut s, b"z"), b"z");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use spool_testkit::certs::Pki;
+use spool_testkit::certs::{CertFiles, Pki};
 use spool_testkit::mosquitto::{
     publish, register_subscription, subscribe_collect, Broker, BrokerConfig, ClientOptions, Error,
     Subscriber, TlsListener,
@@ -186,13 +186,9 @@ fn slow_link_delivers_everything() {
     assert!(got.1 == payload, "payload differs ({} bytes)", got.1.len());
 }
 
-fn tls_broker(pki: &Pki, server: &spool_testkit::certs::CertFiles, mutual: bool) -> Broker {
-    start(BrokerConfig::default().persistence(false).tls(TlsListener {
-        ca_file: pki.ca.cert.clone(),
-        cert_file: server.cert.clone(),
-        key_file: server.key.clone(),
-        require_certificate: mutual,
-    }))
+fn tls_broker(pki: &Pki, server: &CertFiles, mutual: bool) -> Broker {
+    let tls = TlsListener::from_certs(&pki.ca, server, mutual);
+    start(BrokerConfig::default().persistence(false).tls(tls))
 }
 
 #[test]

@@ -199,6 +199,9 @@ pub fn subscribe_collect(
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Message>, Error> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
     let args = sub_args(
         opts,

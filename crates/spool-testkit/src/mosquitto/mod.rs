@@ -28,6 +28,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::certs::CertFiles;
 pub use client::{publish, register_subscription, subscribe_collect, ClientOptions, Subscriber};
 
 /// How long a broker may take to open its listeners.
@@ -110,6 +111,19 @@ pub struct TlsListener {
     pub key_file: PathBuf,
     /// Mutual TLS: a client without a certificate signed by `ca_file` is refused.
     pub require_certificate: bool,
+}
+
+impl TlsListener {
+    /// A listener presenting `server`, trusting client certificates signed by `ca` (checked
+    /// only when `require_certificate`).
+    pub fn from_certs(ca: &CertFiles, server: &CertFiles, require_certificate: bool) -> Self {
+        TlsListener {
+            ca_file: ca.cert.clone(),
+            cert_file: server.cert.clone(),
+            key_file: server.key.clone(),
+            require_certificate,
+        }
+    }
 }
 
 /// How the broker is set up. `BrokerConfig::default()`: plain TCP only, anonymous access,

@@ -750,10 +750,17 @@ impl Stream {
         };
         let size = u64::from(e.size & !SIZE_CARRIED);
         // The new run first (so that the old run's removal sees the overlap), then the old.
+        // A run of the target segment whose range spans `id` already (pushes after an earlier
+        // copy extended it) takes it as it is: a second run there would list `id` twice.
         let existing = self
             .runs
             .iter()
-            .rposition(|r| r.seg == seg && r.hi < id && self.runs_between_clear(r.hi, id, seg));
+            .position(|r| r.seg == seg && r.lo <= id && id <= r.hi)
+            .or_else(|| {
+                self.runs.iter().rposition(|r| {
+                    r.seg == seg && r.hi < id && self.runs_between_clear(r.hi, id, seg)
+                })
+            });
         let at = if let Some(i) = existing {
             i
         } else {
@@ -809,6 +816,13 @@ impl Stream {
         r.lo = r.lo.max(id.saturating_add(1));
         if r.live == 0 || r.lo > r.hi {
             self.runs.remove(ri);
+        } else if self
+            .runs
+            .get(ri + 1)
+            .is_some_and(|n| n.lo < self.runs[ri].lo)
+        {
+            // Runs are kept in order of their first id (reads and pushes rely on it).
+            self.runs.sort_by_key(|r| r.lo);
         }
         // Every cursor is reloaded: the copy is inserted among the segment's entries.
         for r in &mut self.runs {

@@ -1953,6 +1953,15 @@ fn diff_views(expected: &StoreView, actual: &StoreView) -> Vec<String> {
                 q.messages.len()
             )),
             (Some(e), Some(a)) => {
+                let order = |q: &QueueView| q.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+                if order(e) != order(a) {
+                    // Duplicates or another order: the per-id comparison below cannot show it.
+                    out.push(format!(
+                        "queue {name}: message ids {:?}, expected {:?}",
+                        order(a),
+                        order(e)
+                    ));
+                }
                 if e.config != a.config {
                     out.push(format!(
                         "queue {name}: config [{}], expected [{}]",

@@ -626,3 +626,71 @@ fn finish(s: &Store, mut got: Vec<u64>, all: &[u64], relocated: u64) {
     assert_eq!(got, all, "every message once, in order");
     assert_eq!(s.stats("q").unwrap().messages, 0);
 }
+
+#[test]
+fn a_copy_into_a_segment_whose_run_already_spans_its_id_is_listed_once() {
+    // Regression (crash simulation, seed 16647): a first compaction round copied some ids into
+    // the active segment, pushes extended that run past the ids still waiting to be copied,
+    // and the next round put each of those into a second, overlapping run: listed twice.
+    let env = Env::new();
+    let o = Options {
+        segment_bytes: 64 << 10,
+        ..opts(&env)
+    };
+    let s = env.open_with(o.clone());
+    let payload = |i: usize| format!("m{i:05}-{}", "p".repeat(60));
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        ids.push(s.push("q", Push::new(payload(i))).unwrap());
+    }
+    // Another queue's messages fill the rest of the segment and open the next one: the
+    // queue's only run is in segment 1, and what comes next lands in the active segment.
+    while s.maintain().unwrap().indexes_written == 0 {
+        s.push("other", Push::new(payload(0))).unwrap();
+    }
+    s.purge("other").unwrap();
+    // Keep every fifth message of the sealed segment (out of order deletes, never leased), not
+    // the first: the copies' run then starts above the old run's start.
+    let mut kept = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        if i % 5 == 2 {
+            kept.push(id);
+        } else {
+            s.delete("q", id).unwrap();
+        }
+    }
+    let mut relocated = Vec::new();
+    for round in 0..40 {
+        let r = s.maintain().unwrap();
+        relocated.push(r.records_relocated);
+        // New pushes between rounds land in the active segment, after the copies.
+        kept.push(s.push("q", Push::new(payload(2000 + round))).unwrap());
+        let listed: Vec<u64> = ids_of(&s);
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            listed, sorted,
+            "round {round}: each message listed once, in id order"
+        );
+        assert_eq!(listed, kept, "round {round}");
+    }
+    assert!(
+        relocated.iter().filter(|&&n| n > 0).count() >= 2,
+        "compaction must take several rounds: {relocated:?}"
+    );
+    let got: Vec<u64> = s
+        .lease("q", 1000, None)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, kept);
+    drop(s);
+    let s = env.open_with(o);
+    assert_eq!(ids_of(&s), kept);
+}
+
+fn ids_of(s: &Store) -> Vec<u64> {
+    s.messages("q").unwrap().iter().map(|m| m.id).collect()
+}

@@ -312,33 +312,41 @@ impl Codec {
     /// Takes the next whole packet from the front of `buf`; `Ok(None)` when more bytes are
     /// needed (nothing consumed).
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        // The whole packet is cut from the stream before it is parsed: "need more bytes"
+        // never consumes anything, and a packet never consumes more or less than its own
+        // length (rumqttc 0.25 returned "insufficient bytes" after consuming part of some
+        // well-formed MQTT 5 DISCONNECTs, found by the mqtt_decoder fuzz target).
+        let Some(total) = frame_len(buf)? else {
+            return Ok(None);
+        };
+        if total > self.max_incoming_bytes {
+            return Err(CodecError::TooLarge {
+                size: total,
+                max: self.max_incoming_bytes,
+            });
+        }
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(total);
+        let cut_short = || malformed(&"the packet is shorter than its remaining length says");
         match self.protocol {
-            Protocol::V311 => match v4::Packet::read(buf, self.max_incoming_bytes) {
+            Protocol::V311 => match v4::Packet::read(&mut frame, usize::MAX) {
                 Ok(packet) => Ok(Some(from_v4(packet))),
-                Err(mb4::Error::InsufficientBytes(_)) => Ok(None),
-                Err(mb4::Error::PayloadSizeLimitExceeded(size)) => Err(CodecError::TooLarge {
-                    size,
-                    max: self.max_incoming_bytes,
-                }),
+                Err(mb4::Error::InsufficientBytes(_)) => Err(cut_short()),
                 Err(e) => Err(malformed(&e)),
             },
             Protocol::V5 => {
-                // MQTT 5 allows a DISCONNECT with no variable header (remaining length 0,
-                // meaning "normal disconnection"); rumqttc 0.25 refuses it.
-                if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
-                    let _ = buf.split_to(2);
-                    return Ok(Some(Packet::Disconnect(Disconnect::default())));
+                // DISCONNECT is read here: MQTT 5 allows short forms (no reason code, or no
+                // properties) that rumqttc 0.25 refuses or misreads.
+                if frame[0] == 0xE0 {
+                    let header = total - frame_body_len(&frame);
+                    return decode_v5_disconnect(&frame[header..])
+                        .map(|d| Some(Packet::Disconnect(d)));
                 }
-                let max = u32::try_from(self.max_incoming_bytes).unwrap_or(u32::MAX);
-                match v5::Packet::read(buf, Some(max)) {
+                match v5::Packet::read(&mut frame, None) {
                     Ok(packet) => from_v5(packet).map(Some),
-                    Err(mb5::Error::InsufficientBytes(_)) => Ok(None),
-                    Err(mb5::Error::PayloadSizeLimitExceeded { pkt_size, max }) => {
-                        Err(CodecError::TooLarge {
-                            size: pkt_size,
-                            max: max as usize,
-                        })
-                    }
+                    Err(mb5::Error::InsufficientBytes(_)) => Err(cut_short()),
                     Err(e) => Err(malformed(&e)),
                 }
             }
@@ -355,6 +363,11 @@ impl Codec {
                     detail: e.to_string(),
                 }),
             Protocol::V5 => {
+                if let Packet::Disconnect(d) = packet {
+                    // rumqttc 0.25 writes a DISCONNECT without properties with a remaining
+                    // length one byte short (found by the mqtt_decoder fuzz target).
+                    return encode_v5_disconnect(d, buf);
+                }
                 to_v5(packet)
                     .write(buf, None)
                     .map(|_| ())
@@ -372,6 +385,152 @@ impl Codec {
             Protocol::V5 => to_v5(packet).size(),
         }
     }
+}
+
+/// The whole length (fixed header included) of the packet at the front of `buf`, once its
+/// fixed header is complete; an error when the remaining length is not a valid variable byte
+/// integer (more than 4 bytes).
+fn frame_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some(2 + i + len));
+        }
+    }
+    Err(malformed(&"remaining length longer than 4 bytes"))
+}
+
+/// The remaining length of a whole packet (its body after the fixed header).
+fn frame_body_len(frame: &[u8]) -> usize {
+    let mut len = 0usize;
+    for (i, &b) in frame.iter().skip(1).take(4).enumerate() {
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    len
+}
+
+/// Writes an MQTT 5 DISCONNECT: the short form for a normal disconnection without properties,
+/// else the reason code and the properties (reason string, server reference).
+fn encode_v5_disconnect(d: &Disconnect, buf: &mut BytesMut) -> Result<(), CodecError> {
+    let mut props = Vec::new();
+    for (id, value) in [(0x1F, &d.reason_string), (0x1C, &d.server_reference)] {
+        if let Some(v) = value {
+            let n = u16::try_from(v.len()).map_err(|_| CodecError::Encode {
+                detail: "a DISCONNECT property longer than 65,535 bytes".into(),
+            })?;
+            props.push(id);
+            props.extend_from_slice(&n.to_be_bytes());
+            props.extend_from_slice(v.as_bytes());
+        }
+    }
+    if d.reason == 0 && props.is_empty() {
+        buf.extend_from_slice(&[0xE0, 0x00]);
+        return Ok(());
+    }
+    let mut body = vec![d.reason];
+    put_varint(&mut body, props.len());
+    body.extend_from_slice(&props);
+    buf.extend_from_slice(&[0xE0]);
+    let mut len = Vec::new();
+    put_varint(&mut len, body.len());
+    buf.extend_from_slice(&len);
+    buf.extend_from_slice(&body);
+    Ok(())
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let b = (n & 0x7F) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// An MQTT 5 DISCONNECT body: nothing (normal disconnection), a reason code, or a reason code
+/// and properties (session expiry, reason string, server reference, user properties).
+fn decode_v5_disconnect(body: &[u8]) -> Result<Disconnect, CodecError> {
+    let bad = |what: &str| malformed(&format!("DISCONNECT: {what}"));
+    let Some((&reason, rest)) = body.split_first() else {
+        return Ok(Disconnect::default());
+    };
+    let mut d = Disconnect {
+        reason,
+        ..Disconnect::default()
+    };
+    if rest.is_empty() {
+        return Ok(d);
+    }
+    let mut plen = 0usize;
+    let mut at = 0usize;
+    loop {
+        let b = *rest
+            .get(at)
+            .ok_or_else(|| bad("property length cut short"))?;
+        plen |= usize::from(b & 0x7F) << (7 * at);
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if at == 4 {
+            return Err(bad("property length longer than 4 bytes"));
+        }
+    }
+    let props = rest
+        .get(at..)
+        .filter(|p| p.len() == plen)
+        .ok_or_else(|| bad("the property length does not match the packet"))?;
+    let string = |p: &[u8], i: usize| -> Result<(String, usize), CodecError> {
+        let n = p
+            .get(i..i + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or_else(|| bad("string length cut short"))?;
+        let bytes = p
+            .get(i + 2..i + 2 + n)
+            .ok_or_else(|| bad("string cut short"))?;
+        let s = std::str::from_utf8(bytes).map_err(|_| bad("string is not UTF-8"))?;
+        Ok((s.to_string(), i + 2 + n))
+    };
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        i += 1;
+        match id {
+            0x11 => {
+                if props.len() < i + 4 {
+                    return Err(bad("session expiry cut short"));
+                }
+                i += 4;
+            }
+            0x1F => {
+                let (s, next) = string(props, i)?;
+                d.reason_string = Some(s);
+                i = next;
+            }
+            0x1C => {
+                let (s, next) = string(props, i)?;
+                d.server_reference = Some(s);
+                i = next;
+            }
+            0x26 => {
+                let (_, next) = string(props, i)?;
+                let (_, next) = string(props, next)?;
+                i = next;
+            }
+            other => return Err(bad(&format!("property 0x{other:02x} is not allowed"))),
+        }
+    }
+    Ok(d)
 }
 
 fn malformed(e: &dyn std::fmt::Display) -> CodecError {
@@ -1167,6 +1326,119 @@ mod tests {
                 panic!("not a CONNACK");
             };
             assert_eq!(c.reason, v5_code);
+        }
+    }
+
+    #[test]
+    fn v5_disconnect_forms_decode_whole_and_alone() {
+        let codec = Codec::new(Protocol::V5, 1024);
+        let cases: [(&[u8], Disconnect); 4] = [
+            (
+                &[0xE0, 0x01, 0x8B],
+                Disconnect {
+                    reason: 0x8B,
+                    ..Disconnect::default()
+                },
+            ),
+            // Reason and an empty property list: what Mosquitto sends when it shuts down (the
+            // fuzz target found rumqttc consuming 3 of these 4 bytes, then asking for more).
+            (
+                &[0xE0, 0x02, 0x8B, 0x00],
+                Disconnect {
+                    reason: 0x8B,
+                    ..Disconnect::default()
+                },
+            ),
+            (
+                &[
+                    0xE0, 0x0B, 0x9C, 0x09, 0x1C, 0x00, 0x01, b'b', 0x1F, 0x00, 0x02, b'n', b'o',
+                ],
+                Disconnect {
+                    reason: 0x9C,
+                    reason_string: Some("no".into()),
+                    server_reference: Some("b".into()),
+                },
+            ),
+            (
+                &[0xE0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 9],
+                Disconnect::default(),
+            ),
+        ];
+        for (bytes, want) in cases {
+            // Followed by a PINGRESP: exactly the DISCONNECT is consumed.
+            let mut buf = BytesMut::from(bytes);
+            buf.extend_from_slice(&[0xD0, 0x00]);
+            assert_eq!(
+                codec.decode(&mut buf),
+                Ok(Some(Packet::Disconnect(want))),
+                "{bytes:02x?}"
+            );
+            assert_eq!(&buf[..], &[0xD0, 0x00]);
+            // Any prefix is "need more bytes", and consumes nothing.
+            for cut in 0..bytes.len() {
+                let mut buf = BytesMut::from(&bytes[..cut]);
+                assert_eq!(codec.decode(&mut buf), Ok(None), "{cut}");
+                assert_eq!(buf.len(), cut);
+            }
+        }
+        // A property a DISCONNECT may not carry, and a property list longer than the packet.
+        for bad in [
+            &[0xE0, 0x04, 0x00, 0x02, 0x01, 0x00][..],
+            &[0xE0, 0x03, 0x00, 0x05, 0x11],
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                matches!(codec.decode(&mut buf), Err(CodecError::Malformed { .. })),
+                "{bad:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn v5_disconnects_encode_to_what_decodes_back() {
+        let codec = Codec::new(Protocol::V5, 1024);
+        for d in [
+            Disconnect::default(),
+            Disconnect {
+                reason: 0x8B,
+                ..Disconnect::default()
+            },
+            Disconnect {
+                reason: 0x9C,
+                reason_string: Some("moved".into()),
+                server_reference: Some("other:1883".into()),
+            },
+        ] {
+            let mut buf = BytesMut::new();
+            codec
+                .encode(&Packet::Disconnect(d.clone()), &mut buf)
+                .expect("encode");
+            assert_eq!(codec.decode(&mut buf), Ok(Some(Packet::Disconnect(d))));
+            assert!(buf.is_empty());
+        }
+        let mut buf = BytesMut::new();
+        codec
+            .encode(&Packet::Disconnect(Disconnect::default()), &mut buf)
+            .expect("encode");
+        assert_eq!(&buf[..], &[0xE0, 0x00]);
+    }
+
+    #[test]
+    fn a_packet_too_large_is_refused_from_its_header() {
+        // Remaining length 2,097,152 announced; only the header has arrived.
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let codec = Codec::new(protocol, 1 << 20);
+            let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
+            assert!(matches!(
+                codec.decode(&mut buf),
+                Err(CodecError::TooLarge { .. })
+            ));
+            // A remaining length of five bytes is malformed.
+            let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01][..]);
+            assert!(matches!(
+                codec.decode(&mut buf),
+                Err(CodecError::Malformed { .. })
+            ));
         }
     }
 

@@ -20,6 +20,8 @@
 //! recovery normalizes streams whose dead set grows while it replays.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,7 +71,7 @@ pub(crate) fn index_entry(e: &Enqueue, at: At) -> Option<(LaneKey, IdxEntry)> {
 #[derive(Debug)]
 enum RamSeg {
     /// The active segment's: grows with every push.
-    Building(HashMap<LaneKey, BuildingLane>),
+    Building(FxHashMap<LaneKey, BuildingLane>),
     /// A sealed segment's, until the maintenance writes its file (`true`), or rebuilt by a
     /// reader because its file was damaged (`false`: kept in RAM for this session, so that
     /// what the disk sees never depends on what was read; the next open rebuilds it).
@@ -121,7 +123,7 @@ impl IndexStore {
         let RamSeg::Building(lanes) = self
             .ram
             .entry(seg)
-            .or_insert_with(|| RamSeg::Building(HashMap::new()))
+            .or_insert_with(|| RamSeg::Building(FxHashMap::default()))
         else {
             // A sealed segment never gets new records.
             return;
@@ -158,7 +160,7 @@ impl IndexStore {
                 self.ram.insert(seg, frozen);
                 return None;
             }
-            None => HashMap::new(),
+            None => FxHashMap::default(),
         };
         let mut lanes: Vec<LaneIndex> = lanes
             .into_iter()

@@ -10,6 +10,8 @@ pub enum Origin {
     File { path: PathBuf, line: usize },
     /// An environment variable.
     Env { var: String },
+    /// A command-line flag (`--log-format`), laid over the variables.
+    Flag { flag: String },
     /// Not set anywhere: the default.
     Default,
 }
@@ -19,6 +21,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File { path, line } => write!(f, "{} line {line}", path.display()),
             Origin::Env { var } => write!(f, "from {var}"),
+            Origin::Flag { flag } => write!(f, "from {flag}"),
             Origin::Default => f.write_str("the default"),
         }
     }
@@ -88,7 +91,7 @@ impl ConfigError {
             ConfigError::UnknownKey { origin, .. } | ConfigError::Invalid { origin, .. } => {
                 match origin {
                     Origin::File { line, .. } => (1, *line),
-                    Origin::Env { .. } => (2, 0),
+                    Origin::Env { .. } | Origin::Flag { .. } => (2, 0),
                     Origin::Default => (3, 0),
                 }
             }

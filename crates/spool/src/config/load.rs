@@ -43,6 +43,7 @@ pub fn merge(
     };
     record_lines(text, file, origins);
     overlay_env(&mut table, env, origins, errs);
+    overlay_flags(&mut table, env, origins, errs);
     check_table(&mut table, "", "", origins, errs, flagged);
     match AgentConfig::deserialize(Value::Table(table)) {
         Ok(c) => Some(c),
@@ -119,6 +120,9 @@ fn overlay_env(
     for var in &env.not_unicode {
         errs.push(ConfigError::NotUnicode { var: var.clone() });
     }
+    // Parsed first, then applied with the [[subscriptions]] entries in index order (a name
+    // order would put __10__ before __2__, and an entry can only be added at the next index).
+    let mut parsed = Vec::new();
     for (var, raw) in &env.vars {
         let Some(rest) = var.strip_prefix("SPOOL_") else {
             continue;
@@ -126,26 +130,28 @@ fn overlay_env(
         if !is_config_var(rest) {
             continue;
         }
-        let unknown = || ConfigError::UnknownVar {
-            var: var.clone(),
-            suggestion: keys::closest_var(var),
-        };
         let segs: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         // `SPOOL_SUBSCRIPTIONS__<N>__<KEY>`: the N-th [[subscriptions]] entry.
         let (schema_path, index) = match segs.as_slice() {
             [section, n, k] if ARRAY_SECTIONS.contains(&section.as_str()) => {
-                let Ok(i) = n.parse::<usize>() else {
-                    errs.push(unknown());
-                    continue;
-                };
-                (format!("{section}.{k}"), Some(i))
+                (format!("{section}.{k}"), n.parse::<usize>().ok())
             }
             _ => (segs.join("."), None),
         };
-        let Some(def) = keys::key(&schema_path) else {
-            errs.push(unknown());
-            continue;
-        };
+        let array = ARRAY_SECTIONS.contains(&segs[0].as_str());
+        match keys::key(&schema_path) {
+            // An array key needs its index; any other key must not have one.
+            Some(def) if array == index.is_some() => {
+                parsed.push((index, var, raw, segs, schema_path, def));
+            }
+            _ => errs.push(ConfigError::UnknownVar {
+                var: var.clone(),
+                suggestion: keys::closest_var(var),
+            }),
+        }
+    }
+    parsed.sort_by_key(|(index, var, ..)| (*index, *var));
+    for (index, var, raw, segs, schema_path, def) in parsed {
         let value = def.ty.from_env(raw);
         let origin = Origin::Env { var: var.clone() };
         match index {
@@ -182,6 +188,32 @@ fn overlay_env(
                     origins.insert(format!("{section}[{i}].{leaf}"), origin);
                 }
             }
+        }
+    }
+}
+
+/// Lays command-line flags over the file and the variables (`--log-format json` sets
+/// `log.format`). Keys of `[[subscriptions]]` are not settable this way.
+fn overlay_flags(
+    table: &mut Table,
+    env: &Environment,
+    origins: &mut Origins,
+    errs: &mut Vec<ConfigError>,
+) {
+    for (key, raw, flag) in &env.flags {
+        let origin = Origin::Flag { flag: flag.clone() };
+        let def = keys::key(key).filter(|_| !ARRAY_SECTIONS.iter().any(|a| key.starts_with(a)));
+        let Some(def) = def else {
+            errs.push(ConfigError::UnknownKey {
+                key: key.clone(),
+                origin,
+                suggestion: keys::closest(key),
+            });
+            continue;
+        };
+        let segs: Vec<String> = key.split('.').map(str::to_owned).collect();
+        if insert_at(table, &segs, def.ty.from_env(raw)) {
+            origins.insert(key.clone(), origin);
         }
     }
 }

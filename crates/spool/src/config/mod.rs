@@ -29,15 +29,17 @@ pub use schema::*;
 pub use units::ByteSize;
 pub use validate::check_filter;
 
-/// The environment a configuration is loaded in: the `SPOOL_` variables and the host name
-/// (for the default client id). Passed explicitly so that tests need not touch the process's
-/// environment.
+/// The environment a configuration is loaded in: the `SPOOL_` variables, command-line flags
+/// that set keys (laid over the variables), and the host name (for the default client id).
+/// Passed explicitly so that tests need not touch the process's environment.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// Variables, sorted by name (so that errors come in a stable order).
     vars: Vec<(String, String)>,
     /// `SPOOL_` variables whose value is not UTF-8 (an error).
     not_unicode: Vec<String>,
+    /// `(key, value, flag)`, in the order given.
+    flags: Vec<(String, String, String)>,
     hostname: Option<String>,
 }
 
@@ -72,8 +74,7 @@ impl Environment {
         vars.sort();
         Self {
             vars,
-            not_unicode: Vec::new(),
-            hostname: None,
+            ..Self::default()
         }
     }
 
@@ -81,6 +82,15 @@ impl Environment {
     #[must_use]
     pub fn with_hostname(mut self, host: impl Into<String>) -> Self {
         self.hostname = Some(host.into());
+        self
+    }
+
+    /// A command-line flag that sets `key` (dotted, e.g. `log.format` for `--log-format json`):
+    /// applied after the variables, with the same rules; errors name `flag`.
+    #[must_use]
+    pub fn with_flag(mut self, key: &str, value: impl Into<String>, flag: &str) -> Self {
+        self.flags
+            .push((key.to_owned(), value.into(), flag.to_owned()));
         self
     }
 

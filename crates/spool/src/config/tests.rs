@@ -378,6 +378,25 @@ fn env_subscriptions_by_index() {
     assert_eq!(c.subscriptions[0].qos, 2);
     assert_eq!(c.subscriptions[1].filter, "b/+");
     assert_eq!(c.subscriptions[1].queue, "commands");
+    // Entries are added in index order, not in the variables' name order.
+    let vars: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("SPOOL_SUBSCRIPTIONS__{i}__FILTER"),
+                format!("f/{i}"),
+            )
+        })
+        .collect();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = ok(MIN, &vars);
+    assert_eq!(c.subscriptions.len(), 12);
+    assert_eq!(c.subscriptions[10].filter, "f/10");
+    // Without an index: an error naming the indexed form, not silently ignored.
+    let all = errors(MIN, &[("SPOOL_SUBSCRIPTIONS__FILTER", "a/#")]).join("\n");
+    assert!(
+        all.contains("SPOOL_SUBSCRIPTIONS__FILTER: did you mean SPOOL_SUBSCRIPTIONS__0__FILTER?"),
+        "{all}"
+    );
     check_err(
         MIN,
         &[("SPOOL_SUBSCRIPTIONS__3__FILTER", "x")],
@@ -459,6 +478,32 @@ fn spool_variables_that_are_not_config_keys_are_left_alone() {
             ("SPOOL_CRASH_SEEDS", "10"),
             ("OTHER__THING", "1"),
         ],
+    );
+}
+
+#[test]
+fn flags_override_variables_with_the_same_rules() {
+    let e = Environment::from_vars([("SPOOL_LOG__FORMAT", "human")])
+        .with_hostname("h")
+        .with_flag("log.format", "json", "--log-format");
+    let c = AgentConfig::from_toml_str(MIN, Path::new("a.toml"), &e).unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+    let e = Environment::default()
+        .with_hostname("h")
+        .with_flag("log.format", "xml", "--log-format")
+        .with_flag("log.formt", "json", "--formt");
+    let errs = AgentConfig::from_toml_str(MIN, Path::new("a.toml"), &e)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errs.contains(
+            "log.format = \"xml\": must be one of \"human\", \"json\" (from --log-format)"
+        ),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("unknown key log.formt (from --formt): did you mean log.format?"),
+        "{errs}"
     );
 }
 

@@ -31,6 +31,9 @@ const MQTT_STRING_MAX: usize = 65_535;
 const LISTENER_PACKET_MIN: u64 = 1024;
 /// A password file larger than this is not a password file.
 const PASSWORD_FILE_MAX: u64 = 64 * 1024;
+/// How much of a PEM file is read to find its first block: CA bundles run to a few hundred
+/// KiB (Mozilla's is about 220 KiB), and the block we look for is near the start anyway.
+const PEM_READ_MAX: u64 = 1 << 20;
 
 struct Checker<'a> {
     file: &'a Path,
@@ -79,7 +82,7 @@ impl Checker<'_> {
 
     /// A readable PEM file holding a block whose label contains `label`.
     fn pem(&mut self, key: &str, p: &Path, label: &str, what: &str) {
-        let Some(bytes) = self.readable(key, p, 1 << 20, what) else {
+        let Some(bytes) = self.readable(key, p, PEM_READ_MAX, what) else {
             return;
         };
         let text = String::from_utf8_lossy(&bytes);
@@ -186,7 +189,7 @@ fn upstream(c: &mut Checker<'_>, cfg: &mut AgentConfig, env: &Environment) {
         c.bad(
             "upstream.host",
             format!("{:?}", u.host),
-            "must be a host name or IP address only: the port goes in upstream.port",
+            "must be a host name or IP address only (an IPv6 address without brackets): the port goes in upstream.port",
         );
     }
     u.port = Some(u.effective_port());
@@ -220,6 +223,13 @@ fn upstream(c: &mut Checker<'_>, cfg: &mut AgentConfig, env: &Environment) {
                 "must not be empty: remove the key to connect without a user name",
             );
         }
+    }
+    if u.password.as_ref().is_some_and(|p| p.expose().is_empty()) {
+        c.bad(
+            "upstream.password",
+            "\"\"",
+            "must not be empty: remove the key to connect without a password",
+        );
     }
     if u.password.is_some() && u.password_file.is_some() {
         c.bad(

@@ -6,7 +6,7 @@
 //! checked against that table (unknown keys get the closest valid one) -> serde into the
 //! structs of `schema` -> cross-field and file checks, derived values filled in (`validate`).
 //! Every problem is collected and reported together, each naming the dotted key, the bad
-//! value, what is allowed and where the value came from (file line or variable name).
+//! value, what is allowed and where the value came from (file line, variable or flag).
 //!
 //! This module reads files (the configuration, and the TLS and password files it names, to
 //! prove them readable) and nothing else: it opens no store and no socket, and it does not
@@ -62,7 +62,7 @@ impl Environment {
         env
     }
 
-    /// Exactly these variables (others than `SPOOL_...` are ignored), no host name.
+    /// Exactly these variables (any not starting with `SPOOL_` are ignored), no host name.
     pub fn from_vars<K: Into<String>, V: Into<String>>(
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Self {

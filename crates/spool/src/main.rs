@@ -14,6 +14,8 @@ mod exit {
     pub const CORRUPT: u8 = 5;
     /// `spool inspect verify` ran and found problems (they are printed).
     pub const PROBLEMS: u8 = 6;
+    /// The agent's configuration is invalid (every problem is printed).
+    pub const CONFIG: u8 = 7;
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,9 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<spool::config::ConfigErrors>().is_some() {
+                return ExitCode::from(exit::CONFIG);
+            }
             if e.downcast_ref::<cli::inspect::ProblemsFound>().is_some() {
                 return ExitCode::from(exit::PROBLEMS);
             }

@@ -2,6 +2,7 @@
 //! parsed raw by clap, then checked here into engine calls; every error becomes a one-line
 //! cause plus a hint in `main.rs`.
 
+pub mod config;
 mod demo;
 pub mod inspect;
 mod output;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Look inside a store: verify, dump, stats, export, import, salvage
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
+    /// The agent's configuration file: check one, or print an example with every key
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +168,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::ReopenProbe(a)) => crate::bench::scale::run_probe(a),
         Command::Inspect(c) => inspect::run(cli, c),
+        Command::Config(c) => config::run(c),
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `spool` binary (one integration binary per crate).
 
 mod cli;
+mod config;
 mod inspect;
 mod kill9;
 

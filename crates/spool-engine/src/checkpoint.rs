@@ -166,6 +166,12 @@ pub(crate) fn take(shared: &Arc<Shared>) -> Result<Option<Taken>> {
     //    (recovery never reads segments before the checkpoint's), so the directory is not
     //    synced for it.
     let mut deleted = 0;
+    // A segment whose records are being read (handed out just before they died or moved)
+    // stays, with every later one, until the next checkpoint.
+    let mut deletable = deletable;
+    if let Some(i) = deletable.iter().position(|&s| shared.reader.pinned(s)) {
+        deletable.truncate(i);
+    }
     if let Some(last) = deletable.last() {
         if let Err(e) = crate::segment::write_first(shared.vfs.as_ref(), &shared.log_dir, last + 1)
         {
@@ -312,4 +318,53 @@ pub(crate) fn index_prefix(
         pos += at as u64;
     }
     Ok(damaged)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::reader::SegPins;
+    use crate::vfs::{MemVfs, Vfs};
+    use crate::{Maintenance, Options, Push, Store};
+
+    #[test]
+    fn a_segment_with_records_being_read_is_not_deleted_until_the_read_ends() {
+        let vfs = Arc::new(MemVfs::new());
+        let s = Store::open_with_vfs(
+            vfs.clone(),
+            "/s",
+            Options {
+                segment_bytes: 8192,
+                maintenance: Maintenance::Manual,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        for i in 0..200 {
+            s.push("q", Push::new(format!("message {i} {}", "x".repeat(40))))
+                .unwrap();
+        }
+        let seg1 = Path::new("/s/log/00000000000000000001.seg");
+        // A reader that was handed records of segment 1 (say a lease, just before a compaction
+        // moved them or an ack made them dead) and has not read them yet.
+        let pins = SegPins::new(&s.inner.shared, std::iter::once(1));
+        let all = s.lease("q", 1000, None).unwrap();
+        let receipts: Vec<_> = all.iter().filter_map(|m| m.receipt).collect();
+        s.ack_batch("q", &receipts).unwrap();
+        for _ in 0..3 {
+            s.maintain().unwrap();
+        }
+        assert!(vfs.exists(seg1).unwrap(), "deleted while pinned");
+        drop(pins);
+        // The next checkpoint (when the log has moved on) deletes it.
+        s.push("q", Push::new("later")).unwrap();
+        let mut deleted = 0;
+        for _ in 0..3 {
+            deleted += s.maintain().unwrap().segments_deleted;
+        }
+        assert!(deleted > 0);
+        assert!(!vfs.exists(seg1).unwrap(), "deleted once the read ended");
+    }
 }

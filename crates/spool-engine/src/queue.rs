@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::message::{read_messages, Counts, Message, Out, Push, Receipt};
 use crate::name;
 use crate::options::{Overflow, QueueConfig, BATCH_LEN_MAX, DURATION_MAX, TXN_BYTES_MAX};
+use crate::reader::SegPins;
 use crate::state::{Found, MessageState, Queue, QueueCounters, State, Touched};
 use crate::store::{Committed, Store, Txn};
 
@@ -535,13 +536,16 @@ impl Store {
         visibility: Option<Duration>,
     ) -> Committed<Vec<Message>> {
         let default = self.shared().options.default_queue.clone();
+        let shared = self.inner.shared.clone();
         self.commit_async_then(
-            |txn| {
+            move |txn| {
                 check_count(n)?;
                 let vis = visibility.map(check_visibility).transpose()?;
-                lease_txn(txn, queue, n, vis, &default)
+                let outs = lease_txn(txn, queue, n, vis, &default)?;
+                let pins = SegPins::new(&shared, outs.iter().map(|o| o.rec.seg));
+                Ok((outs, pins))
             },
-            |shared, outs| read_messages(shared, &outs),
+            |shared, (outs, _pins)| read_messages(shared, &outs),
         )
     }
 
@@ -566,6 +570,7 @@ impl Store {
         loop {
             let mut wait_for = None;
             let mut committed = (0, 0);
+            let mut pins = None;
             let (got, ticket) = self.txn(|txn| {
                 committed = txn.core.committed_pos;
                 // Read a signal's version under the lock: a commit after this point wakes us.
@@ -575,6 +580,10 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 let got = lease_txn(txn, queue, n, vis, &default)?;
+                pins = Some(SegPins::new(
+                    &self.inner.shared,
+                    got.iter().map(|o| o.rec.seg),
+                ));
                 if got.is_empty() {
                     let q = txn
                         .core
@@ -586,7 +595,9 @@ impl Store {
                 Ok(got)
             })?;
             if !got.is_empty() {
-                return self.read_then_wait(&got, committed, ticket);
+                let msgs = self.read_then_wait(&got, committed, ticket);
+                drop(pins);
+                return msgs;
             }
             self.wait(ticket)?;
             let Some((signal, seen, due)) = wait_for else {
@@ -813,7 +824,7 @@ impl Store {
     pub fn peek(&self, queue: &str, n: usize) -> Result<Vec<Message>> {
         check_count(n)?;
         let now = self.now();
-        let outs = {
+        let (outs, _pins) = {
             let mut core = self.shared().lock_core();
             let core = &mut *core;
             let q = core
@@ -834,7 +845,8 @@ impl Store {
                 }
                 outs.len() < n
             })?;
-            outs
+            let pins = SegPins::new(&self.inner.shared, outs.iter().map(|o| o.rec.seg));
+            (outs, pins)
         };
         read_messages(self.shared(), &outs)
     }
@@ -842,7 +854,7 @@ impl Store {
     /// One message by id, in any state, without changing it.
     pub fn get(&self, queue: &str, id: u64) -> Result<Message> {
         let now = self.now();
-        let out = {
+        let (out, _pins) = {
             let mut core = self.shared().lock_core();
             let core = &mut *core;
             core.state
@@ -851,14 +863,17 @@ impl Store {
                 .promote(now);
             let committed = core.committed_pos;
             let qid = core.state.queue_id(queue)?;
-            core.state
+            let out = core
+                .state
                 .find(qid, id)?
                 .filter(|f| is_committed(committed, &f.rec()))
                 .map(|f| out_of(id, &f, None))
                 .ok_or_else(|| Error::NotFound {
                     queue: queue.to_string(),
                     id,
-                })?
+                })?;
+            let pins = SegPins::new(&self.inner.shared, std::iter::once(out.rec.seg));
+            (out, pins)
         };
         let mut v = read_messages(self.shared(), &[out])?;
         v.pop().ok_or(Error::NotFound {
@@ -873,7 +888,7 @@ impl Store {
     pub fn messages_page(&self, queue: &str, after_id: u64, limit: usize) -> Result<Vec<Message>> {
         check_count(limit)?;
         let now = self.now();
-        let outs = {
+        let (outs, _pins) = {
             let mut core = self.shared().lock_core();
             let core = &mut *core;
             core.state
@@ -885,11 +900,14 @@ impl Store {
             let q = queues
                 .get(&queue_id_of(queues, queue)?)
                 .ok_or_else(|| unknown(queue))?;
-            q.page(ix, after_id, limit)?
+            let outs = q
+                .page(ix, after_id, limit)?
                 .into_iter()
                 .filter(|(_, f)| is_committed(committed, &f.rec()))
                 .map(|(id, f)| out_of(id, &f, None))
-                .collect::<Vec<Out>>()
+                .collect::<Vec<Out>>();
+            let pins = SegPins::new(&self.inner.shared, outs.iter().map(|o| o.rec.seg));
+            (outs, pins)
         };
         read_messages(self.shared(), &outs)
     }
@@ -897,7 +915,7 @@ impl Store {
     /// Every message of a queue in id order, in any state (for inspection and tests).
     pub fn messages(&self, queue: &str) -> Result<Vec<Message>> {
         let now = self.now();
-        let outs = {
+        let (outs, _pins) = {
             let mut core = self.shared().lock_core();
             let core = &mut *core;
             core.state
@@ -909,11 +927,14 @@ impl Store {
             let q = queues
                 .get(&queue_id_of(queues, queue)?)
                 .ok_or_else(|| unknown(queue))?;
-            q.all(ix)?
+            let outs = q
+                .all(ix)?
                 .into_iter()
                 .filter(|(_, f)| is_committed(committed, &f.rec()))
                 .map(|(id, f)| out_of(id, &f, None))
-                .collect::<Vec<Out>>()
+                .collect::<Vec<Out>>();
+            let pins = SegPins::new(&self.inner.shared, outs.iter().map(|o| o.rec.seg));
+            (outs, pins)
         };
         read_messages(self.shared(), &outs)
     }

@@ -25,6 +25,74 @@ pub(crate) struct LogReader {
     vfs: Arc<dyn Vfs>,
     log_dir: PathBuf,
     files: Mutex<HashMap<u64, Arc<dyn VfsFile>>>,
+    /// Segments with records handed out and not read yet (see [`SegPins`]): the checkpoint
+    /// does not delete them.
+    pins: Mutex<HashMap<u64, u32>>,
+}
+
+/// Segments pinned against deletion while the records a transaction handed out are read:
+/// pinned under the store lock by the transaction that handed them out, unpinned when this is
+/// dropped. A compaction may move a leased message's record, or a pop or ack make it dead, the
+/// moment the lock is released; the checkpoint that would then delete the old segment stops
+/// at a pinned one (deletion is a prefix), so a read that started with the old location
+/// always finds it.
+pub(crate) struct SegPins {
+    shared: Arc<crate::writer::Shared>,
+    segs: Vec<u64>,
+}
+
+impl SegPins {
+    /// Pins the segments of `recs`. Call it under the store lock, in the transaction (or the
+    /// locked read) that found them.
+    pub fn new(shared: &Arc<crate::writer::Shared>, recs: impl Iterator<Item = u64>) -> Self {
+        let mut segs: Vec<u64> = recs.collect();
+        segs.sort_unstable();
+        segs.dedup();
+        if !segs.is_empty() {
+            let mut pins = shared
+                .reader
+                .pins
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for &s in &segs {
+                *pins.entry(s).or_default() += 1;
+            }
+        }
+        Self {
+            shared: shared.clone(),
+            segs,
+        }
+    }
+}
+
+impl Drop for SegPins {
+    fn drop(&mut self) {
+        if self.segs.is_empty() {
+            return;
+        }
+        let mut pins = self
+            .shared
+            .reader
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for s in &self.segs {
+            if let Some(n) = pins.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(s);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SegPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegPins")
+            .field("segs", &self.segs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LogReader {
@@ -33,6 +101,7 @@ impl LogReader {
             vfs,
             log_dir: log_dir.to_path_buf(),
             files: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,6 +120,14 @@ impl LogReader {
         }
         files.insert(seg, f.clone());
         Ok(f)
+    }
+
+    /// Whether records of `seg` are being read (it must not be deleted now).
+    pub fn pinned(&self, seg: u64) -> bool {
+        self.pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&seg)
     }
 
     /// Forgets an open segment (it was deleted).

@@ -430,11 +430,16 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<Vec<crate::message::Out>>,
     ) -> Result<Vec<crate::message::Message>> {
-        let ((outs, committed), ticket) = self.txn(|txn| {
+        let shared = &self.inner.shared;
+        let ((outs, committed, pins), ticket) = self.txn(|txn| {
             let committed = txn.core.committed_pos;
-            f(txn).map(|outs| (outs, committed))
+            let outs = f(txn)?;
+            let pins = crate::reader::SegPins::new(shared, outs.iter().map(|o| o.rec.seg));
+            Ok((outs, committed, pins))
         })?;
-        self.read_then_wait(&outs, committed, ticket)
+        let msgs = self.read_then_wait(&outs, committed, ticket);
+        drop(pins);
+        msgs
     }
 
     /// The second half of [`Store::commit_read`]: `committed` is the committed position read in

@@ -10,6 +10,7 @@ use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::name;
 use crate::options::{TopicConfig, DURATION_MAX};
+use crate::reader::SegPins;
 use crate::state::{Topic, TopicCounters, TopicMsg};
 use crate::store::{Committed, Store, Txn};
 
@@ -339,8 +340,11 @@ impl Store {
             let Some(t) = core.state.topics.get(&tid) else {
                 return Ok(None);
             };
-            find_at(t, cursor, latest, core.committed_pos)?
+            let found = find_at(t, cursor, latest, core.committed_pos)?;
+            let pins = SegPins::new(&self.inner.shared, found.iter().map(|f| f.msg.rec.seg));
+            (found, pins)
         };
+        let (found, _pins) = found;
         found
             .map(|f| self.read_topic_message(cursor, f))
             .transpose()
@@ -417,7 +421,13 @@ impl Store {
                             .get(&tid)
                             .ok_or_else(|| unknown(&cursor.topic))?;
                         let found = find_at(t, cursor, false, core.committed_pos)?;
-                        (t.signal.clone(), t.signal.version(), found)
+                        let pins =
+                            SegPins::new(&self.inner.shared, found.iter().map(|f| f.msg.rec.seg));
+                        (
+                            t.signal.clone(),
+                            t.signal.version(),
+                            found.map(|f| (f, pins)),
+                        )
                     }
                     // Not created yet: wait for a topic to be created.
                     None => (
@@ -427,7 +437,7 @@ impl Store {
                     ),
                 }
             };
-            if let Some(f) = found {
+            if let Some((f, _pins)) = found {
                 return self.read_topic_message(cursor, f).map(Some);
             }
             if Instant::now() >= deadline {

@@ -18,14 +18,24 @@
 //! - **No store access here.** The session says "record this progress", "this record is
 //!   delivered"; the outbox does it.
 
+pub mod backoff;
+pub mod client;
+pub mod outbox;
 pub mod packet;
 pub mod session;
 pub mod topic;
 
+pub use backoff::Backoff;
+pub use client::{
+    Client, ClientBuilder, ClientConfig, ClientError, ClientStats, ConnectionError, Delivery,
+    DropCounts, DropReason, Event, LinkState, Subscription, TlsConfig,
+};
+pub use outbox::{OutMessage, Outbox, OutboxConfig, OutboxError, OutboxStats};
 pub use packet::{Codec, CodecError, Packet, Protocol, Publish, QoS, SubscribeFilter};
 pub use session::{
     Action, ConfigError, ConnectRefusal, ConnectionState, Error, InboundToken, IncomingPublish,
     OfferError, OutRecord, Qos2Restore, Qos2State, RestoreError, Session, SessionConfig,
     SessionStats, SubscribeError,
 };
+pub use spool_engine::Overflow;
 pub use topic::{topic_matches, validate_topic_filter, validate_topic_name, TopicError};

@@ -65,7 +65,10 @@ impl Backoff {
 }
 
 fn jitter(low: Duration, high: Duration, rng: &mut impl Rng) -> Duration {
-    let span = high.saturating_sub(low).as_nanos().min(u128::from(u64::MAX)) as u64;
+    let span = high
+        .saturating_sub(low)
+        .as_nanos()
+        .min(u128::from(u64::MAX)) as u64;
     if span == 0 {
         return low;
     }

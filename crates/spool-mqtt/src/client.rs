@@ -873,7 +873,7 @@ impl Client {
             held: s.held,
             published: self.inner.published.load(Ordering::Relaxed),
             acked: s.acked,
-            possible_duplicates: s.possible_duplicates,
+            possible_duplicates: s.possible_duplicates + s.counters.possible_duplicates,
             dropped: DropCounts {
                 expired: s.session_expired + outbox.expired_in_store,
                 evicted: outbox.evicted,
@@ -1187,10 +1187,15 @@ impl EventLoop {
                 Wake::Cmd(None) => return false,
                 Wake::Cmd(Some(cmd)) => {
                     let mut batch = Batch::default();
-                    if self.command(cmd, &mut batch) {
+                    let stop = self.command(cmd, &mut batch);
+                    // Offline: nothing is written.
+                    batch.out.clear();
+                    if let Err(e) = self.settle(&mut batch).await {
+                        tracing::warn!("outbox: {e}");
+                    }
+                    if stop {
                         return false;
                     }
-                    // Offline: nothing to write; acks of records cannot happen.
                 }
                 Wake::Outbox => self.outbox.more(),
                 Wake::Timer | Wake::Tick | Wake::Read(_) => {
@@ -1272,24 +1277,34 @@ impl EventLoop {
         }
     }
 
-    /// Drives one connection until it ends.
+    /// Drives one connection until it ends, then settles what the session decided on it
+    /// (records acked by packets read just before a write failed are still removed).
     async fn connection(&mut self, io: Box<dyn Io>) -> End {
+        let mut batch = Batch::default();
+        let end = self.connection_inner(io, &mut batch).await;
+        batch.out.clear();
+        if let Err(e) = self.settle(&mut batch).await {
+            tracing::error!("outbox: {e}");
+        }
+        end
+    }
+
+    async fn connection_inner(&mut self, io: Box<dyn Io>, batch: &mut Batch) -> End {
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut rbuf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-        let mut batch = Batch::default();
         let connect = self.session.connect(Instant::now().into_std());
         if let Err(e) = self.codec.encode(&connect, &mut batch.out) {
             return self.lost(ConnectionError::Codec(e.to_string()));
         }
-        if let Err(e) = self.flush(&mut wr, &mut batch).await {
+        if let Err(e) = self.flush(&mut wr, batch).await {
             return self.lost(e);
         }
         loop {
             // Give the session what it has room for, and write what that produced.
-            if let Err(e) = self.fill_into(&mut batch).await {
+            if let Err(e) = self.fill_into(batch).await {
                 return self.lost(e);
             }
-            if let Err(e) = self.flush(&mut wr, &mut batch).await {
+            if let Err(e) = self.flush(&mut wr, batch).await {
                 return self.lost(e);
             }
             if let Some((_, _)) = &self.shutdown {
@@ -1321,7 +1336,7 @@ impl EventLoop {
                         let _ = reply.send(());
                         return self.abort_now();
                     }
-                    self.command(cmd, &mut batch);
+                    self.command(cmd, batch);
                 }
                 Wake::Read(Ok(0)) => return self.lost(ConnectionError::Closed),
                 Wake::Read(Ok(_)) => loop {
@@ -1331,12 +1346,8 @@ impl EventLoop {
                                 .session
                                 .handle_incoming(packet, Instant::now().into_std())
                             {
-                                Ok(actions) => self.actions(actions, &mut batch),
-                                Err(e) => {
-                                    // Whatever is already decided (acks) still counts.
-                                    let _ = self.settle(&mut batch).await;
-                                    return self.lost(ConnectionError::Session(e));
-                                }
+                                Ok(actions) => self.actions(actions, batch),
+                                Err(e) => return self.lost(ConnectionError::Session(e)),
                             }
                         }
                         Ok(None) => break,
@@ -1347,7 +1358,7 @@ impl EventLoop {
                     return self.lost(ConnectionError::from_io(&self.addr, &e));
                 }
                 Wake::Tick => match self.session.handle_tick(Instant::now().into_std()) {
-                    Ok(actions) => self.actions(actions, &mut batch),
+                    Ok(actions) => self.actions(actions, batch),
                     Err(e) => return self.lost(ConnectionError::Session(e)),
                 },
                 Wake::Outbox => self.outbox.more(),
@@ -1637,8 +1648,9 @@ impl EventLoop {
         self.progress_durable(batch).await?;
         if !batch.acked.is_empty() {
             let acked = std::mem::take(&mut batch.acked);
-            self.outbox.acked(&acked).await.map_err(store_err)?;
+            // Counted first: a reader that sees the store empty also sees the count.
             lock(&self.shared).acked += acked.len() as u64;
+            self.outbox.acked(&acked).await.map_err(store_err)?;
         }
         for seq in std::mem::take(&mut batch.expired) {
             self.outbox.expired(seq).await.map_err(store_err)?;

@@ -239,6 +239,9 @@ pub struct OutboxCounters {
     pub dead_lettered: u64,
     /// Records that could not be read back as MQTT messages (dead-lettered).
     pub malformed: u64,
+    /// QoS 0/1 records leased again after a restart of the process (they may have been
+    /// written before it): possible duplicates. QoS 2 records are counted by the session.
+    pub possible_duplicates: u64,
 }
 
 /// Depth and drop counts of the outbox.
@@ -455,6 +458,11 @@ impl Outbox {
             };
             if let Some(r) = m.receipt {
                 self.receipts.insert(m.id, r);
+            }
+            // Leased by an earlier process and not acked: it may have reached the broker. A
+            // QoS 2 record without progress was never written (progress comes first).
+            if m.receive_count > 1 && record.qos != QoS::ExactlyOnce {
+                self.counters.possible_duplicates += 1;
             }
             self.held.insert(m.id);
             out.push(record);

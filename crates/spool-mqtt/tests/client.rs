@@ -230,6 +230,24 @@ async fn broker_restarted_ten_times_under_steady_publishing_loses_nothing() {
     let (watch, _watch_dir, got) = collector(broker.addr(), "steady-sub", "s/#").await;
     let dir = tempfile::tempdir().unwrap();
     let client = started(builder(broker.addr(), "steady-pub", dir.path())).await;
+    // Reconnects where the broker had lost our session (QoS 2 then counts possible
+    // duplicates): for the diagnosis if a QoS 2 duplicate is ever seen.
+    let sessions_lost = {
+        let mut events = client.events();
+        tokio::spawn(async move {
+            let mut lost = 0;
+            while let Ok(ev) = events.recv().await {
+                match ev {
+                    spool_mqtt::Event::Connected {
+                        session_present: false,
+                    } => lost += 1,
+                    spool_mqtt::Event::Closed => break,
+                    _ => {}
+                }
+            }
+            lost
+        })
+    };
 
     let publisher = {
         let client = client.clone();
@@ -289,7 +307,9 @@ async fn broker_restarted_ten_times_under_steady_publishing_loses_nothing() {
         let sub_new = log.matches("Sending PUBLISH to steady-sub (d0, q2").count();
         let sub_dup = log.matches("Sending PUBLISH to steady-sub (d1, q2").count();
         let w = watch.stats().unwrap();
-        panic!("QoS 2 duplicates {dup_qos2:?}; broker: {fresh} new QoS 2 PUBLISH from us, {sub_new} new and {sub_dup} DUP to the subscriber; subscriber {w:#?}");
+        client.disconnect().await;
+        let lost = sessions_lost.await.unwrap_or(0);
+        panic!("QoS 2 duplicates {dup_qos2:?}; broker: {fresh} new QoS 2 PUBLISH from us, {sub_new} new and {sub_dup} DUP to the subscriber; {lost} connects without our session; publisher {s:#?}; subscriber {w:#?}");
     }
     let dup_qos1 = count.values().filter(|n| **n > 1).count();
     eprintln!(

@@ -1150,7 +1150,7 @@ impl EventLoop {
         if !self.closed {
             self.session.disconnect(Instant::now().into_std());
         }
-        if let Err(e) = self.outbox.tidy().await {
+        if let Err(e) = self.outbox.finish_tidy().await {
             tracing::warn!("deleting stale QoS 2 progress records: {e}");
         }
         let drained = self.drained();
@@ -1193,7 +1193,7 @@ impl EventLoop {
                     if let Err(e) = self.settle(&mut batch).await {
                         tracing::warn!("outbox: {e}");
                     }
-                    if stop {
+                    if stop || (self.shutdown.is_some() && self.drained()) {
                         return false;
                     }
                 }
@@ -1670,7 +1670,7 @@ impl EventLoop {
             });
         }
         if self.outbox.stale_progress() >= TIDY_BATCH {
-            self.outbox.tidy().await.map_err(store_err)?;
+            self.outbox.tidy_in_background();
         }
         self.publish_stats();
         Ok(())

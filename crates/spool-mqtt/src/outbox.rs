@@ -283,6 +283,8 @@ pub struct Outbox {
     counters: OutboxCounters,
     /// `false` once a lease came back short: nothing more until `more()`.
     maybe_more: bool,
+    /// A background deletion of stale progress records.
+    tidying: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Outbox {
@@ -312,6 +314,7 @@ impl Outbox {
             stale_progress: Vec::new(),
             counters: OutboxCounters::default(),
             maybe_more: true,
+            tidying: None,
         })
     }
 
@@ -560,6 +563,31 @@ impl Outbox {
         let ids = std::mem::take(&mut self.stale_progress);
         let store = self.store.clone();
         blocking(move || delete_all(&store, PROGRESS_QUEUE, &ids)).await
+    }
+
+    /// Starts deleting the stale progress records on a blocking thread without waiting for it
+    /// (one at a time: nothing is started while an earlier one runs). Deleting is for space
+    /// only, so the event loop does not wait for those commits.
+    pub fn tidy_in_background(&mut self) {
+        if self.stale_progress.is_empty() || self.tidying.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let ids = std::mem::take(&mut self.stale_progress);
+        let store = self.store.clone();
+        self.tidying = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = delete_all(&store, PROGRESS_QUEUE, &ids) {
+                tracing::warn!("deleting stale QoS 2 progress records: {e}");
+            }
+        }));
+    }
+
+    /// Waits for a background tidy, then deletes what is left (at a clean stop).
+    pub async fn finish_tidy(&mut self) -> Result<(), OutboxError> {
+        if let Some(t) = self.tidying.take() {
+            let _ = t.await;
+        }
+        self.tidy().await
     }
 
     /// How many stale progress records wait for [`Outbox::tidy`].

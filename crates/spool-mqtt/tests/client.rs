@@ -155,12 +155,26 @@ async fn qos1_and_qos2_reach_a_real_subscriber_with_both_protocols() {
                 .await
                 .unwrap();
         }
+        // QoS 0 is stored too, and delivered once written to the socket.
+        for i in 10..12 {
+            client
+                .publish(
+                    format!("t/{name}"),
+                    format!("{name}-{i}"),
+                    QoS::AtMostOnce,
+                    false,
+                    0,
+                    None,
+                )
+                .await
+                .unwrap();
+        }
         let s = delivered(&client).await;
-        assert_eq!(s.acked, 10, "{s:#?}");
-        assert_eq!(s.published, 10);
+        assert_eq!(s.acked, 12, "{s:#?}");
+        assert_eq!(s.published, 12);
         assert_eq!(s.state, LinkState::Connected);
-        let mut got = block(|| sub.collect(10, WAIT));
-        let mut want: Vec<(String, Vec<u8>)> = (0..10)
+        let mut got = block(|| sub.collect(12, WAIT));
+        let mut want: Vec<(String, Vec<u8>)> = (0..12)
             .map(|i| (format!("t/{name}"), format!("{name}-{i}").into_bytes()))
             .collect();
         // A QoS 2 message reaches subscribers at PUBREL, after the QoS 1 ones sent with it.
@@ -731,5 +745,52 @@ async fn at_capacity_reject_is_a_clear_error_and_evict_counts_the_drop() {
         matches!(err, ClientError::Outbox(OutboxError::Topic { .. })),
         "{err:?}"
     );
+    client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_past_their_ttl_are_dropped_and_counted_never_sent_late() {
+    let mut broker = start(BrokerConfig::default());
+    let watcher = broker.client().persistent("ttl-watcher");
+    block(|| register_subscription(&watcher, "e/#", 1)).unwrap();
+    block(|| broker.stop()).unwrap();
+
+    // Window 1: one record waits in the session (its TTL runs there), the others in the store.
+    let dir = tempfile::tempdir().unwrap();
+    let client = started(builder(broker.addr(), "ttl", dir.path()).window(1)).await;
+    let mut events = client.events();
+    for i in 0..3 {
+        client
+            .publish(
+                "e/x",
+                format!("old-{i}"),
+                QoS::AtLeastOnce,
+                false,
+                0,
+                Some(50 * MS),
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .publish("e/x", "keep-3", QoS::AtLeastOnce, false, 0, None)
+        .await
+        .unwrap();
+    let s = wait_for(&client, "three expired records", |s| s.dropped.expired == 3).await;
+    assert_eq!(s.outbox.depth, 1, "{s:#?}");
+    let dropped = with_timeout("a drop event", async {
+        loop {
+            if let Ok(spool_mqtt::Event::Dropped { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await;
+    assert_eq!(dropped, spool_mqtt::DropReason::Expired);
+
+    block(|| broker.restart()).unwrap();
+    delivered(&client).await;
+    let got = block(|| subscribe_collect(&watcher, "e/#", 1, 1, WAIT)).unwrap();
+    assert_eq!(got, vec![("e/x".to_string(), b"keep-3".to_vec())]);
     client.disconnect().await;
 }

@@ -1100,19 +1100,12 @@ impl EventLoop {
     }
 
     fn retry_delay(&mut self, error: &ConnectionError) -> Duration {
-        if self.config.reconnect_immediately_on_server_disconnect
-            && matches!(
-                error,
-                ConnectionError::Session(SessionError::ServerDisconnected { .. })
-            )
-        {
-            return Duration::ZERO;
-        }
-        if error.is_configuration_problem() {
-            self.backoff.slow_delay(&mut self.rng)
-        } else {
-            self.backoff.next_delay(&mut self.rng)
-        }
+        retry_delay(
+            self.config.reconnect_immediately_on_server_disconnect,
+            error,
+            &mut self.backoff,
+            &mut self.rng,
+        )
     }
 
     fn report_loss(&mut self, error: ConnectionError, retry_in: Duration, was_connected: bool) {
@@ -1685,6 +1678,29 @@ impl EventLoop {
     }
 }
 
+/// The wait before the next attempt after `error`: none after a broker's DISCONNECT when so
+/// configured, the slow lane for refusals retrying cannot fix, the backoff otherwise.
+fn retry_delay(
+    immediately_on_server_disconnect: bool,
+    error: &ConnectionError,
+    backoff: &mut Backoff,
+    rng: &mut impl rand::Rng,
+) -> Duration {
+    if immediately_on_server_disconnect
+        && matches!(
+            error,
+            ConnectionError::Session(SessionError::ServerDisconnected { .. })
+        )
+    {
+        return Duration::ZERO;
+    }
+    if error.is_configuration_problem() {
+        backoff.slow_delay(rng)
+    } else {
+        backoff.next_delay(rng)
+    }
+}
+
 async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -1724,6 +1740,67 @@ mod tests {
         assert_eq!(parse_addr("[::1]:8883").unwrap(), ("::1".into(), 8883));
         for bad in ["localhost", ":1883", "h:0", "h:x", "h:70000"] {
             assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        );
+        assert!(matches!(
+            ConnectionError::from_io("h:1", &tls),
+            ConnectionError::Tls { reason, .. } if reason.to_lowercase().contains("expired")
+        ));
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            ConnectionError::from_io("h:1", &eof),
+            ConnectionError::Closed
+        );
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            ConnectionError::from_io("h:1", &reset),
+            ConnectionError::Io {
+                kind: io::ErrorKind::ConnectionReset,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_delays_follow_the_error() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        let server_disconnect = ConnectionError::Session(SessionError::ServerDisconnected {
+            reason: 0x8B,
+            reason_string: None,
+            server_reference: None,
+        });
+        let mut b = Backoff::new(min, max);
+        assert_eq!(
+            retry_delay(true, &server_disconnect, &mut b, &mut rng),
+            Duration::ZERO
+        );
+        let d = retry_delay(false, &server_disconnect, &mut b, &mut rng);
+        assert_eq!(d, min, "the first backoff delay");
+        let refused = ConnectionError::Session(SessionError::ConnectRefused {
+            refusal: crate::ConnectRefusal::BadCredentials,
+            reason_string: None,
+            server_reference: None,
+        });
+        assert!(refused.is_configuration_problem());
+        for _ in 0..20 {
+            let d = retry_delay(true, &refused, &mut b, &mut rng);
+            assert!(d >= max / 2 && d <= max, "slow lane {d:?}");
+        }
+        let closed = ConnectionError::Closed;
+        assert!(!closed.is_configuration_problem());
+        let mut b = Backoff::new(min, max);
+        for _ in 0..20 {
+            let d = retry_delay(true, &closed, &mut b, &mut rng);
+            assert!(d >= min && d <= max, "{d:?}");
         }
     }
 

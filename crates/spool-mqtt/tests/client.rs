@@ -182,6 +182,7 @@ async fn qos1_and_qos2_reach_a_real_subscriber_with_both_protocols() {
         want.sort();
         assert_eq!(got, want);
         assert!(client.shutdown(WAIT).await);
+        assert_eq!(client.stats().unwrap().state, LinkState::Closed);
         assert!(matches!(
             client
                 .publish("t/x", "late", QoS::AtLeastOnce, false, 0, None)

@@ -795,3 +795,97 @@ async fn records_past_their_ttl_are_dropped_and_counted_never_sent_late() {
     assert_eq!(got, vec![("e/x".to_string(), b"keep-3".to_vec())]);
     client.disconnect().await;
 }
+
+/// A local helper the harness lacks: a TCP forwarder that decodes what the broker sends and
+/// swallows every PUBCOMP, so a QoS 2 transaction stops after our PUBREL went out.
+async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use spool_mqtt::{Codec, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(broker) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut client_rd, mut client_wr) = client.into_split();
+            let (mut broker_rd, mut broker_wr) = broker.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
+            });
+            tokio::spawn(async move {
+                let codec = Codec::new(Protocol::V5, 1 << 20);
+                let mut buf = bytes::BytesMut::new();
+                let mut out = bytes::BytesMut::new();
+                loop {
+                    match broker_rd.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    while let Ok(Some(packet)) = codec.decode(&mut buf) {
+                        if matches!(packet, Packet::PubComp(_)) {
+                            continue;
+                        }
+                        codec.encode(&packet, &mut out).unwrap();
+                    }
+                    if client_wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_pubrel_finishes_qos2_with_the_recorded_packet_ids() {
+    let broker = start(BrokerConfig::default());
+    let (watch, _watch_dir, got) = collector(broker.addr(), "released-sub", "q/#").await;
+    let swallower = pubcomp_swallower(broker.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = started(builder(swallower, "released", dir.path())).await;
+    for i in 0..3 {
+        client
+            .publish("q/x", format!("q-{i}"), QoS::ExactlyOnce, false, 0, None)
+            .await
+            .unwrap();
+    }
+    // Every transaction reached PUBREL (recorded as stage 2); no PUBCOMP will come.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let released = loop {
+        let p = progress(&client);
+        let mut newest: HashMap<u64, (u16, u8)> = HashMap::new();
+        for (seq, packet_id, stage) in p {
+            newest.insert(seq, (packet_id, stage));
+        }
+        if newest.len() == 3 && newest.values().all(|(_, stage)| *stage == 2) {
+            break newest;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{newest:?}");
+        tokio::time::sleep(10 * MS).await;
+    };
+    client.abort().await;
+    drop(client);
+
+    // Restarted, straight to the broker, which kept the session: PUBREL under the same ids.
+    let client = started(builder(broker.addr(), "released", dir.path())).await;
+    let s = delivered(&client).await;
+    assert_eq!(s.acked, 3, "{s:#?}");
+    assert_eq!(s.possible_duplicates, 0, "{s:#?}");
+    let want: Vec<String> = (0..3).map(|i| format!("q-{i}")).collect();
+    let mut seen = collected(&got, &want).await;
+    seen.sort();
+    assert_eq!(seen, want, "each exactly once");
+    let log = std::fs::read_to_string(broker.dir().join("mosquitto.log")).unwrap();
+    for (packet_id, _) in released.values() {
+        let needle = format!("Received PUBREL from released (Mid: {packet_id})");
+        assert!(
+            log.matches(&needle).count() >= 2,
+            "{needle} not twice (before and after the restart) in:\n{log}"
+        );
+    }
+    client.disconnect().await;
+    watch.disconnect().await;
+}

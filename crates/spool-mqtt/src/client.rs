@@ -59,6 +59,10 @@ const EVENT_CAPACITY: usize = 256;
 /// Bytes read from the socket at once (grows for a larger packet).
 const READ_BUFFER_BYTES: usize = 16 << 10;
 
+/// The most free window slots the loop waits for before leasing more records (a lease is a
+/// durable commit; batching them keeps it off the per-message path).
+const REFILL_MAX: usize = 64;
+
 /// Stale QoS 2 progress records gathered before they are deleted in one go.
 const TIDY_BATCH: usize = 64;
 
@@ -1451,7 +1455,13 @@ impl EventLoop {
             }
             self.offer(record, now, batch);
         }
-        while self.session.free_slots() > 0 && self.outbox.maybe_more() {
+        // A lease is a durable commit: refill in batches (a quarter of the window, at most
+        // REFILL_MAX at a time) rather than one record per PUBACK, unless the session is empty.
+        let refill_at = (usize::from(self.session.config().window) / 4).clamp(1, REFILL_MAX);
+        while self.session.free_slots() > 0
+            && self.outbox.maybe_more()
+            && (self.session.free_slots() >= refill_at || self.session.held() == 0)
+        {
             let n = self.session.free_slots();
             let records = self
                 .outbox

@@ -38,7 +38,12 @@ fn main() -> ExitCode {
             }
             let engine = e
                 .chain()
-                .find_map(|c| c.downcast_ref::<spool_engine::Error>());
+                .find_map(|c| c.downcast_ref::<spool_engine::Error>())
+                .or_else(|| {
+                    e.chain()
+                        .find_map(|c| c.downcast_ref::<spool::agent::AgentError>())
+                        .and_then(spool::agent::AgentError::engine)
+                });
             ExitCode::from(match engine {
                 Some(spool_engine::Error::Locked { .. }) => exit::LOCKED,
                 Some(

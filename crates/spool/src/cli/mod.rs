@@ -2,6 +2,7 @@
 //! parsed raw by clap, then checked here into engine calls; every error becomes a one-line
 //! cause plus a hint in `main.rs`.
 
+pub mod agent;
 pub mod config;
 mod demo;
 pub mod inspect;
@@ -74,6 +75,16 @@ pub enum Command {
     /// The agent's configuration file: check one, or print an example with every key
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the MQTT store-and-forward agent: outbox to the broker, local listener, HTTP health
+    #[command(
+        after_help = "Stops on SIGTERM/SIGINT: the local listener closes, messages in flight and queued are delivered for up to upstream.drain_timeout (default 10s), then it exits 0; nothing is lost either way (the outbox is durable). A second signal stops at once. Exits with 7 when the configuration is invalid (every problem is printed), 3 when another process holds the store.\n\nExamples:\n  spool agent --config /etc/spool/agent.toml\n  SPOOL_UPSTREAM__HOST=broker.lan spool agent --config agent.toml --log-format json"
+    )]
+    Agent(agent::AgentArgs),
+    /// Publish one MQTT message through the agent's outbox (prints a confirmation once durable)
+    #[command(
+        after_help = "With an agent running (the store is locked), the message goes through its local listener (listener.bind), which acknowledges once it is durable; with no agent running, it is written into the store's outbox and sent when the agent starts.\n\nExamples:\n  spool publish sensors/t1 '{\"c\":21.5}' --qos 1 --config /etc/spool/agent.toml\n  cat report.json | spool publish reports/daily --priority 9 --ttl 1h"
+    )]
+    Publish(agent::PublishArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +180,8 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Bench(BenchCommand::ReopenProbe(a)) => crate::bench::scale::run_probe(a),
         Command::Inspect(c) => inspect::run(cli, c),
         Command::Config(c) => config::run(c),
+        Command::Agent(a) => agent::run_agent(a),
+        Command::Publish(a) => agent::run_publish(a),
     }
 }
 

@@ -203,8 +203,18 @@ pub struct UpstreamConfig {
     pub reconnect_immediately_after_clean_disconnect: bool,
     /// Messages in flight at most (also bounded by the broker's Receive Maximum).
     pub window: u32,
+    /// On SIGTERM/SIGINT: how long the agent keeps delivering what it holds before it exits
+    /// (nothing is lost after that either: the outbox is durable). Default
+    /// [`DRAIN_TIMEOUT_DEFAULT`]; the systemd unit's `TimeoutStopSec` must be longer.
+    #[serde(with = "units::duration")]
+    pub drain_timeout: Duration,
     pub tls: Tls,
 }
+
+/// Default drain deadline at SIGTERM: long enough to empty a window of in-flight messages over
+/// a slow link, short enough for a reboot not to wait on it (systemd's `TimeoutStopSec` in
+/// `packaging/spool-agent.service` is 30 s).
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The session's default window (`spool_mqtt::session::WINDOW_DEFAULT`): enough to keep a
 /// 50 ms RTT link busy at a few thousand messages/s, small enough that a reconnect resends little.
@@ -230,6 +240,7 @@ impl Default for UpstreamConfig {
             backoff: Backoff::default(),
             reconnect_immediately_after_clean_disconnect: false,
             window: WINDOW_DEFAULT,
+            drain_timeout: DRAIN_TIMEOUT_DEFAULT,
             tls: Tls::default(),
         }
     }

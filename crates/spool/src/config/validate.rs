@@ -21,6 +21,9 @@ const KEEPALIVE_MAX: Duration = Duration::from_secs(65_535);
 const SESSION_EXPIRY_MAX: Duration = Duration::from_secs(u32::MAX as u64);
 /// Beyond this a connect attempt is hung, not slow.
 const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// The longest drain at SIGTERM: a stop that waits longer is a hang to an operator (and
+/// systemd kills at `TimeoutStopSec` anyway).
+const DRAIN_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 /// A device that waits longer than a day between reconnect attempts looks dead.
 const BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Past this an `interval` durability is `none` in all but name.
@@ -315,6 +318,16 @@ fn upstream(c: &mut Checker<'_>, cfg: &mut AgentConfig, env: &Environment) {
             format!(
                 "must be above 0 and at most {}",
                 format_duration(CONNECT_TIMEOUT_MAX)
+            ),
+        );
+    }
+    if u.drain_timeout > DRAIN_TIMEOUT_MAX {
+        c.bad(
+            "upstream.drain_timeout",
+            dur(u.drain_timeout),
+            format!(
+                "must be at most {} (0 exits at once; nothing is lost either way)",
+                format_duration(DRAIN_TIMEOUT_MAX)
             ),
         );
     }

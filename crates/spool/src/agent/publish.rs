@@ -221,10 +221,8 @@ async fn via_listener(addr: SocketAddr, req: &Request) -> Result<(), Attempt> {
     } else {
         req.qos
     };
-    let mut user_properties = Vec::new();
-    if req.priority != 0 {
-        user_properties.push((PRIORITY_PROPERTY.to_owned(), req.priority.to_string()));
-    }
+    // Always sent: the command already applied outbox.default_priority.
+    let user_properties = vec![(PRIORITY_PROPERTY.to_owned(), req.priority.to_string())];
     let packet_id = 1;
     conn.send(&Packet::Publish(Publish {
         topic: req.topic.clone(),

@@ -1,0 +1,540 @@
+//! `spool agent` and `spool publish` as an operator runs them: the real binary, a real
+//! Mosquitto on free ports (`spool_testkit::mosquitto`), HTTP probes over a plain socket,
+//! signals and SIGKILL. No test asserts a timing: every wait is "until this holds", bounded
+//! only so that a broken build fails instead of hanging.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use spool_testkit::mosquitto::{Broker, BrokerConfig, Subscriber};
+
+/// Exit code of an invalid configuration (README, "Exit codes").
+const EXIT_CONFIG: i32 = 7;
+/// Bound of every wait below (a failing build, not a slow machine, reaches it).
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A test directory with an agent configuration in it.
+struct Setup {
+    dir: tempfile::TempDir,
+    http: SocketAddr,
+}
+
+impl Setup {
+    /// `agent.toml` for a broker on `broker_port`; `extra` is appended (whole sections).
+    fn new(broker_port: u16, listener: bool, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let lst: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let id = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().replace('.', ""))
+            .unwrap_or_default();
+        let text = format!(
+            r#"[store]
+dir = "store"
+[upstream]
+host = "127.0.0.1"
+port = {broker_port}
+client_id = "agent-test-{id}"
+keepalive = "5s"
+connect_timeout = "2s"
+drain_timeout = "5s"
+[upstream.backoff]
+min = "50ms"
+max = "300ms"
+[listener]
+enabled = {listener}
+bind = "{lst}"
+[http]
+bind = "{http}"
+[http.ready]
+disconnected_for = "300ms"
+{extra}"#
+        );
+        std::fs::write(dir.path().join("agent.toml"), text).expect("write agent.toml");
+        Setup { dir, http }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    /// Starts `spool agent` (stderr to `agent.log` in the test directory).
+    fn start(&self) -> Agent {
+        Agent::spawn(
+            &self.config(),
+            &self.dir.path().join("agent.log"),
+            self.http,
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// `spool publish TOPIC PAYLOAD ARGS.. --config agent.toml`.
+    fn publish(&self, topic: &str, payload: &str, args: &[&str]) -> Output {
+        spool_cmd()
+            .args(["publish", topic, payload])
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run spool publish")
+    }
+}
+
+/// The binary with no `SPOOL_` or `RUST_LOG` variables from the test's environment.
+fn spool_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spool"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("SPOOL_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+struct Agent {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Agent {
+    fn spawn(config: &Path, log: &Path, http: SocketAddr) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("agent.log");
+        let child = spool_cmd()
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn spool agent");
+        Agent { child, http }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    fn signal(&self, sig: i32) {
+        assert!(send_signal(self.pid(), sig), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < until, "the agent did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until `/health/live` answers 200.
+    fn wait_live(&mut self, setup: &Setup) {
+        wait_for("/health/live 200", || {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                panic!("the agent exited ({s}) during start-up:\n{}", setup.log());
+            }
+            get(self.http, "/health/live").is_some_and(|(c, _)| c == 200)
+        });
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `kill -SIG PID` through the `kill` program (the workspace forbids `unsafe`, which
+/// `libc::kill` needs).
+fn send_signal(pid: i32, sig: i32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One HTTP/1.1 GET: (status, body), or `None` when nothing answers.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn broker() -> Broker {
+    Broker::start(BrokerConfig::default()).expect("start mosquitto")
+}
+
+/// A QoS 1 subscriber with a persistent session (it keeps its queue across broker restarts).
+fn subscriber(broker: &Broker, filter: &str) -> Subscriber {
+    let id = format!("checker-{}", free_port());
+    let sub =
+        Subscriber::start(&broker.client().persistent(&id), filter, 1).expect("mosquitto_sub");
+    sub.wait_subscribed(1, WAIT).expect("subscribed");
+    sub
+}
+
+/// Payloads received until every one of `want` arrived (or the wait ran out): counts by
+/// payload.
+fn receive_all(sub: &Subscriber, want: &[String]) -> BTreeMap<String, usize> {
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let until = Instant::now() + WAIT;
+    while want.iter().any(|w| !got.contains_key(w)) && Instant::now() < until {
+        if let Some((_, p)) = sub.next_message(Duration::from_millis(100)) {
+            *got.entry(text(&p)).or_default() += 1;
+        }
+    }
+    got
+}
+
+#[test]
+fn health_metrics_and_stats_and_readiness_follow_the_broker() {
+    let mut broker = broker();
+    let setup = Setup::new(broker.port(), false, "");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    wait_for("/health/ready 200 once connected", || {
+        get(setup.http, "/health/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    let (code, body) = get(setup.http, "/metrics").expect("/metrics");
+    assert_eq!(code, 200);
+    for name in spool::agent::ops::METRIC_NAMES {
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{body}"
+        );
+    }
+    assert!(body.contains("spool_mqtt_connected 1\n"), "{body}");
+    assert!(
+        body.contains("spool_mqtt_dropped_total{reason=\"expired\"} 0\n"),
+        "{body}"
+    );
+
+    let (code, body) = get(setup.http, "/stats").expect("/stats");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/stats is JSON");
+    assert_eq!(v["connection"]["state"], "connected", "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    assert!(v["outbox"]["messages"].is_u64(), "{v}");
+
+    broker.stop().expect("stop the broker");
+    let mut reason = String::new();
+    wait_for("/health/ready 503 after the broker stopped", || {
+        match get(setup.http, "/health/ready") {
+            Some((503, body)) => {
+                reason = body;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        reason.contains("disconnected from the broker for"),
+        "{reason}"
+    );
+    assert!(reason.contains("http.ready.disconnected_for"), "{reason}");
+    // Live does not depend on the broker.
+    assert_eq!(get(setup.http, "/health/live").map(|r| r.0), Some(200));
+
+    broker.restart().expect("restart the broker");
+    wait_for("/health/ready 200 after the broker came back", || {
+        get(setup.http, "/health/ready").is_some_and(|(c, _)| c == 200)
+    });
+    let (_, body) = get(setup.http, "/metrics").expect("/metrics");
+    assert!(!body.contains("spool_mqtt_reconnects_total 0\n"), "{body}");
+
+    agent.signal(15);
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status}:\n{}", setup.log());
+}
+
+#[test]
+fn publish_without_an_agent_is_stored_and_sent_at_the_next_start() {
+    let broker = broker();
+    let sub = subscriber(&broker, "cli/#");
+    let setup = Setup::new(broker.port(), false, "");
+
+    let out = setup.publish("cli/a", "first", &["--qos", "1", "--priority", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.starts_with("stored: seq "), "{said}");
+    assert!(said.contains("sent when the agent starts"), "{said}");
+
+    // From stdin.
+    let mut c = spool_cmd()
+        .args(["publish", "cli/b", "--config"])
+        .arg(setup.config())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    c.stdin.take().unwrap().write_all(b"second").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    let got = receive_all(&sub, &["first".into(), "second".into()]);
+    assert!(
+        got.contains_key("first") && got.contains_key("second"),
+        "{got:?}"
+    );
+
+    // The agent holds the store and its listener is off: a clear error, no hang.
+    let out = setup.publish("cli/c", "third", &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("listener.enabled = false"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    agent.signal(2);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+#[test]
+fn sigterm_drains_what_was_queued_and_exits_0() {
+    let mut broker = broker();
+    let sub = subscriber(&broker, "drain/#");
+    let setup = Setup::new(broker.port(), false, "");
+    // Queued while no agent and no broker run.
+    broker.stop().expect("stop");
+    let want: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+    for w in &want {
+        let out = setup.publish("drain/x", w, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    broker.restart().expect("restart");
+    // SIGTERM at once: the agent keeps delivering until the outbox is empty (or 5s).
+    agent.signal(15);
+    let status = agent.wait_exit();
+    assert!(status.success(), "{status}:\n{}", setup.log());
+    let log = setup.log();
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("draining the outbox"), "{log}");
+    // Whatever the drain did not send before its deadline is sent by the next start.
+    let mut again = setup.start();
+    again.wait_live(&setup);
+    let got = receive_all(&sub, &want);
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains_key(*w)).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{}", setup.log());
+}
+
+#[test]
+fn bad_config_values_exit_7_naming_the_key() {
+    let setup = Setup::new(1, false, "[outbox]\ndefault_qos = 3\n");
+    let out = spool_cmd()
+        .args(["agent", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_CONFIG),
+        "{}",
+        text(&out.stderr)
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("outbox.default_qos"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = spool_cmd()
+        .args(["agent", "--config", "/nonexistent/agent.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG));
+
+    let out = spool_cmd()
+        .args(["agent", "--log-format", "xml", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "clap refuses a bad flag value");
+}
+
+#[test]
+fn unreachable_broker_is_a_readiness_reason_not_a_crash() {
+    // Nothing listens on this port.
+    let setup = Setup::new(free_port(), false, "");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    let mut body = String::new();
+    wait_for("/health/ready 503", || {
+        match get(setup.http, "/health/ready") {
+            Some((503, b)) => {
+                body = b;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(body.contains("cannot connect to 127.0.0.1"), "{body}");
+    let log = setup.log();
+    assert!(log.contains("cannot connect"), "{log}");
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_in_the_log_and_the_readiness_reason() {
+    let broker = Broker::start(BrokerConfig::default().user("dev", "right")).expect("mosquitto");
+    let setup = Setup::new(
+        broker.port(),
+        false,
+        "", // credentials are set through the environment below
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.path().join("agent.log"))
+        .unwrap();
+    let child = spool_cmd()
+        .args(["agent", "--log-format", "json", "--config"])
+        .arg(setup.config())
+        .env("SPOOL_UPSTREAM__USERNAME", "dev")
+        .env("SPOOL_UPSTREAM__PASSWORD", "wrong")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = Agent {
+        child,
+        http: setup.http,
+    };
+    agent.wait_live(&setup);
+    let mut body = String::new();
+    wait_for("/health/ready 503", || {
+        match get(setup.http, "/health/ready") {
+            Some((503, b)) => {
+                body = b;
+                true
+            }
+            _ => false,
+        }
+    });
+    let lower = body.to_lowercase();
+    assert!(
+        lower.contains("password") || lower.contains("not authorized"),
+        "{body}"
+    );
+    // JSON log lines; the password never appears.
+    let log = setup.log();
+    assert!(log.lines().all(|l| l.starts_with('{')), "{log}");
+    assert!(!log.contains("wrong"), "{log}");
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+/// The packaged systemd unit runs a command line the binary accepts, and gives the drain
+/// deadline time to finish before systemd's SIGKILL.
+#[test]
+fn systemd_unit_matches_the_cli_and_the_drain_deadline() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/spool-agent.service"),
+    )
+    .expect("packaging/spool-agent.service");
+    let value = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+            .trim()
+            .to_owned()
+    };
+    let exec = value("ExecStart");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(words[0], "/usr/bin/spool", "{exec}");
+    assert_eq!(words[1], "agent", "{exec}");
+    // `--help` after the same flags: clap parses them (a flag it does not know fails).
+    let out = spool_cmd()
+        .args(&words[1..])
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for flag in words.iter().filter(|w| w.starts_with("--")) {
+        assert!(help.contains(flag), "{flag} not in `spool agent --help`");
+    }
+    let config = words
+        .iter()
+        .position(|w| *w == "--config")
+        .map(|i| words[i + 1])
+        .expect("--config in ExecStart");
+    assert_eq!(config, spool::cli::agent::CONFIG_DEFAULT);
+
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    assert_eq!(value("Restart"), "always");
+    let stop: u64 = value("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    let drain = spool::config::DRAIN_TIMEOUT_DEFAULT;
+    assert!(
+        Duration::from_secs(stop) > drain + Duration::from_secs(5),
+        "TimeoutStopSec={stop} leaves no margin over the {drain:?} drain"
+    );
+    // The store default is where systemd puts the state directory, and the only writable path.
+    assert_eq!(value("StateDirectory"), "spool");
+    assert_eq!(
+        Path::new(&value("ReadWritePaths")),
+        Path::new(spool::config::STORE_DIR_DEFAULT)
+    );
+    assert_eq!(value("ProtectSystem"), "strict");
+    assert_eq!(value("NoNewPrivileges"), "yes");
+}

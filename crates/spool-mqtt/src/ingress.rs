@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use spool_engine::{Error as EngineError, Message, Push, QueueConfig, Receipt, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, ClientError, Delivery};
@@ -55,6 +55,9 @@ pub const PARK_DELAY: Duration = Duration::from_secs(1);
 /// Lease visibility of an inbox record being delivered: a local client that has not
 /// acknowledged it by then gets it again (at-least-once).
 const DELIVERY_VISIBILITY: Duration = Duration::from_secs(60);
+/// Inbox records a dispatcher has out to local clients at once (bounds memory and the
+/// records held leased by a slow client).
+const DISPATCH_IN_FLIGHT_MAX: usize = 256;
 /// Inbox records leased per dispatcher round.
 const DISPATCH_BATCH: usize = 32;
 /// How long a dispatcher waits for an inbox record before it checks for shutdown.
@@ -234,6 +237,8 @@ struct Pending {
     remaining: AtomicUsize,
     failed: AtomicBool,
     counters: Arc<Counters>,
+    /// The dispatcher's in-flight slot, given back when the record is done.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Pending {
@@ -388,6 +393,7 @@ impl Ingress {
                 s.inbox.clone(),
                 rx,
                 Arc::clone(&counters),
+                stop_rx.clone(),
             )));
         }
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
@@ -444,8 +450,9 @@ impl Ingress {
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
+        // Dispatchers and inbox writers end by themselves (a lease wait is short, a write
+        // in progress is finished and acked).
         for t in self.downlink.drain(..) {
-            t.abort();
             let _ = t.await;
         }
     }
@@ -602,6 +609,7 @@ async fn serve(
     let mut next_token: u64 = 0;
     let mut wbuf = BytesMut::new();
     let mut connected = false;
+    let mut last_rx = tokio::time::Instant::now();
     'conn: loop {
         // Whole packets already in the buffer first.
         let packet = match codec.decode(&mut rbuf) {
@@ -632,21 +640,23 @@ async fn serve(
             }
             out
         } else {
-            let idle = conn.idle_limit().unwrap_or(CONNECT_TIMEOUT);
+            // Silence is measured from the last bytes the client sent (downlink traffic to it
+            // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
             let idle = if connected {
                 conn.idle_limit()
             } else {
-                Some(idle)
+                Some(CONNECT_TIMEOUT)
             };
             let wake = tokio::select! {
                 r = stream.read_buf(&mut rbuf) => Wake::Read(r),
-                () = sleep_or_forever(idle) => Wake::Idle,
+                () = sleep_until_or_forever(idle.map(|d| last_rx + d)) => Wake::Idle,
                 Some(d) = rx.recv() => Wake::Downlink(d),
                 _ = stop.changed() => Wake::Stop,
             };
             match wake {
                 Wake::Read(Ok(0) | Err(_)) => break 'conn,
                 Wake::Read(Ok(_)) => {
+                    last_rx = tokio::time::Instant::now();
                     rbuf.reserve(READ_CHUNK);
                     continue 'conn;
                 }
@@ -695,8 +705,16 @@ async fn serve(
                         break 'conn;
                     }
                 }
-                ConnAction::Store { msg, then } => {
-                    let result = match shared.client.publish_message(msg).await {
+                ConnAction::Store {
+                    msg,
+                    user_properties,
+                    then,
+                } => {
+                    let result = match shared
+                        .client
+                        .publish_with_properties(msg, &user_properties)
+                        .await
+                    {
                         Ok(_) => {
                             bump(&counters.stored);
                             Ok(())
@@ -767,9 +785,9 @@ fn disconnect(reason: u8) -> Packet {
     })
 }
 
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
+async fn sleep_until_or_forever(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
@@ -792,8 +810,17 @@ async fn write_inbox(
     queue: String,
     mut rx: mpsc::UnboundedReceiver<Delivery>,
     counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    while let Some(d) = rx.recv().await {
+    loop {
+        // A write in progress is finished (and acked) before a stop is looked at.
+        let d = tokio::select! {
+            d = rx.recv() => d,
+            _ = stop.changed() => None,
+        };
+        let Some(d) = d else {
+            return;
+        };
         let push = Push::new(d.payload.clone())
             .subject(d.topic.clone())
             .header(INBOX_HEADER_QOS, Bytes::from(vec![d.qos as u8]))
@@ -813,15 +840,27 @@ async fn write_inbox(
 }
 
 /// Leases inbox records and hands each to the local connections whose subscriptions match.
-async fn dispatch(shared: Arc<Shared>, queue: String, stop: watch::Receiver<bool>) {
+/// At most [`DISPATCH_IN_FLIGHT_MAX`] records are out at once (a slow local client holds
+/// records in the store, not in memory).
+async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<bool>) {
     let store = shared.client.store().clone();
+    let permits = Arc::new(Semaphore::new(DISPATCH_IN_FLIGHT_MAX));
     loop {
         if *stop.borrow() {
             return;
         }
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => drop(p),
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
         let (s, q) = (store.clone(), queue.clone());
+        let n = free.min(DISPATCH_BATCH);
         let leased = tokio::task::spawn_blocking(move || {
-            s.lease_wait(&q, DISPATCH_BATCH, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)
+            s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)
         })
         .await;
         let msgs = match leased {
@@ -834,15 +873,31 @@ async fn dispatch(shared: Arc<Shared>, queue: String, stop: watch::Receiver<bool
             Err(_) => return,
         };
         for m in msgs {
-            hand_out(&shared, &store, &queue, m).await;
+            let Some(receipt) = m.receipt else {
+                continue;
+            };
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) if !*stop.borrow() => p,
+                // Stopping (or out of permits, which the count above rules out): back to the
+                // inbox at once.
+                _ => {
+                    release(&store, &queue, receipt, Duration::ZERO).await;
+                    continue;
+                }
+            };
+            hand_out(&shared, &store, &queue, m, receipt, permit).await;
         }
     }
 }
 
-async fn hand_out(shared: &Shared, store: &Store, queue: &str, m: Message) {
-    let Some(receipt) = m.receipt else {
-        return;
-    };
+async fn hand_out(
+    shared: &Shared,
+    store: &Store,
+    queue: &str,
+    m: Message,
+    receipt: Receipt,
+    permit: OwnedSemaphorePermit,
+) {
     let topic = m.subject.clone().unwrap_or_default();
     let header = |k: &str| {
         m.headers
@@ -872,6 +927,7 @@ async fn hand_out(shared: &Shared, store: &Store, queue: &str, m: Message) {
         remaining: AtomicUsize::new(targets.len()),
         failed: AtomicBool::new(false),
         counters: Arc::clone(&shared.counters),
+        _permit: permit,
     });
     for (qos, tx) in targets {
         let d = Downlink {

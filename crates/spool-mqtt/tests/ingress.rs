@@ -474,3 +474,47 @@ async fn the_inbox_keeps_a_message_across_an_agent_restart() {
     assert_eq!(m, Some(("cfg/a".to_string(), b"kept".to_vec())));
     ing.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_user_properties_go_upstream_and_spool_priority_is_taken() {
+    let broker = start(BrokerConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let col_dir = tempfile::tempdir().unwrap();
+    let col = client(broker.addr(), "col-props", col_dir.path()).await;
+    let mut sub = col.subscribe("props/#", QoS::AtLeastOnce).await.unwrap();
+    wait_client(&col, "the collector connected", |s| {
+        s.state == LinkState::Connected
+    })
+    .await;
+    // The ingress's client stays away until the record is inspected.
+    let c = client(dead_port(), "agent-props", dir.path()).await;
+    let ing = ingress(IngressConfig::new(loopback()), &c).await;
+    let (mut raw, _) = Raw::connect(ing.local_addr(), Protocol::V5, "props").await;
+    let Packet::Publish(mut p) = publish_packet("props/a", b"p", QoS::AtLeastOnce, 3, false) else {
+        unreachable!()
+    };
+    p.user_properties = vec![
+        ("k".into(), "v".into()),
+        (spool_mqtt::PRIORITY_PROPERTY.into(), "200".into()),
+    ];
+    p.message_expiry_s = Some(3600);
+    raw.send(&Packet::Publish(p)).await;
+    assert!(matches!(raw.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    let stored = c.store().messages(OUTBOX_QUEUE).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].priority, 200);
+    assert!(stored[0].expires_at.is_some());
+    drop(c);
+    ing.shutdown().await;
+    // The same store, now with the broker: the record goes up with its properties.
+    tokio::time::sleep(100 * MS).await;
+    let c = client(broker.addr(), "agent-props", dir.path()).await;
+    let d = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.topic, "props/a");
+    assert_eq!(d.user_properties, vec![("k".to_string(), "v".to_string())]);
+    d.ack();
+    drop(c);
+}

@@ -63,9 +63,13 @@ pub(crate) struct AfterStore {
 pub(crate) enum ConnAction {
     /// Write this packet.
     Send(Packet),
-    /// Store this message durably, then call [`Conn::stored`] with `then` and the result.
-    /// Nothing after it in the same batch.
-    Store { msg: OutMessage, then: AfterStore },
+    /// Store this message (with its MQTT 5 user properties) durably, then call
+    /// [`Conn::stored`] with `then` and the result. Nothing after it in the same batch.
+    Store {
+        msg: OutMessage,
+        user_properties: Vec<(String, String)>,
+        then: AfterStore,
+    },
     /// A downlink delivery is complete (QoS 0 written, PUBACK or PUBCOMP received).
     Delivered(u64),
     /// Close the connection (after writing what came before).
@@ -252,13 +256,18 @@ impl Conn {
             // The same QoS 2 message again (DUP) before PUBREL: it is stored already.
             return vec![ConnAction::Send(Packet::PubRec(Ack::success(p.packet_id)))];
         }
-        let priority = p
-            .user_properties
-            .iter()
-            .rev()
-            .find(|(k, _)| k == PRIORITY_PROPERTY)
-            .and_then(|(_, v)| v.trim().parse::<u8>().ok())
-            .unwrap_or(self.settings.default_priority);
+        // The priority property is ours: read (the last one wins) and not sent upstream.
+        let mut priority = self.settings.default_priority;
+        let mut user_properties = p.user_properties;
+        user_properties.retain(|(k, v)| {
+            if k != PRIORITY_PROPERTY {
+                return true;
+            }
+            if let Ok(n) = v.trim().parse::<u8>() {
+                priority = n;
+            }
+            false
+        });
         let upstream_qos = match p.qos {
             QoS::AtMostOnce => self.settings.qos0_upstream,
             q => q,
@@ -276,6 +285,7 @@ impl Conn {
         };
         vec![ConnAction::Store {
             msg,
+            user_properties,
             then: AfterStore {
                 qos: p.qos,
                 packet_id: p.packet_id,
@@ -555,7 +565,7 @@ mod tests {
 
     fn store_of(out: Vec<ConnAction>) -> (OutMessage, AfterStore) {
         match <[ConnAction; 1]>::try_from(out) {
-            Ok([ConnAction::Store { msg, then }]) => (msg, then),
+            Ok([ConnAction::Store { msg, then, .. }]) => (msg, then),
             Ok([other]) => panic!("{other:?}"),
             Err(out) => panic!("{out:?}"),
         }

@@ -788,10 +788,26 @@ impl Client {
 
     /// [`Client::publish`] with the message as one value.
     pub async fn publish_message(&self, msg: OutMessage) -> Result<u64, ClientError> {
+        self.publish_with_properties(msg, &[]).await
+    }
+
+    /// [`Client::publish_message`] with MQTT 5 user properties, sent with the message on an
+    /// MQTT 5 connection (MQTT 3.1.1 has none: they are dropped there).
+    pub async fn publish_with_properties(
+        &self,
+        msg: OutMessage,
+        user_properties: &[(String, String)],
+    ) -> Result<u64, ClientError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
-        let seq = Outbox::push(&self.inner.store, self.inner.max_payload, &msg).await?;
+        let seq = Outbox::push_with_properties(
+            &self.inner.store,
+            self.inner.max_payload,
+            &msg,
+            user_properties,
+        )
+        .await?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         self.inner.wake.notify_one();
         Ok(seq)

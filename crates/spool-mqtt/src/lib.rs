@@ -25,6 +25,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod ingress;
 pub mod outbox;
 pub mod packet;
 pub mod session;
@@ -34,6 +35,9 @@ pub use backoff::Backoff;
 pub use client::{
     Client, ClientBuilder, ClientConfig, ClientError, ClientStats, ConnectionError, Delivery,
     DropCounts, DropReason, Event, LinkState, Subscription, TlsConfig,
+};
+pub use ingress::{
+    DownlinkSubscription, Ingress, IngressConfig, IngressError, IngressStats, PRIORITY_PROPERTY,
 };
 pub use outbox::{OutMessage, Outbox, OutboxConfig, OutboxError, OutboxStats};
 pub use packet::{Codec, CodecError, Packet, Protocol, Publish, QoS, SubscribeFilter};

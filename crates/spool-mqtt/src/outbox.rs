@@ -43,6 +43,10 @@ pub const DEAD_QUEUE: &str = "mqtt.outbox.dead";
 const HEADER_QOS: &str = "mqtt-qos";
 /// Header carrying a record's retain flag (one byte: 0 or 1).
 const HEADER_RETAIN: &str = "mqtt-retain";
+/// Header carrying a record's MQTT 5 user properties, when it has any: for each, in order,
+/// the name and the value, each a u16 big-endian length then UTF-8 bytes (the MQTT string
+/// layout). Absent on records written without properties (and by older versions).
+const HEADER_USER_PROPERTIES: &str = "mqtt-user-properties";
 /// Header on a dead letter: the broker's reason code (one byte).
 const HEADER_REASON: &str = "mqtt-reason";
 
@@ -194,7 +198,11 @@ impl OutMessage {
         }
     }
 
-    fn to_push(&self, max_payload: usize) -> Result<Push, OutboxError> {
+    fn to_push(
+        &self,
+        max_payload: usize,
+        user_properties: &[(String, String)],
+    ) -> Result<Push, OutboxError> {
         validate_topic_name(&self.topic).map_err(|source| OutboxError::Topic {
             topic: self.topic.clone(),
             source,
@@ -212,6 +220,9 @@ impl OutMessage {
             .header(HEADER_RETAIN, Bytes::from(vec![u8::from(self.retain)]));
         if let Some(ttl) = self.ttl {
             push = push.ttl(ttl);
+        }
+        if !user_properties.is_empty() {
+            push = push.header(HEADER_USER_PROPERTIES, encode_properties(user_properties)?);
         }
         Ok(push)
     }
@@ -330,7 +341,18 @@ impl Outbox {
         max_payload: usize,
         msg: &OutMessage,
     ) -> Result<u64, OutboxError> {
-        let push = msg.to_push(max_payload)?;
+        Outbox::push_with_properties(store, max_payload, msg, &[]).await
+    }
+
+    /// [`Outbox::push`] with MQTT 5 user properties, sent with the message on an MQTT 5
+    /// connection (dropped on MQTT 3.1.1, which has none).
+    pub async fn push_with_properties(
+        store: &Store,
+        max_payload: usize,
+        msg: &OutMessage,
+        user_properties: &[(String, String)],
+    ) -> Result<u64, OutboxError> {
+        let push = msg.to_push(max_payload, user_properties)?;
         let ids = store
             .push_async(OUTBOX_QUEUE, push)
             .await
@@ -705,8 +727,45 @@ fn to_record(m: &Message, now: Instant, now_ms: u64) -> Option<OutRecord> {
         qos,
         retain,
         expires_at,
-        user_properties: Vec::new(),
+        user_properties: header(m, HEADER_USER_PROPERTIES)
+            .and_then(decode_properties)
+            .unwrap_or_default(),
     })
+}
+
+/// The [`HEADER_USER_PROPERTIES`] value of `props`.
+fn encode_properties(props: &[(String, String)]) -> Result<Bytes, OutboxError> {
+    let mut b = Vec::new();
+    for s in props.iter().flat_map(|(k, v)| [k, v]) {
+        let n = u16::try_from(s.len()).map_err(|_| {
+            OutboxError::Config(format!(
+                "a user property of {} bytes is over the MQTT limit of 65,535",
+                s.len()
+            ))
+        })?;
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    Ok(Bytes::from(b))
+}
+
+/// The user properties of a [`HEADER_USER_PROPERTIES`] value; `None` when it is damaged (the
+/// record is then sent without them rather than not at all).
+fn decode_properties(mut b: &[u8]) -> Option<Vec<(String, String)>> {
+    let string = |b: &mut &[u8]| -> Option<String> {
+        let (len, rest) = b.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_be_bytes(*len));
+        let s = std::str::from_utf8(rest.get(..n)?).ok()?.to_owned();
+        *b = &rest[n..];
+        Some(s)
+    };
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let k = string(&mut b)?;
+        let v = string(&mut b)?;
+        out.push((k, v));
+    }
+    Some(out)
 }
 
 fn encode_progress(seq: u64, packet_id: u16, state: Qos2State) -> Bytes {
@@ -763,6 +822,20 @@ mod tests {
         assert!(decode_progress(&b).is_err());
         let b = encode_progress(1, 0, Qos2State::Published);
         assert!(decode_progress(&b).is_err());
+    }
+
+    #[test]
+    fn user_properties_round_trip_and_damage_drops_them() {
+        let props = vec![
+            ("a".to_string(), "1".to_string()),
+            (String::new(), "é".to_string()),
+            ("a".to_string(), String::new()),
+        ];
+        let b = encode_properties(&props).unwrap();
+        assert_eq!(decode_properties(&b), Some(props));
+        assert_eq!(decode_properties(&[]), Some(Vec::new()));
+        assert_eq!(decode_properties(&b[..b.len() - 1]), None);
+        assert_eq!(decode_properties(&[0, 1, 0xFF, 0, 0]), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,944 @@
+//! The agent's local MQTT listener: unmodified applications (mosquitto_pub, paho) publish to
+//! it, and every PUBLISH is **durable in the outbox before it is acknowledged**; upstream
+//! messages of the configured subscriptions are **durable in an inbox queue before the broker
+//! gets its acknowledgement**, then delivered to the local subscribers whose filters match.
+//!
+//! Layout (the client side's split): [`conn`] is the IO-free state machine of one local
+//! connection (packets and store results in, actions out); this module owns the sockets, one
+//! thin tokio task per connection, the inbox writers and the downlink dispatchers.
+//!
+//! Rules (see `docs/mqtt.md`, "Local ingress and downlink"):
+//! - QoS 0, 1 and 2 PUBLISHes are all stored through [`Client::publish_message`]; the PUBACK
+//!   (QoS 1) or PUBREC (QoS 2) is written only after that call returned, i.e. once the record
+//!   is durable. A QoS 2 PUBLISH re-sent before PUBREL is not stored again.
+//! - A store failure is a v5 PUBACK/PUBREC with 0x97 (quota exceeded: outbox full or payload
+//!   over its limit) or 0x80 (anything else); on 3.1.1, which cannot refuse in a PUBACK, the
+//!   connection is closed without an acknowledgement, so the client sends it again.
+//! - A connection's PUBLISHes are stored one after the other, in the order they arrived.
+//! - Downlink: an inbox record is acked once every local subscriber matching it at dispatch
+//!   time has it (QoS 0: written to the socket; QoS 1/2: PUBACK/PUBCOMP received). A record no
+//!   local subscription matches stays in the inbox (nacked with [`PARK_DELAY`]) until one
+//!   does, or until the inbox queue's retention drops it.
+
+pub mod conn;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spool_engine::{Error as EngineError, Message, Push, QueueConfig, Receipt, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::client::{Client, ClientError, Delivery};
+use crate::outbox::OutboxError;
+use crate::packet::{Codec, CodecError, ConnAck, Disconnect, Packet, Protocol, QoS};
+use crate::topic::validate_topic_filter;
+use conn::{CloseReason, Conn, ConnAction, ConnSettings, SniffError, StoreFailure};
+
+pub use conn::PRIORITY_PROPERTY;
+
+/// How long a new connection may take to send its CONNECT: a socket that says nothing must
+/// not hold a connection slot for long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// How long an inbox record no local subscription matches stays invisible before the
+/// dispatcher looks at it again (each look is one small commit; a local subscriber that
+/// connects later gets it within this delay).
+pub const PARK_DELAY: Duration = Duration::from_secs(1);
+/// Lease visibility of an inbox record being delivered: a local client that has not
+/// acknowledged it by then gets it again (at-least-once).
+const DELIVERY_VISIBILITY: Duration = Duration::from_secs(60);
+/// Inbox records a dispatcher has out to local clients at once (bounds memory and the
+/// records held leased by a slow client).
+const DISPATCH_IN_FLIGHT_MAX: usize = 256;
+/// Inbox records leased per dispatcher round.
+const DISPATCH_BATCH: usize = 32;
+/// How long a dispatcher waits for an inbox record before it checks for shutdown.
+const DISPATCH_WAIT: Duration = Duration::from_millis(250);
+/// MQTT 3.1.1 CONNACK "unacceptable protocol version", sent to an MQTT 3.1 client.
+const CONNACK_BAD_VERSION_V311: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+/// Header of an inbox record: the QoS it arrived with (one byte).
+pub const INBOX_HEADER_QOS: &str = "mqtt-qos";
+/// Header of an inbox record: the retain flag it arrived with (one byte, 0 or 1).
+pub const INBOX_HEADER_RETAIN: &str = "mqtt-retain";
+
+/// One upstream subscription of the downlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownlinkSubscription {
+    /// Upstream topic filter (`+` and `#` allowed).
+    pub filter: String,
+    /// QoS asked of the broker.
+    pub qos: QoS,
+    /// The engine queue its messages are written to (created with the default
+    /// [`QueueConfig`] when missing; an existing queue keeps its config).
+    pub inbox: String,
+}
+
+/// Configuration of the local listener.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Address to listen on (port 0 picks a free one; see [`Ingress::local_addr`]). Whether a
+    /// non-loopback address is allowed is the caller's decision: the listener has no
+    /// authentication.
+    pub bind: SocketAddr,
+    /// Most local connections at once; more are refused (CONNACK quota exceeded / server
+    /// unavailable). Default 64.
+    pub max_connections: usize,
+    /// Largest packet accepted from a local client, in bytes (announced in a v5 CONNACK); a
+    /// bigger one closes that connection. Default 1 MiB.
+    pub max_packet_size: u32,
+    /// Outbox priority of a local PUBLISH (a v5 user property [`PRIORITY_PROPERTY`] with a
+    /// value 0..=255 overrides it). Default 0.
+    pub default_priority: u8,
+    /// Upstream QoS of a local **QoS 0** PUBLISH (QoS 1 and 2 keep theirs). The ingress stores
+    /// QoS 0 durably too; the default 1 keeps that guarantee up to the broker. Default 1.
+    pub default_qos: QoS,
+    /// Upstream subscriptions whose messages local clients may SUBSCRIBE to.
+    pub subscriptions: Vec<DownlinkSubscription>,
+}
+
+impl IngressConfig {
+    /// The defaults, listening on `bind`.
+    pub fn new(bind: SocketAddr) -> IngressConfig {
+        IngressConfig {
+            bind,
+            max_connections: 64,
+            max_packet_size: 1 << 20,
+            default_priority: 0,
+            default_qos: QoS::AtLeastOnce,
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Adds an upstream subscription written to `inbox`.
+    #[must_use]
+    pub fn subscribe(
+        mut self,
+        filter: impl Into<String>,
+        qos: QoS,
+        inbox: impl Into<String>,
+    ) -> IngressConfig {
+        self.subscriptions.push(DownlinkSubscription {
+            filter: filter.into(),
+            qos,
+            inbox: inbox.into(),
+        });
+        self
+    }
+}
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngressError {
+    /// A bad setting.
+    #[error("bad ingress config: {0}")]
+    Config(String),
+    /// The listening socket cannot be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An inbox queue cannot be created.
+    #[error("cannot create the inbox queue {queue:?}: {source}")]
+    Inbox {
+        /// The queue.
+        queue: String,
+        /// Why.
+        source: EngineError,
+    },
+    /// An upstream subscription was refused by the client.
+    #[error("cannot subscribe upstream to {filter:?}: {source}")]
+    Subscribe {
+        /// The filter.
+        filter: String,
+        /// Why.
+        source: ClientError,
+    },
+}
+
+/// Counters of the ingress ([`Ingress::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IngressStats {
+    /// Local connections open now.
+    pub connections: usize,
+    /// Local connections accepted since start.
+    pub connections_total: u64,
+    /// Connections refused (over `max_connections`, bad protocol version, bad CONNECT).
+    pub connections_refused: u64,
+    /// PUBLISH packets received, by QoS (0, 1, 2), resends included.
+    pub publishes_received: [u64; 3],
+    /// PUBLISHes stored durably in the outbox.
+    pub stored: u64,
+    /// PUBLISHes the outbox refused or failed to store (refused in a v5 ack, or the 3.1.1
+    /// connection closed).
+    pub store_failures: u64,
+    /// Connections closed for an oversize packet.
+    pub oversize_closed: u64,
+    /// Upstream messages written to an inbox (and acked to the broker).
+    pub downlink_received: u64,
+    /// Inbox writes that failed (the message is not acked: the broker sends it again).
+    pub downlink_store_failures: u64,
+    /// Inbox records delivered to every matching local subscriber (and acked in the inbox).
+    pub downlink_delivered: u64,
+    /// Records waiting in the inbox queues (not yet delivered).
+    pub downlink_pending: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicUsize,
+    connections_total: AtomicU64,
+    connections_refused: AtomicU64,
+    publishes_received: [AtomicU64; 3],
+    stored: AtomicU64,
+    store_failures: AtomicU64,
+    oversize_closed: AtomicU64,
+    downlink_received: AtomicU64,
+    downlink_store_failures: AtomicU64,
+    downlink_delivered: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A downlink record handed to a connection task.
+#[derive(Debug)]
+struct Downlink {
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    pending: Arc<Pending>,
+}
+
+/// One leased inbox record and the local subscribers that still have to take it.
+#[derive(Debug)]
+struct Pending {
+    store: Store,
+    queue: String,
+    receipt: Receipt,
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    counters: Arc<Counters>,
+    /// The dispatcher's in-flight slot, given back when the record is done.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// One subscriber took it (`ok`) or lost it (its connection ended first). When the last
+    /// one answered: acked if all took it, else released at once for a new dispatch.
+    fn complete(self: &Arc<Self>, ok: bool) {
+        if !ok {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if this.failed.load(Ordering::Acquire) {
+                release(&this.store, &this.queue, this.receipt, Duration::ZERO).await;
+            } else {
+                match this
+                    .store
+                    .ack_batch_async(&this.queue, &[this.receipt])
+                    .await
+                {
+                    Ok(_) => bump(&this.counters.downlink_delivered),
+                    Err(e) => {
+                        tracing::warn!(queue = %this.queue, error = %e, "inbox ack failed; the record will be delivered again");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Nacks an inbox record (a blocking store call, off the executor).
+async fn release(store: &Store, queue: &str, receipt: Receipt, delay: Duration) {
+    let store = store.clone();
+    let queue = queue.to_owned();
+    let r = tokio::task::spawn_blocking(move || store.nack(&queue, receipt, delay, None)).await;
+    if let Ok(Err(e)) = r {
+        tracing::debug!(error = %e, "inbox nack failed; the lease expires instead");
+    }
+}
+
+/// What the dispatchers know of a local connection.
+#[derive(Debug)]
+struct ConnEntry {
+    subscriptions: Vec<(String, QoS)>,
+    tx: mpsc::UnboundedSender<Downlink>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    settings: ConnSettings,
+    max_connections: usize,
+    counters: Arc<Counters>,
+    registry: Mutex<HashMap<u64, ConnEntry>>,
+    inboxes: Vec<String>,
+}
+
+/// The running listener. Dropping it without [`Ingress::shutdown`] stops accepting and
+/// aborts the tasks (nothing acknowledged is lost either way: acks follow durability).
+#[derive(Debug)]
+pub struct Ingress {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+    downlink: Vec<JoinHandle<()>>,
+}
+
+impl Ingress {
+    /// Binds `config.bind`, subscribes upstream for the downlink, and starts serving.
+    pub async fn start(config: IngressConfig, client: Client) -> Result<Ingress, IngressError> {
+        if config.max_connections == 0 {
+            return Err(IngressError::Config(
+                "max_connections is 0: allow at least one local connection".into(),
+            ));
+        }
+        if config.max_packet_size < 64 {
+            return Err(IngressError::Config(format!(
+                "max_packet_size of {} bytes is too small for MQTT; use at least 64",
+                config.max_packet_size
+            )));
+        }
+        for s in &config.subscriptions {
+            validate_topic_filter(&s.filter).map_err(|e| {
+                IngressError::Config(format!("downlink filter {:?}: {e}", s.filter))
+            })?;
+        }
+        let store = client.store().clone();
+        let mut inboxes: Vec<String> = Vec::new();
+        for s in &config.subscriptions {
+            if inboxes.contains(&s.inbox) {
+                continue;
+            }
+            match store.create_queue(&s.inbox, QueueConfig::default()) {
+                Ok(_) | Err(EngineError::Exists { .. }) => {}
+                Err(source) => {
+                    return Err(IngressError::Inbox {
+                        queue: s.inbox.clone(),
+                        source,
+                    })
+                }
+            }
+            inboxes.push(s.inbox.clone());
+        }
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| IngressError::Bind {
+                    addr: config.bind,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| IngressError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            settings: ConnSettings {
+                default_priority: config.default_priority,
+                qos0_upstream: config.default_qos,
+                max_packet_bytes: config.max_packet_size,
+            },
+            max_connections: config.max_connections,
+            counters: Arc::clone(&counters),
+            registry: Mutex::new(HashMap::new()),
+            inboxes: inboxes.clone(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut downlink = Vec::new();
+        // Dispatchers first: the inbox may hold records from before a restart.
+        for queue in &inboxes {
+            downlink.push(tokio::spawn(dispatch(
+                Arc::clone(&shared),
+                queue.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for s in &config.subscriptions {
+            let (tx, rx) = mpsc::unbounded_channel();
+            client
+                .subscribe_into(s.filter.clone(), s.qos, tx)
+                .await
+                .map_err(|source| IngressError::Subscribe {
+                    filter: s.filter.clone(),
+                    source,
+                })?;
+            downlink.push(tokio::spawn(write_inbox(
+                store.clone(),
+                s.inbox.clone(),
+                rx,
+                Arc::clone(&counters),
+                stop_rx.clone(),
+            )));
+        }
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_rx));
+        Ok(Ingress {
+            local_addr,
+            shared,
+            stop,
+            accept: Some(accept),
+            downlink,
+        })
+    }
+
+    /// The address the listener is bound to (the real port when `bind` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> IngressStats {
+        let c = &self.shared.counters;
+        let store = self.shared.client.store();
+        let downlink_pending = self
+            .shared
+            .inboxes
+            .iter()
+            .filter_map(|q| store.stats(q).ok())
+            .map(|s| s.messages)
+            .sum();
+        IngressStats {
+            connections: c.connections.load(Ordering::Relaxed),
+            connections_total: c.connections_total.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            publishes_received: [
+                c.publishes_received[0].load(Ordering::Relaxed),
+                c.publishes_received[1].load(Ordering::Relaxed),
+                c.publishes_received[2].load(Ordering::Relaxed),
+            ],
+            stored: c.stored.load(Ordering::Relaxed),
+            store_failures: c.store_failures.load(Ordering::Relaxed),
+            oversize_closed: c.oversize_closed.load(Ordering::Relaxed),
+            downlink_received: c.downlink_received.load(Ordering::Relaxed),
+            downlink_store_failures: c.downlink_store_failures.load(Ordering::Relaxed),
+            downlink_delivered: c.downlink_delivered.load(Ordering::Relaxed),
+            downlink_pending,
+        }
+    }
+
+    /// Stops accepting, lets every connection finish the store it is in (and send its ack),
+    /// closes the connections (a v5 client gets DISCONNECT "server shutting down"), and stops
+    /// the downlink. Records leased for local delivery and not yet acknowledged stay in the
+    /// inbox. The [`Client`] is not shut down (it is the caller's).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        // Dispatchers and inbox writers end by themselves (a lease wait is short, a write
+        // in progress is finished and acked).
+        for t in self.downlink.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for t in &self.downlink {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accepting
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_id: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a moment, keep serving.
+                        tracing::warn!(error = %e, "local accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                next_id += 1;
+                let c = &shared.counters;
+                // Reserve a slot; give it back if over the limit.
+                if c.connections.fetch_add(1, Ordering::AcqRel) >= shared.max_connections {
+                    c.connections.fetch_sub(1, Ordering::AcqRel);
+                    bump(&c.connections_refused);
+                    tracing::info!(%peer, "local connection refused: max_connections reached");
+                    tasks.spawn(refuse(stream));
+                    continue;
+                }
+                bump(&c.connections_total);
+                let slot = Slot(Arc::clone(&shared.counters));
+                tasks.spawn(serve(stream, Arc::clone(&shared), next_id, stop.clone(), slot));
+            }
+        }
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Gives the connection slot back when the connection task ends.
+struct Slot(Arc<Counters>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the CONNECT of a connection over the limit and answers "quota exceeded" (v5) /
+/// "server unavailable" (3.1.1), then closes.
+async fn refuse(mut stream: TcpStream) {
+    let mut buf = BytesMut::new();
+    let Ok(Ok(Some(protocol))) =
+        tokio::time::timeout(CONNECT_TIMEOUT, read_protocol(&mut stream, &mut buf)).await
+    else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    // 0x97 maps to "server unavailable" (3) in a 3.1.1 CONNACK.
+    let ack = ConnAck {
+        reason: conn::QUOTA_EXCEEDED,
+        ..ConnAck::default()
+    };
+    if Codec::new(protocol, 0)
+        .encode(&Packet::ConnAck(ack), &mut out)
+        .is_ok()
+    {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Reads until the CONNECT's protocol level is known.
+async fn read_protocol(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<Protocol>> {
+    loop {
+        match conn::sniff_protocol(buf) {
+            Ok(Some(p)) => return Ok(Some(p)),
+            Ok(None) => {}
+            Err(SniffError::UnsupportedVersion) => {
+                let _ = stream.write_all(&CONNACK_BAD_VERSION_V311).await;
+                return Ok(None);
+            }
+            Err(SniffError::NotConnect) => return Ok(None),
+        }
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One connection
+
+/// What the connection task waits for.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Idle,
+    Downlink(Downlink),
+    Stop,
+}
+
+#[allow(clippy::too_many_lines)] // one event loop, read top to bottom
+async fn serve(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    id: u64,
+    mut stop: watch::Receiver<bool>,
+    _slot: Slot,
+) {
+    let counters = Arc::clone(&shared.counters);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let Ok(Ok(Some(protocol))) =
+        tokio::time::timeout(CONNECT_TIMEOUT, read_protocol(&mut stream, &mut rbuf)).await
+    else {
+        bump(&counters.connections_refused);
+        return;
+    };
+    let max_packet = usize::try_from(shared.settings.max_packet_bytes).unwrap_or(usize::MAX);
+    let codec = Codec::new(protocol, max_packet);
+    let mut conn = Conn::new(protocol, shared.settings.clone(), id);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Downlink>();
+    lock(&shared.registry).insert(
+        id,
+        ConnEntry {
+            subscriptions: Vec::new(),
+            tx,
+        },
+    );
+    // Downlink records handed to the local client and not acknowledged yet, by token.
+    let mut handed: HashMap<u64, Arc<Pending>> = HashMap::new();
+    let mut next_token: u64 = 0;
+    let mut wbuf = BytesMut::new();
+    let mut connected = false;
+    let mut last_rx = tokio::time::Instant::now();
+    'conn: loop {
+        // Whole packets already in the buffer first.
+        let packet = match codec.decode(&mut rbuf) {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => None,
+            Err(e) => {
+                if matches!(e, CodecError::TooLarge { .. }) {
+                    bump(&counters.oversize_closed);
+                    if protocol == Protocol::V5 && connected {
+                        let bye = disconnect(crate::packet::reason::PACKET_TOO_LARGE);
+                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                    }
+                }
+                tracing::debug!(conn = id, error = %e, "local connection closed: bad packet");
+                break 'conn;
+            }
+        };
+        let mut actions = if let Some(p) = packet {
+            if let Packet::Publish(pb) = &p {
+                counters.publishes_received[pb.qos as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            let is_sub = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+            let out = conn.handle(p);
+            if is_sub {
+                if let Some(e) = lock(&shared.registry).get_mut(&id) {
+                    e.subscriptions = conn.subscriptions().to_vec();
+                }
+            }
+            out
+        } else {
+            // Silence is measured from the last bytes the client sent (downlink traffic to it
+            // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
+            let idle = if connected {
+                conn.idle_limit()
+            } else {
+                Some(CONNECT_TIMEOUT)
+            };
+            let wake = tokio::select! {
+                r = stream.read_buf(&mut rbuf) => Wake::Read(r),
+                () = sleep_until_or_forever(idle.map(|d| last_rx + d)) => Wake::Idle,
+                Some(d) = rx.recv() => Wake::Downlink(d),
+                _ = stop.changed() => Wake::Stop,
+            };
+            match wake {
+                Wake::Read(Ok(0) | Err(_)) => break 'conn,
+                Wake::Read(Ok(_)) => {
+                    last_rx = tokio::time::Instant::now();
+                    rbuf.reserve(READ_CHUNK);
+                    continue 'conn;
+                }
+                Wake::Idle => {
+                    tracing::debug!(conn = id, "local connection closed: keep alive");
+                    if protocol == Protocol::V5 && connected {
+                        let bye = disconnect(conn::KEEP_ALIVE_TIMEOUT);
+                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                    }
+                    break 'conn;
+                }
+                Wake::Stop => {
+                    let out = conn.shutdown();
+                    run_sends(&codec, &mut stream, &mut wbuf, out).await;
+                    break 'conn;
+                }
+                Wake::Downlink(d) => {
+                    next_token += 1;
+                    let token = next_token;
+                    if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
+                        handed.insert(token, d.pending);
+                        out
+                    } else {
+                        d.pending.complete(false);
+                        continue 'conn;
+                    }
+                }
+            }
+        };
+        // Carry the actions out in order; a store's result may add more.
+        let mut i = 0;
+        while i < actions.len() {
+            let action = std::mem::replace(&mut actions[i], ConnAction::Delivered(0));
+            i += 1;
+            match action {
+                ConnAction::Send(p) => {
+                    if matches!(&p, Packet::ConnAck(a) if a.reason == 0) {
+                        connected = true;
+                    }
+                    wbuf.clear();
+                    if let Err(e) = codec.encode(&p, &mut wbuf) {
+                        tracing::warn!(conn = id, error = %e, "cannot encode a packet for a local client");
+                        break 'conn;
+                    }
+                    if stream.write_all(&wbuf).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                ConnAction::Store {
+                    msg,
+                    user_properties,
+                    then,
+                } => {
+                    let result = match shared
+                        .client
+                        .publish_with_properties(msg, &user_properties)
+                        .await
+                    {
+                        Ok(_) => {
+                            bump(&counters.stored);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            bump(&counters.store_failures);
+                            tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
+                            Err(store_failure(&e))
+                        }
+                    };
+                    actions.extend(conn.stored(then, result));
+                }
+                ConnAction::Delivered(token) => {
+                    if let Some(p) = handed.remove(&token) {
+                        p.complete(true);
+                    }
+                }
+                ConnAction::Close(why) => {
+                    if why != CloseReason::ClientDisconnect {
+                        tracing::debug!(conn = id, ?why, "local connection closed");
+                    }
+                    if why == CloseReason::Refused {
+                        bump(&counters.connections_refused);
+                    }
+                    break 'conn;
+                }
+            }
+        }
+    }
+    lock(&shared.registry).remove(&id);
+    // Records queued for this connection but never handed over, and those handed over but not
+    // acknowledged, go back to the inbox for another dispatch.
+    rx.close();
+    while let Ok(d) = rx.try_recv() {
+        d.pending.complete(false);
+    }
+    for (_, p) in handed.drain() {
+        p.complete(false);
+    }
+    let _ = stream.shutdown().await;
+}
+
+async fn run_sends(
+    codec: &Codec,
+    stream: &mut TcpStream,
+    wbuf: &mut BytesMut,
+    out: Vec<ConnAction>,
+) {
+    for a in out {
+        if let ConnAction::Send(p) = a {
+            if !send_now(codec, stream, wbuf, &p).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes and writes one packet; `false` when that failed (the connection is done).
+async fn send_now(codec: &Codec, stream: &mut TcpStream, wbuf: &mut BytesMut, p: &Packet) -> bool {
+    wbuf.clear();
+    codec.encode(p, wbuf).is_ok() && stream.write_all(wbuf).await.is_ok()
+}
+
+fn disconnect(reason: u8) -> Packet {
+    Packet::Disconnect(Disconnect {
+        reason,
+        ..Disconnect::default()
+    })
+}
+
+async fn sleep_until_or_forever(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn store_failure(e: &ClientError) -> StoreFailure {
+    match e {
+        ClientError::Outbox(OutboxError::Full { .. } | OutboxError::PayloadTooLarge { .. }) => {
+            StoreFailure::Quota
+        }
+        _ => StoreFailure::Other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downlink
+
+/// Writes each upstream message to the inbox, and only then acks it to the broker.
+async fn write_inbox(
+    store: Store,
+    queue: String,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        // A write in progress is finished (and acked) before a stop is looked at.
+        let d = tokio::select! {
+            d = rx.recv() => d,
+            _ = stop.changed() => None,
+        };
+        let Some(d) = d else {
+            return;
+        };
+        let push = Push::new(d.payload.clone())
+            .subject(d.topic.clone())
+            .header(INBOX_HEADER_QOS, Bytes::from(vec![d.qos as u8]))
+            .header(INBOX_HEADER_RETAIN, Bytes::from(vec![u8::from(d.retain)]));
+        match store.push_async(&queue, push).await {
+            Ok(_) => {
+                bump(&counters.downlink_received);
+                d.ack();
+            }
+            Err(e) => {
+                // Not acked: the broker sends it again after the next reconnect.
+                bump(&counters.downlink_store_failures);
+                tracing::warn!(%queue, topic = %d.topic, error = %e, "an upstream message could not be written to the inbox");
+            }
+        }
+    }
+}
+
+/// Leases inbox records and hands each to the local connections whose subscriptions match.
+/// At most [`DISPATCH_IN_FLIGHT_MAX`] records are out at once (a slow local client holds
+/// records in the store, not in memory).
+async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<bool>) {
+    let store = shared.client.store().clone();
+    let permits = Arc::new(Semaphore::new(DISPATCH_IN_FLIGHT_MAX));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => drop(p),
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        let (s, q) = (store.clone(), queue.clone());
+        let n = free.min(DISPATCH_BATCH);
+        let leased = tokio::task::spawn_blocking(move || {
+            s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)
+        })
+        .await;
+        let msgs = match leased {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(%queue, error = %e, "inbox lease failed");
+                tokio::time::sleep(DISPATCH_WAIT).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        for m in msgs {
+            let Some(receipt) = m.receipt else {
+                continue;
+            };
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) if !*stop.borrow() => p,
+                // Stopping (or out of permits, which the count above rules out): back to the
+                // inbox at once.
+                _ => {
+                    release(&store, &queue, receipt, Duration::ZERO).await;
+                    continue;
+                }
+            };
+            hand_out(&shared, &store, &queue, m, receipt, permit).await;
+        }
+    }
+}
+
+async fn hand_out(
+    shared: &Shared,
+    store: &Store,
+    queue: &str,
+    m: Message,
+    receipt: Receipt,
+    permit: OwnedSemaphorePermit,
+) {
+    let topic = m.subject.clone().unwrap_or_default();
+    let header = |k: &str| {
+        m.headers
+            .iter()
+            .find(|(h, _)| h == k)
+            .and_then(|(_, v)| v.first().copied())
+    };
+    let qos = header(INBOX_HEADER_QOS)
+        .and_then(QoS::from_u8)
+        .unwrap_or(QoS::AtLeastOnce);
+    let retain = header(INBOX_HEADER_RETAIN) == Some(1);
+    let targets: Vec<(QoS, mpsc::UnboundedSender<Downlink>)> = lock(&shared.registry)
+        .values()
+        .filter_map(|e| {
+            conn::delivery_qos(&e.subscriptions, &topic, qos).map(|q| (q, e.tx.clone()))
+        })
+        .collect();
+    if targets.is_empty() {
+        // Nobody local wants it yet: keep it for a subscriber that comes later.
+        release(store, queue, receipt, PARK_DELAY).await;
+        return;
+    }
+    let pending = Arc::new(Pending {
+        store: store.clone(),
+        queue: queue.to_owned(),
+        receipt,
+        remaining: AtomicUsize::new(targets.len()),
+        failed: AtomicBool::new(false),
+        counters: Arc::clone(&shared.counters),
+        _permit: permit,
+    });
+    for (qos, tx) in targets {
+        let d = Downlink {
+            topic: topic.clone(),
+            payload: m.payload.clone(),
+            qos,
+            retain,
+            pending: Arc::clone(&pending),
+        };
+        if let Err(mpsc::error::SendError(d)) = tx.send(d) {
+            d.pending.complete(false);
+        }
+    }
+}

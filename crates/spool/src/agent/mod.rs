@@ -26,10 +26,11 @@ pub mod publish;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use spool_mqtt::{Client, ClientError, OutboxError};
+use spool_mqtt::ingress::{Ingress, IngressConfig, IngressError};
+use spool_mqtt::{Client, ClientError, OutboxError, QoS};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -305,18 +306,49 @@ async fn start_http(bind: SocketAddr, ops: Arc<ops::AgentOps>) -> Result<Http, A
     Ok(Http { addr, stop, task })
 }
 
-/// The local listener (filled in by the ingress integration).
+/// The local MQTT listener (`spool_mqtt::ingress`) with the downlink subscriptions. Held
+/// behind a lock so that the metrics can read its counters while `stop` takes it out to shut it
+/// down.
 struct ListenerHandle {
     addr: SocketAddr,
+    ingress: Arc<Mutex<Option<Ingress>>>,
 }
 
-#[allow(clippy::unused_async, clippy::unused_self)] // until the ingress lands
 impl ListenerHandle {
-    async fn start(_cfg: &AgentConfig, _client: Client) -> Result<ListenerHandle, AgentError> {
-        Err(AgentError::Listener(
-            "the local listener is not built into this version; set listener.enabled = false"
-                .into(),
-        ))
+    async fn start(cfg: &AgentConfig, client: Client) -> Result<ListenerHandle, AgentError> {
+        let l = &cfg.listener;
+        let mut ic = IngressConfig::new(l.bind);
+        ic.max_connections = l.max_connections as usize;
+        ic.max_packet_size = u32::try_from(l.max_packet_size.0).unwrap_or(u32::MAX);
+        ic.default_priority = cfg.outbox.default_priority;
+        // The upstream QoS of a local QoS 0 PUBLISH ("messages that do not say").
+        ic.default_qos = QoS::from_u8(cfg.outbox.default_qos).unwrap_or(QoS::AtLeastOnce);
+        for s in &cfg.subscriptions {
+            ic = ic.subscribe(
+                s.filter.clone(),
+                QoS::from_u8(s.qos).unwrap_or(QoS::AtLeastOnce),
+                s.queue.clone(),
+            );
+        }
+        let ingress = Ingress::start(ic, client).await.map_err(|e| match e {
+            IngressError::Bind { addr, source } => AgentError::Bind {
+                what: "local MQTT listener",
+                key: "listener.bind",
+                addr,
+                source,
+            },
+            e => AgentError::Listener(e.to_string()),
+        })?;
+        let addr = ingress.local_addr();
+        tracing::info!(
+            %addr,
+            subscriptions = cfg.subscriptions.len(),
+            "local MQTT listener started"
+        );
+        Ok(ListenerHandle {
+            addr,
+            ingress: Arc::new(Mutex::new(Some(ingress))),
+        })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -324,8 +356,24 @@ impl ListenerHandle {
     }
 
     fn stats_source(&self) -> ops::ListenerStats {
-        std::sync::Arc::new(Vec::new)
+        let ingress = self.ingress.clone();
+        Arc::new(move || {
+            let guard = ingress.lock().unwrap_or_else(PoisonError::into_inner);
+            guard
+                .as_ref()
+                .map(|i| ops::listener_metrics(&i.stats()))
+                .unwrap_or_default()
+        })
     }
 
-    async fn shutdown(self) {}
+    async fn shutdown(self) {
+        let taken = self
+            .ingress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(i) = taken {
+            i.shutdown().await;
+        }
+    }
 }

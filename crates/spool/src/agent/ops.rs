@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use spool_mqtt::ingress::IngressStats;
 use spool_mqtt::{Client, ClientStats, LinkState};
 
 use crate::config::{units::format_duration, Ready};
@@ -29,8 +30,95 @@ pub struct ListenerMetric {
     pub help: &'static str,
     /// Counter (monotonic) or gauge.
     pub counter: bool,
+    /// One label, if any (`("qos", "1")`).
+    pub label: Option<(&'static str, &'static str)>,
     /// Value.
     pub value: u64,
+}
+
+/// The listener's counters as metrics.
+pub fn listener_metrics(s: &IngressStats) -> Vec<ListenerMetric> {
+    let m = |name, help, counter, value| ListenerMetric {
+        name,
+        help,
+        counter,
+        label: None,
+        value,
+    };
+    let mut v = vec![
+        m(
+            "connections",
+            "Local MQTT connections open now.",
+            false,
+            s.connections as u64,
+        ),
+        m(
+            "connections_total",
+            "Local MQTT connections accepted.",
+            true,
+            s.connections_total,
+        ),
+        m(
+            "connections_refused_total",
+            "Local connections refused (too many, bad protocol version, bad CONNECT).",
+            true,
+            s.connections_refused,
+        ),
+    ];
+    for (qos, n) in ["0", "1", "2"].into_iter().zip(s.publishes_received) {
+        v.push(ListenerMetric {
+            name: "publishes_received_total",
+            help: "PUBLISH packets received from local clients, by QoS (resends included).",
+            counter: true,
+            label: Some(("qos", qos)),
+            value: n,
+        });
+    }
+    v.extend([
+        m(
+            "stored_total",
+            "Local PUBLISHes stored durably in the outbox (then acknowledged).",
+            true,
+            s.stored,
+        ),
+        m(
+            "store_failures_total",
+            "Local PUBLISHes the outbox refused or failed to store (not acknowledged).",
+            true,
+            s.store_failures,
+        ),
+        m(
+            "oversize_closed_total",
+            "Local connections closed for a packet over listener.max_packet_size.",
+            true,
+            s.oversize_closed,
+        ),
+        m(
+            "downlink_received_total",
+            "Upstream messages written to an inbox queue (then acked to the broker).",
+            true,
+            s.downlink_received,
+        ),
+        m(
+            "downlink_store_failures_total",
+            "Inbox writes that failed (the broker sends the message again).",
+            true,
+            s.downlink_store_failures,
+        ),
+        m(
+            "downlink_delivered_total",
+            "Inbox messages delivered to every matching local subscriber.",
+            true,
+            s.downlink_delivered,
+        ),
+        m(
+            "downlink_pending",
+            "Messages waiting in the inbox queues.",
+            false,
+            s.downlink_pending,
+        ),
+    ]);
+    v
 }
 
 /// Reads the local listener's counters (set once the listener started).
@@ -217,6 +305,21 @@ pub const METRIC_NAMES: &[&str] = &[
     "spool_outbox_pushed_total",
 ];
 
+/// The metric names the local listener adds when it runs.
+pub const LISTENER_METRIC_NAMES: &[&str] = &[
+    "spool_listener_connections",
+    "spool_listener_connections_total",
+    "spool_listener_connections_refused_total",
+    "spool_listener_publishes_received_total",
+    "spool_listener_stored_total",
+    "spool_listener_store_failures_total",
+    "spool_listener_oversize_closed_total",
+    "spool_listener_downlink_received_total",
+    "spool_listener_downlink_store_failures_total",
+    "spool_listener_downlink_delivered_total",
+    "spool_listener_downlink_pending",
+];
+
 impl OpsSource for AgentOps {
     fn not_ready(&self) -> Option<String> {
         match self.client.stats() {
@@ -369,10 +472,11 @@ impl OpsSource for AgentOps {
         );
         for m in self.listener_metrics() {
             let name = format!("spool_listener_{}", m.name);
+            let labels: Vec<(&str, &str)> = m.label.into_iter().collect();
             if m.counter {
-                out.counter(&name, m.help, &[], m.value);
+                out.counter(&name, m.help, &labels, m.value);
             } else {
-                out.gauge(&name, m.help, &[], m.value as f64);
+                out.gauge(&name, m.help, &labels, m.value as f64);
             }
         }
     }
@@ -390,7 +494,17 @@ impl OpsSource for AgentOps {
         doc["listener"] = if lock(&self.listener).is_some() {
             let mut m = serde_json::Map::new();
             for x in listener {
-                m.insert(x.name.trim_end_matches("_total").to_owned(), x.value.into());
+                let key = x.name.trim_end_matches("_total");
+                match x.label {
+                    // Labelled counters become an object: {"publishes_received": {"0": n, ..}}.
+                    Some((_, l)) => {
+                        let e = m.entry(key.to_owned()).or_insert_with(|| json!({}));
+                        e[l] = x.value.into();
+                    }
+                    None => {
+                        m.insert(key.to_owned(), x.value.into());
+                    }
+                }
             }
             Value::Object(m)
         } else {

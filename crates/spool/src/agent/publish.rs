@@ -37,7 +37,7 @@ const RETRY: Duration = Duration::from_millis(100);
 const MAX_REPLY_BYTES: usize = 64 << 10;
 
 /// User property naming a message's priority (0..=255) on the local listener.
-pub const PRIORITY_PROPERTY: &str = "spool-priority";
+pub use spool_mqtt::ingress::PRIORITY_PROPERTY;
 
 /// One message to publish.
 #[derive(Debug, Clone)]

@@ -8,10 +8,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use spool_testkit::mosquitto::{Broker, BrokerConfig, Subscriber};
+use spool_testkit::mosquitto::{self, Broker, BrokerConfig, ClientOptions, Subscriber};
 
 /// Exit code of an invalid configuration (README, "Exit codes").
 const EXIT_CONFIG: i32 = 7;
@@ -29,6 +31,7 @@ fn free_port() -> u16 {
 struct Setup {
     dir: tempfile::TempDir,
     http: SocketAddr,
+    listener: SocketAddr,
 }
 
 impl Setup {
@@ -65,7 +68,11 @@ disconnected_for = "300ms"
 {extra}"#
         );
         std::fs::write(dir.path().join("agent.toml"), text).expect("write agent.toml");
-        Setup { dir, http }
+        Setup {
+            dir,
+            http,
+            listener: lst,
+        }
     }
 
     fn config(&self) -> PathBuf {
@@ -87,15 +94,24 @@ disconnected_for = "300ms"
 
     /// `spool publish TOPIC PAYLOAD ARGS.. --config agent.toml`.
     fn publish(&self, topic: &str, payload: &str, args: &[&str]) -> Output {
-        spool_cmd()
-            .args(["publish", topic, payload])
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run spool publish")
+        spool_publish(&self.config(), topic, payload, args)
     }
+
+    /// `mosquitto_pub` to the agent's local listener.
+    fn local_client(&self) -> ClientOptions {
+        ClientOptions::new(self.listener.port())
+    }
+}
+
+fn spool_publish(config: &Path, topic: &str, payload: &str, args: &[&str]) -> Output {
+    spool_cmd()
+        .args(["publish", topic, payload])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run spool publish")
 }
 
 /// The binary with no `SPOOL_` or `RUST_LOG` variables from the test's environment.
@@ -230,8 +246,16 @@ fn subscriber(broker: &Broker, filter: &str) -> Subscriber {
 /// Payloads received until every one of `want` arrived (or the wait ran out): counts by
 /// payload.
 fn receive_all(sub: &Subscriber, want: &[String]) -> BTreeMap<String, usize> {
+    receive_all_within(sub, want, WAIT)
+}
+
+fn receive_all_within(
+    sub: &Subscriber,
+    want: &[String],
+    wait: Duration,
+) -> BTreeMap<String, usize> {
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
-    let until = Instant::now() + WAIT;
+    let until = Instant::now() + wait;
     while want.iter().any(|w| !got.contains_key(w)) && Instant::now() < until {
         if let Some((_, p)) = sub.next_message(Duration::from_millis(100)) {
             *got.entry(text(&p)).or_default() += 1;
@@ -537,4 +561,192 @@ fn systemd_unit_matches_the_cli_and_the_drain_deadline() {
     );
     assert_eq!(value("ProtectSystem"), "strict");
     assert_eq!(value("NoNewPrivileges"), "yes");
+}
+
+#[test]
+fn local_clients_publish_through_the_listener_and_spool_publish_uses_it() {
+    let broker = broker();
+    let sub = subscriber(&broker, "local/#");
+    let setup = Setup::new(broker.port(), true, "");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+
+    // An unmodified client (mosquitto_pub at QoS 1: exit 0 once the agent sent PUBACK).
+    mosquitto::publish(&setup.local_client(), "local/a", b"from-mosquitto_pub", 1)
+        .expect("mosquitto_pub to the agent");
+    // The command while the agent holds the store: through the listener.
+    let out = setup.publish(
+        "local/b",
+        "from-spool-publish",
+        &["--qos", "2", "--ttl", "1h"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.starts_with("acknowledged by the agent at "), "{said}");
+
+    let want = [
+        "from-mosquitto_pub".to_owned(),
+        "from-spool-publish".to_owned(),
+    ];
+    let got = receive_all(&sub, &want);
+    assert!(want.iter().all(|w| got.contains_key(w)), "{got:?}");
+
+    let (_, body) = get(setup.http, "/metrics").expect("/metrics");
+    for name in spool::agent::ops::LISTENER_METRIC_NAMES {
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{body}"
+        );
+    }
+    let (_, body) = get(setup.http, "/stats").expect("/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(v["listener"]["stored"].as_u64() >= Some(2), "{v}");
+
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+#[test]
+fn broker_down_while_publishing_then_up_everything_arrives() {
+    let mut broker = broker();
+    let sub = subscriber(&broker, "outage/#");
+    let setup = Setup::new(broker.port(), true, "");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    wait_for("connected", || {
+        get(setup.http, "/health/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    broker.stop().expect("stop the broker");
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let p = format!("o{i}");
+        if i % 3 == 0 {
+            let out = setup.publish("outage/x", &p, &[]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        } else {
+            mosquitto::publish(&setup.local_client(), "outage/x", p.as_bytes(), 1)
+                .expect("mosquitto_pub to the agent while the broker is down");
+        }
+        want.push(p);
+    }
+    let (_, body) = get(setup.http, "/stats").expect("/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["outbox"]["messages"], 30, "{v}");
+
+    broker.restart().expect("restart the broker");
+    let got = receive_all(&sub, &want);
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains_key(*w)).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{}", setup.log());
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+/// xorshift64*: the kill moments, replayable from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Producers publish without pause, through both ways in (`spool publish`, which goes through
+/// the listener or straight into the store, and `mosquitto_pub` to the listener), while the
+/// agent is SIGKILLed at random moments (during start-up too) 24 times, every third time with
+/// the broker stopped. Every message a producer saw acknowledged must reach the broker.
+#[test]
+fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    const ROUNDS: u64 = 24;
+    let seed = std::env::var("SPOOL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("seed {seed} (replay the kill moments with SPOOL_TEST_SEED={seed})");
+    let mut rng = Rng(seed);
+
+    let mut broker = broker();
+    let sub = subscriber(&broker, "k9/#");
+    let setup = Setup::new(broker.port(), true, "");
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let cli = {
+        let (acked, stop, config) = (acked.clone(), stop.clone(), setup.config());
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let p = format!("cli-{n}");
+                n += 1;
+                let out = spool_publish(&config, "k9/cli", &p, &["--qos", "1"]);
+                if out.status.success() {
+                    acked.lock().unwrap().push(p);
+                }
+            }
+        })
+    };
+    let local = {
+        let (acked, stop, opts) = (acked.clone(), stop.clone(), setup.local_client());
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let p = format!("pub-{n}");
+                n += 1;
+                // Exit 0 at QoS 1 means the agent sent PUBACK, i.e. the message is durable.
+                if mosquitto::publish(&opts, "k9/pub", p.as_bytes(), 1).is_ok() {
+                    acked.lock().unwrap().push(p);
+                } else {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
+
+    for round in 0..ROUNDS {
+        let broker_down = round % 3 == 1;
+        if broker_down {
+            broker.stop().expect("stop the broker");
+        }
+        let mut agent = setup.start();
+        thread::sleep(Duration::from_millis(30 + rng.below(400)));
+        agent.kill9();
+        if broker_down {
+            broker.restart().expect("restart the broker");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    cli.join().expect("producer");
+    local.join().expect("producer");
+
+    let want = acked.lock().unwrap().clone();
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    let got = receive_all_within(&sub, &want, Duration::from_secs(30));
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains_key(*w)).collect();
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{} acknowledged ({} via spool publish, {} via mosquitto_pub), {} received, {duplicates} duplicates (QoS 1)",
+        want.len(),
+        want.iter().filter(|w| w.starts_with("cli-")).count(),
+        want.iter().filter(|w| w.starts_with("pub-")).count(),
+        got.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: {} acknowledged messages never arrived: {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        setup.log()
+    );
+    assert!(!want.is_empty(), "no producer got an acknowledgement");
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
 }

@@ -750,3 +750,72 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     agent.signal(15);
     assert!(agent.wait_exit().success(), "{}", setup.log());
 }
+
+#[test]
+fn downlink_messages_reach_a_local_subscriber_through_the_inbox() {
+    let broker = broker();
+    let setup = Setup::new(
+        broker.port(),
+        true,
+        "[[subscriptions]]\nfilter = \"down/#\"\nqos = 1\nqueue = \"inbox\"\n",
+    );
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    let local = Subscriber::start(&setup.local_client(), "down/#", 1).expect("mosquitto_sub");
+    local
+        .wait_subscribed(1, WAIT)
+        .expect("subscribed to the agent");
+    // The agent subscribes upstream right after it connects; publish until its subscription
+    // is in place (a message before it is not for us).
+    let mut got = None;
+    let until = Instant::now() + WAIT;
+    let mut i = 0;
+    while got.is_none() && Instant::now() < until {
+        mosquitto::publish(
+            &broker.client(),
+            "down/cmd",
+            format!("cmd-{i}").as_bytes(),
+            1,
+        )
+        .expect("publish to the broker");
+        i += 1;
+        got = local.next_message(Duration::from_millis(200));
+    }
+    let (topic, payload) = got.expect("a downlink message reached the local subscriber");
+    assert_eq!(topic, "down/cmd");
+    assert!(text(&payload).starts_with("cmd-"), "{}", text(&payload));
+    let (_, body) = get(setup.http, "/stats").expect("/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(
+        v["listener"]["downlink_received"].as_u64() >= Some(1),
+        "{v}"
+    );
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
+#[test]
+fn a_second_agent_on_the_same_store_exits_3_naming_the_holder() {
+    let broker = broker();
+    let setup = Setup::new(broker.port(), false, "");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    // Same store; other ports, so that only the store can be the conflict.
+    let other = setup.dir.path().join("other.toml");
+    let text_cfg = std::fs::read_to_string(setup.config()).unwrap().replace(
+        &setup.http.to_string(),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    std::fs::write(&other, text_cfg).unwrap();
+    let out = spool_cmd()
+        .args(["agent", "--config"])
+        .arg(&other)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("locked by process"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}

@@ -234,11 +234,11 @@ fn broker() -> Broker {
     Broker::start(BrokerConfig::default()).expect("start mosquitto")
 }
 
-/// A QoS 1 subscriber with a persistent session (it keeps its queue across broker restarts).
-fn subscriber(broker: &Broker, filter: &str) -> Subscriber {
+/// A subscriber with a persistent session (it keeps its queue across broker restarts).
+fn subscriber(broker: &Broker, filter: &str, qos: u8) -> Subscriber {
     let id = format!("checker-{}", free_port());
     let sub =
-        Subscriber::start(&broker.client().persistent(&id), filter, 1).expect("mosquitto_sub");
+        Subscriber::start(&broker.client().persistent(&id), filter, qos).expect("mosquitto_sub");
     sub.wait_subscribed(1, WAIT).expect("subscribed");
     sub
 }
@@ -329,7 +329,7 @@ fn health_metrics_and_stats_and_readiness_follow_the_broker() {
 #[test]
 fn publish_without_an_agent_is_stored_and_sent_at_the_next_start() {
     let broker = broker();
-    let sub = subscriber(&broker, "cli/#");
+    let sub = subscriber(&broker, "cli/#", 1);
     let setup = Setup::new(broker.port(), false, "");
 
     let out = setup.publish("cli/a", "first", &["--qos", "1", "--priority", "3"]);
@@ -373,7 +373,7 @@ fn publish_without_an_agent_is_stored_and_sent_at_the_next_start() {
 #[test]
 fn sigterm_drains_what_was_queued_and_exits_0() {
     let mut broker = broker();
-    let sub = subscriber(&broker, "drain/#");
+    let sub = subscriber(&broker, "drain/#", 1);
     let setup = Setup::new(broker.port(), false, "");
     // Queued while no agent and no broker run.
     broker.stop().expect("stop");
@@ -566,7 +566,7 @@ fn systemd_unit_matches_the_cli_and_the_drain_deadline() {
 #[test]
 fn local_clients_publish_through_the_listener_and_spool_publish_uses_it() {
     let broker = broker();
-    let sub = subscriber(&broker, "local/#");
+    let sub = subscriber(&broker, "local/#", 1);
     let setup = Setup::new(broker.port(), true, "");
     let mut agent = setup.start();
     agent.wait_live(&setup);
@@ -609,7 +609,7 @@ fn local_clients_publish_through_the_listener_and_spool_publish_uses_it() {
 #[test]
 fn broker_down_while_publishing_then_up_everything_arrives() {
     let mut broker = broker();
-    let sub = subscriber(&broker, "outage/#");
+    let sub = subscriber(&broker, "outage/#", 1);
     let setup = Setup::new(broker.port(), true, "");
     let mut agent = setup.start();
     agent.wait_live(&setup);
@@ -654,13 +654,7 @@ impl Rng {
     }
 }
 
-/// Producers publish without pause, through both ways in (`spool publish`, which goes through
-/// the listener or straight into the store, and `mosquitto_pub` to the listener), while the
-/// agent is SIGKILLed at random moments (during start-up too) 24 times, every third time with
-/// the broker stopped. Every message a producer saw acknowledged must reach the broker.
-#[test]
-fn sigkill_at_random_moments_loses_nothing_acknowledged() {
-    const ROUNDS: u64 = 24;
+fn seed() -> u64 {
     let seed = std::env::var("SPOOL_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -671,47 +665,80 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 | 1
         });
     eprintln!("seed {seed} (replay the kill moments with SPOOL_TEST_SEED={seed})");
-    let mut rng = Rng(seed);
+    seed
+}
 
-    let mut broker = broker();
-    let sub = subscriber(&broker, "k9/#");
-    let setup = Setup::new(broker.port(), true, "");
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
+/// Producers that publish without pause until stopped, each recording the payloads whose
+/// publish was acknowledged (exit 0).
+struct Producers {
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
 
-    let cli = {
-        let (acked, stop, config) = (acked.clone(), stop.clone(), setup.config());
-        thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let p = format!("cli-{n}");
-                n += 1;
-                let out = spool_publish(&config, "k9/cli", &p, &["--qos", "1"]);
-                if out.status.success() {
-                    acked.lock().unwrap().push(p);
+impl Producers {
+    /// `mosquitto_pub` to the listener at `qos` (exit 0: PUBACK or PUBCOMP came, so the
+    /// message is durable), and `spool publish` too when `cli`.
+    fn start(setup: &Setup, qos: u8, cli: bool) -> Producers {
+        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        if cli {
+            let (acked, stop, config) = (acked.clone(), stop.clone(), setup.config());
+            threads.push(thread::spawn(move || {
+                let q = qos.to_string();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let p = format!("cli-{n}");
+                    n += 1;
+                    let out = spool_publish(&config, "k9/cli", &p, &["--qos", &q]);
+                    if out.status.success() {
+                        acked.lock().unwrap().push(p);
+                    }
                 }
-            }
-        })
-    };
-    let local = {
-        let (acked, stop, opts) = (acked.clone(), stop.clone(), setup.local_client());
-        thread::spawn(move || {
+            }));
+        }
+        let (acked2, stop2, opts) = (acked.clone(), stop.clone(), setup.local_client());
+        threads.push(thread::spawn(move || {
             let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
+            while !stop2.load(Ordering::SeqCst) {
                 let p = format!("pub-{n}");
                 n += 1;
-                // Exit 0 at QoS 1 means the agent sent PUBACK, i.e. the message is durable.
-                if mosquitto::publish(&opts, "k9/pub", p.as_bytes(), 1).is_ok() {
-                    acked.lock().unwrap().push(p);
+                if mosquitto::publish(&opts, "k9/pub", p.as_bytes(), qos).is_ok() {
+                    acked2.lock().unwrap().push(p);
                 } else {
                     thread::sleep(Duration::from_millis(10));
                 }
             }
-        })
-    };
+        }));
+        Producers {
+            acked,
+            stop,
+            threads,
+        }
+    }
 
-    for round in 0..ROUNDS {
-        let broker_down = round % 3 == 1;
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("producer");
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
+
+/// Starts the agent and SIGKILLs it after a random delay (during start-up too), `rounds`
+/// times; with `broker_down_every = Some(n)`, every n-th round runs with the broker stopped.
+fn kill_rounds(
+    setup: &Setup,
+    broker: &mut Broker,
+    rounds: u64,
+    rng: &mut Rng,
+    broker_down_every: Option<u64>,
+) {
+    for round in 0..rounds {
+        let broker_down = broker_down_every.is_some_and(|n| round % n == 1);
         if broker_down {
             broker.stop().expect("stop the broker");
         }
@@ -722,33 +749,94 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             broker.restart().expect("restart the broker");
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    cli.join().expect("producer");
-    local.join().expect("producer");
+}
 
-    let want = acked.lock().unwrap().clone();
+/// Starts the agent once more and collects until every acknowledged payload arrived; fails
+/// naming the missing ones. Returns the counts by payload.
+fn check_all_arrive(
+    setup: &Setup,
+    sub: &Subscriber,
+    want: &[String],
+    seed: u64,
+) -> BTreeMap<String, usize> {
     let mut agent = setup.start();
-    agent.wait_live(&setup);
-    let got = receive_all_within(&sub, &want, Duration::from_secs(30));
+    agent.wait_live(setup);
+    let got = receive_all_within(sub, want, Duration::from_secs(30));
     let missing: Vec<&String> = want.iter().filter(|w| !got.contains_key(*w)).collect();
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     eprintln!(
-        "{} acknowledged ({} via spool publish, {} via mosquitto_pub), {} received, {duplicates} duplicates (QoS 1)",
+        "{} acknowledged ({} via spool publish, {} via mosquitto_pub), {} received, {duplicates} duplicates",
         want.len(),
         want.iter().filter(|w| w.starts_with("cli-")).count(),
         want.iter().filter(|w| w.starts_with("pub-")).count(),
         got.len()
     );
+    assert!(!want.is_empty(), "no producer got an acknowledgement");
+    let extra: Vec<&String> = got.keys().filter(|g| !want.contains(g)).collect();
     assert!(
         missing.is_empty(),
-        "seed {seed}: {} acknowledged messages never arrived: {:?}\n{}",
+        "seed {seed}: {} acknowledged messages never arrived: {:?} (received without an acknowledgement: {:?})\n/stats: {}\n{}",
         missing.len(),
         &missing[..missing.len().min(20)],
+        &extra[..extra.len().min(20)],
+        get(setup.http, "/stats").map(|r| r.1).unwrap_or_default(),
         setup.log()
     );
-    assert!(!want.is_empty(), "no producer got an acknowledgement");
     agent.signal(15);
     assert!(agent.wait_exit().success(), "{}", setup.log());
+    got
+}
+
+/// Producers publish without pause at QoS 1, through both ways in (`spool publish`, which goes
+/// through the listener or straight into the store, and `mosquitto_pub` to the listener),
+/// while the agent is SIGKILLed at random moments 24 times, every third time with the broker
+/// stopped. Every message a producer saw acknowledged must reach the broker; duplicates are
+/// allowed at QoS 1, and counted.
+#[test]
+fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let mut broker = broker();
+    let sub = subscriber(&broker, "k9/#", 1);
+    let setup = Setup::new(broker.port(), true, "");
+    let producers = Producers::start(&setup, 1, true);
+    kill_rounds(&setup, &mut broker, 24, &mut rng, Some(3));
+    let want = producers.finish();
+    check_all_arrive(&setup, &sub, &want, seed);
+}
+
+/// At QoS 2 with the broker up (it keeps the agent's session): 20 SIGKILLs at random moments,
+/// every acknowledged message arrives, and none twice. The producer is `mosquitto_pub -q 2`,
+/// which does not retry a publish whose connection broke, so a second copy could only come
+/// from the agent's side (a QoS 2 transaction restarted as a new message).
+///
+/// Ignored: it finds a loss in about one run in three (run it with `--ignored`; the seed is
+/// printed). Duplicates never showed, but 1 to 47 acknowledged messages of ~400 never reach the
+/// broker: the outbox's `pushed` counter equals the acknowledged count (each was stored once),
+/// the outbox ends empty, and the broker's log shows every PUBLISH it received delivered to the
+/// subscriber. So records leave the outbox without being sent, which points at the QoS 2
+/// restore after a restart (`Outbox::recover` attaching progress to a record, or the session
+/// completing a restored transaction with PUBREL for a record never PUBLISHed), not at the
+/// agent or the listener. The QoS 1 test above never failed.
+#[test]
+#[ignore = "finds a QoS 2 loss after SIGKILL in spool-mqtt's outbox/session restore (see the doc comment)"]
+fn sigkill_at_qos_2_with_the_session_kept_delivers_each_message_once() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let mut broker = broker();
+    let sub = subscriber(&broker, "k9/#", 2);
+    let setup = Setup::new(broker.port(), true, "");
+    let producers = Producers::start(&setup, 2, false);
+    kill_rounds(&setup, &mut broker, 20, &mut rng, None);
+    let want = producers.finish();
+    let got = check_all_arrive(&setup, &sub, &want, seed);
+    let twice: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "seed {seed}: delivered more than once at QoS 2: {:?}\n{}",
+        &twice[..twice.len().min(20)],
+        setup.log()
+    );
 }
 
 #[test]

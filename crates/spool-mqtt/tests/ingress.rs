@@ -518,3 +518,107 @@ async fn v5_user_properties_go_upstream_and_spool_priority_is_taken() {
     d.ack();
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_is_refused_in_v5_and_closes_a_v311_connection_unacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::builder(dead_port().to_string(), "agent-full", dir.path())
+        .capacity(1, 1 << 20, spool_mqtt::Overflow::Reject)
+        .start()
+        .await
+        .unwrap();
+    let ing = ingress(IngressConfig::new(loopback()), &c).await;
+    let (mut v5, _) = Raw::connect(ing.local_addr(), Protocol::V5, "full5").await;
+    v5.send(&publish_packet("f/a", b"fits", QoS::AtLeastOnce, 1, false))
+        .await;
+    assert!(matches!(v5.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    v5.send(&publish_packet("f/a", b"over", QoS::AtLeastOnce, 2, false))
+        .await;
+    assert!(
+        matches!(v5.recv().await, Some(Packet::PubAck(a)) if a.packet_id == 2 && a.reason == 0x97)
+    );
+    v5.send(&publish_packet("f/a", b"over", QoS::ExactlyOnce, 3, false))
+        .await;
+    assert!(
+        matches!(v5.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 3 && a.reason == 0x97)
+    );
+    // The connection stays usable.
+    v5.send(&Packet::PingReq).await;
+    assert_eq!(v5.recv().await, Some(Packet::PingResp));
+
+    let (mut v3, _) = Raw::connect(ing.local_addr(), Protocol::V311, "full3").await;
+    v3.send(&publish_packet("f/a", b"over", QoS::AtLeastOnce, 1, false))
+        .await;
+    assert_eq!(v3.recv().await, None, "closed without a PUBACK");
+    let s = ing.stats();
+    assert_eq!(s.stored, 1);
+    assert_eq!(s.store_failures, 3);
+    assert_eq!(outbox_depth(&c), 1);
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(dead_port(), "agent-ka", dir.path()).await;
+    let ing = ingress(IngressConfig::new(loopback()), &c).await;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let mut raw = Raw {
+            stream: TcpStream::connect(ing.local_addr()).await.unwrap(),
+            codec: Codec::new(protocol, 1 << 20),
+            buf: BytesMut::new(),
+        };
+        raw.send(&Packet::Connect(Connect {
+            protocol,
+            client_id: String::new(),
+            keep_alive_s: 1,
+            clean_start: true,
+            session_expiry_s: None,
+            receive_maximum: None,
+            username: None,
+            password: None,
+        }))
+        .await;
+        let ack = raw.recv().await;
+        assert!(
+            matches!(&ack, Some(Packet::ConnAck(a)) if a.reason == 0),
+            "{ack:?}"
+        );
+        if protocol == Protocol::V5 {
+            assert!(matches!(&ack, Some(Packet::ConnAck(a)) if a.assigned_client_id.is_some()));
+        }
+        raw.send(&Packet::PingReq).await;
+        assert_eq!(raw.recv().await, Some(Packet::PingResp));
+        // Then silence: closed (v5: DISCONNECT "keep alive timeout" first).
+        let started = tokio::time::Instant::now();
+        match raw.recv().await {
+            None => assert_eq!(protocol, Protocol::V311),
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, 0x8D);
+                assert!(raw.recv().await.is_none());
+            }
+            Some(other) => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+    ing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_tells_v5_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(dead_port(), "agent-stop", dir.path()).await;
+    let ing = ingress(IngressConfig::new(loopback()), &c).await;
+    let addr = ing.local_addr();
+    let (mut v5, _) = Raw::connect(addr, Protocol::V5, "s5").await;
+    let (mut v3, _) = Raw::connect(addr, Protocol::V311, "s3").await;
+    v5.send(&publish_packet("s/a", b"x", QoS::AtLeastOnce, 1, false))
+        .await;
+    assert!(matches!(v5.recv().await, Some(Packet::PubAck(_))));
+    ing.shutdown().await;
+    assert!(matches!(v5.recv().await, Some(Packet::Disconnect(d)) if d.reason == 0x8B));
+    assert!(v5.recv().await.is_none());
+    assert!(v3.recv().await.is_none());
+    assert!(TcpStream::connect(addr).await.is_err());
+    assert_eq!(outbox_depth(&c), 1);
+}

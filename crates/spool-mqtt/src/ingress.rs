@@ -3,7 +3,7 @@
 //! messages of the configured subscriptions are **durable in an inbox queue before the broker
 //! gets its acknowledgement**, then delivered to the local subscribers whose filters match.
 //!
-//! Layout (the client side's split): [`conn`] is the IO-free state machine of one local
+//! Layout (the client side's split): `conn` is the IO-free state machine of one local
 //! connection (packets and store results in, actions out); this module owns the sockets, one
 //! thin tokio task per connection, the inbox writers and the downlink dispatchers.
 //!
@@ -14,16 +14,20 @@
 //! - A store failure is a v5 PUBACK/PUBREC with 0x97 (quota exceeded: outbox full or payload
 //!   over its limit) or 0x80 (anything else); on 3.1.1, which cannot refuse in a PUBACK, the
 //!   connection is closed without an acknowledgement, so the client sends it again.
-//! - A connection's PUBLISHes are stored one after the other, in the order they arrived.
+//! - A connection's PUBLISHes are stored in the order they arrived, pipelined (up to
+//!   64 stores running, sharing a group commit); no packet is written
+//!   before the stores ahead of it are durable.
 //! - Downlink: an inbox record is acked once every local subscriber matching it at dispatch
 //!   time has it (QoS 0: written to the socket; QoS 1/2: PUBACK/PUBCOMP received). A record no
 //!   local subscription matches stays in the inbox (nacked with [`PARK_DELAY`]) until one
 //!   does, or until the inbox queue's retention drops it.
 
-pub mod conn;
+mod conn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -39,13 +43,16 @@ use crate::client::{Client, ClientError, Delivery};
 use crate::outbox::OutboxError;
 use crate::packet::{Codec, CodecError, ConnAck, Disconnect, Packet, Protocol, QoS};
 use crate::topic::validate_topic_filter;
-use conn::{CloseReason, Conn, ConnAction, ConnSettings, SniffError, StoreFailure};
+use conn::{AfterStore, CloseReason, Conn, ConnAction, ConnSettings, SniffError, StoreFailure};
 
 pub use conn::PRIORITY_PROPERTY;
 
 /// How long a new connection may take to send its CONNECT: a socket that says nothing must
 /// not hold a connection slot for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stores one connection may have running at once (PUBLISHes read ahead of their acks); at
+/// the bound the connection stops reading until the oldest is durable.
+const PIPELINED_STORES_MAX: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 /// How long an inbox record no local subscription matches stays invisible before the
@@ -573,10 +580,27 @@ async fn read_protocol(
 enum Wake {
     Read(std::io::Result<usize>),
     Idle,
+    Stored(Result<u64, ClientError>),
     Downlink(Downlink),
     Stop,
 }
 
+/// A store started for a local PUBLISH: durable when it resolves.
+type StoreFuture = Pin<Box<dyn Future<Output = Result<u64, ClientError>> + Send>>;
+
+/// One step of a connection's pipeline, carried out strictly in order: a packet is written
+/// only once every store before it is durable (and its own ack written).
+enum Step {
+    /// Wait for this store, then give its result to the state machine.
+    Store(StoreFuture, AfterStore),
+    /// Carry out this action.
+    Now(ConnAction),
+}
+
+/// The task of one local connection: reads packets, feeds the state machine, and carries out
+/// its actions in order. Stores are started as soon as their PUBLISH is read (several may run
+/// at once and share a group commit; the outbox order is the order they were started in), but
+/// each ack waits for its own store, and nothing after it is written before it.
 #[allow(clippy::too_many_lines)] // one event loop, read top to bottom
 async fn serve(
     mut stream: TcpStream,
@@ -609,123 +633,33 @@ async fn serve(
     let mut next_token: u64 = 0;
     let mut wbuf = BytesMut::new();
     let mut connected = false;
+    // Set when no more packets are read: the server stops (`true`: tell the client) or the
+    // client closed its side (`false`). The steps still run out: stores already started
+    // finish and are counted (and acked, when the socket still takes it).
+    let mut stopping: Option<bool> = None;
     let mut last_rx = tokio::time::Instant::now();
+    let mut steps: VecDeque<Step> = VecDeque::new();
+    let mut stores_running = 0usize;
     'conn: loop {
-        // Whole packets already in the buffer first.
-        let packet = match codec.decode(&mut rbuf) {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => None,
-            Err(e) => {
-                if matches!(e, CodecError::TooLarge { .. }) {
-                    bump(&counters.oversize_closed);
-                    if protocol == Protocol::V5 && connected {
-                        let bye = disconnect(crate::packet::reason::PACKET_TOO_LARGE);
-                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
-                    }
-                }
-                tracing::debug!(conn = id, error = %e, "local connection closed: bad packet");
-                break 'conn;
-            }
-        };
-        let mut actions = if let Some(p) = packet {
-            if let Packet::Publish(pb) = &p {
-                counters.publishes_received[pb.qos as usize].fetch_add(1, Ordering::Relaxed);
-            }
-            let is_sub = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
-            let out = conn.handle(p);
-            if is_sub {
-                if let Some(e) = lock(&shared.registry).get_mut(&id) {
-                    e.subscriptions = conn.subscriptions().to_vec();
-                }
-            }
-            out
-        } else {
-            // Silence is measured from the last bytes the client sent (downlink traffic to it
-            // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
-            let idle = if connected {
-                conn.idle_limit()
-            } else {
-                Some(CONNECT_TIMEOUT)
+        // 1. Carry out the steps that wait for nothing.
+        while let Some(Step::Now(_)) = steps.front() {
+            let Some(Step::Now(action)) = steps.pop_front() else {
+                break;
             };
-            let wake = tokio::select! {
-                r = stream.read_buf(&mut rbuf) => Wake::Read(r),
-                () = sleep_until_or_forever(idle.map(|d| last_rx + d)) => Wake::Idle,
-                Some(d) = rx.recv() => Wake::Downlink(d),
-                _ = stop.changed() => Wake::Stop,
-            };
-            match wake {
-                Wake::Read(Ok(0) | Err(_)) => break 'conn,
-                Wake::Read(Ok(_)) => {
-                    last_rx = tokio::time::Instant::now();
-                    rbuf.reserve(READ_CHUNK);
-                    continue 'conn;
-                }
-                Wake::Idle => {
-                    tracing::debug!(conn = id, "local connection closed: keep alive");
-                    if protocol == Protocol::V5 && connected {
-                        let bye = disconnect(conn::KEEP_ALIVE_TIMEOUT);
-                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
-                    }
-                    break 'conn;
-                }
-                Wake::Stop => {
-                    let out = conn.shutdown();
-                    run_sends(&codec, &mut stream, &mut wbuf, out).await;
-                    break 'conn;
-                }
-                Wake::Downlink(d) => {
-                    next_token += 1;
-                    let token = next_token;
-                    if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
-                        handed.insert(token, d.pending);
-                        out
-                    } else {
-                        d.pending.complete(false);
-                        continue 'conn;
-                    }
-                }
-            }
-        };
-        // Carry the actions out in order; a store's result may add more.
-        let mut i = 0;
-        while i < actions.len() {
-            let action = std::mem::replace(&mut actions[i], ConnAction::Delivered(0));
-            i += 1;
             match action {
                 ConnAction::Send(p) => {
                     if matches!(&p, Packet::ConnAck(a) if a.reason == 0) {
                         connected = true;
                     }
-                    wbuf.clear();
-                    if let Err(e) = codec.encode(&p, &mut wbuf) {
-                        tracing::warn!(conn = id, error = %e, "cannot encode a packet for a local client");
-                        break 'conn;
-                    }
-                    if stream.write_all(&wbuf).await.is_err() {
+                    if !send_now(&codec, &mut stream, &mut wbuf, &p).await {
                         break 'conn;
                     }
                 }
-                ConnAction::Store {
-                    msg,
-                    user_properties,
-                    then,
-                } => {
-                    let result = match shared
-                        .client
-                        .publish_with_properties(msg, &user_properties)
-                        .await
-                    {
-                        Ok(_) => {
-                            bump(&counters.stored);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            bump(&counters.store_failures);
-                            tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
-                            Err(store_failure(&e))
-                        }
-                    };
-                    actions.extend(conn.stored(then, result));
+                store @ ConnAction::Store { .. } => {
+                    // (Stores are started when they are queued; this keeps any other path
+                    // right.) The store is now the front: nothing after it before it is done.
+                    steps.push_front(start_store(&shared, store, &mut stores_running));
+                    break;
                 }
                 ConnAction::Delivered(token) => {
                     if let Some(p) = handed.remove(&token) {
@@ -743,6 +677,127 @@ async fn serve(
                 }
             }
         }
+        if let (Some(tell), true) = (stopping, steps.is_empty()) {
+            if tell {
+                let out = conn.shutdown();
+                run_sends(&codec, &mut stream, &mut wbuf, out).await;
+            }
+            break 'conn;
+        }
+        // 2. Whole packets already read, while the pipeline has room.
+        // (After the client closed its side, what it sent before is still taken.)
+        let room = stores_running < PIPELINED_STORES_MAX;
+        let reading = stopping.is_none() && room;
+        if room && stopping != Some(true) {
+            match codec.decode(&mut rbuf) {
+                Ok(Some(p)) => {
+                    if let Packet::Publish(pb) = &p {
+                        counters.publishes_received[pb.qos as usize]
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let is_sub = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    for action in conn.handle(p) {
+                        steps.push_back(start_store(&shared, action, &mut stores_running));
+                    }
+                    if is_sub {
+                        if let Some(e) = lock(&shared.registry).get_mut(&id) {
+                            e.subscriptions = conn.subscriptions().to_vec();
+                        }
+                    }
+                    continue 'conn;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, CodecError::TooLarge { .. }) {
+                        bump(&counters.oversize_closed);
+                        if protocol == Protocol::V5 && connected {
+                            let bye = disconnect(crate::packet::reason::PACKET_TOO_LARGE);
+                            send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                        }
+                    }
+                    tracing::debug!(conn = id, error = %e, "local connection closed: bad packet");
+                    break 'conn;
+                }
+            }
+        }
+        // 3. Wait: for the store at the front, more bytes, silence, a downlink record, a stop.
+        // Silence is measured from the last bytes the client sent (downlink traffic to it
+        // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
+        let idle = if connected {
+            conn.idle_limit()
+        } else {
+            Some(CONNECT_TIMEOUT)
+        };
+        let front_store = match steps.front_mut() {
+            Some(Step::Store(f, _)) => Some(f),
+            _ => None,
+        };
+        let wake = tokio::select! {
+            r = async {
+                match front_store {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Stored(r),
+            r = stream.read_buf(&mut rbuf), if reading => Wake::Read(r),
+            // (Not while the pipeline is full: the client is not the one who is slow.)
+            () = sleep_until_or_forever(idle.map(|d| last_rx + d)), if reading => Wake::Idle,
+            Some(d) = rx.recv(), if stopping.is_none() => Wake::Downlink(d),
+            _ = stop.changed(), if stopping.is_none() => Wake::Stop,
+        };
+        match wake {
+            Wake::Stored(result) => {
+                let Some(Step::Store(_, then)) = steps.pop_front() else {
+                    break 'conn;
+                };
+                if stores_running == PIPELINED_STORES_MAX {
+                    // Reading was paused for the store, not for the client: its silence
+                    // counts from now.
+                    last_rx = tokio::time::Instant::now();
+                }
+                stores_running -= 1;
+                let result = match result {
+                    Ok(_) => {
+                        bump(&counters.stored);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        bump(&counters.store_failures);
+                        tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
+                        Err(store_failure(&e))
+                    }
+                };
+                // Its consequences come before everything that was behind it.
+                for action in conn.stored(then, result).into_iter().rev() {
+                    steps.push_front(Step::Now(action));
+                }
+            }
+            Wake::Read(Ok(0) | Err(_)) => stopping = Some(false),
+            Wake::Read(Ok(_)) => {
+                last_rx = tokio::time::Instant::now();
+                rbuf.reserve(READ_CHUNK);
+            }
+            Wake::Idle => {
+                tracing::debug!(conn = id, "local connection closed: keep alive");
+                if protocol == Protocol::V5 && connected {
+                    let bye = disconnect(conn::KEEP_ALIVE_TIMEOUT);
+                    send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                }
+                break 'conn;
+            }
+            // Stores already started finish and are acked; then DISCONNECT.
+            Wake::Stop => stopping = Some(true),
+            Wake::Downlink(d) => {
+                next_token += 1;
+                let token = next_token;
+                if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
+                    handed.insert(token, d.pending);
+                    steps.extend(out.into_iter().map(Step::Now));
+                } else {
+                    d.pending.complete(false);
+                }
+            }
+        }
     }
     lock(&shared.registry).remove(&id);
     // Records queued for this connection but never handed over, and those handed over but not
@@ -755,6 +810,26 @@ async fn serve(
         p.complete(false);
     }
     let _ = stream.shutdown().await;
+}
+
+/// Starts the store of a [`ConnAction::Store`] at once (its place in the outbox is taken now;
+/// its ack waits for its turn in the steps); any other action is kept for its turn.
+fn start_store(shared: &Shared, action: ConnAction, running: &mut usize) -> Step {
+    match action {
+        ConnAction::Store {
+            msg,
+            user_properties,
+            then,
+        } => {
+            *running += 1;
+            let fut: StoreFuture = match shared.client.publish_start(&msg, &user_properties) {
+                Ok(f) => Box::pin(f),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            };
+            Step::Store(fut, then)
+        }
+        other => Step::Now(other),
+    }
 }
 
 async fn run_sends(

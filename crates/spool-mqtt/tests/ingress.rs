@@ -622,3 +622,50 @@ async fn shutdown_stops_accepting_and_tells_v5_clients() {
     assert!(TcpStream::connect(addr).await.is_err());
     assert_eq!(outbox_depth(&c), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_stored_in_order_and_acked_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(dead_port(), "agent-pipe", dir.path()).await;
+    let ing = ingress(IngressConfig::new(loopback()), &c).await;
+    let (mut raw, _) = Raw::connect(ing.local_addr(), Protocol::V311, "pipe").await;
+    // 300 QoS 1 PUBLISHes (more than the pipeline holds) and a QoS 2 one with its DUP resend,
+    // all in one write.
+    let mut out = BytesMut::new();
+    for i in 1..=300u16 {
+        let p = Packet::Publish(Publish {
+            topic: "pipe/a".into(),
+            payload: Bytes::from(i.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            packet_id: i,
+            message_expiry_s: None,
+            user_properties: Vec::new(),
+        });
+        raw.codec.encode(&p, &mut out).unwrap();
+    }
+    for dup in [false, true] {
+        let p = publish_packet("pipe/b", b"q2", QoS::ExactlyOnce, 1000, dup);
+        raw.codec.encode(&p, &mut out).unwrap();
+    }
+    raw.send_bytes(&out).await.unwrap();
+    for i in 1..=300u16 {
+        assert!(matches!(raw.recv().await, Some(Packet::PubAck(a)) if a.packet_id == i));
+    }
+    assert!(matches!(raw.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 1000));
+    raw.send(&Packet::PubRel(Ack::success(1000))).await;
+    // The DUP sent while the first store ran got no answer of its own: the next packet is
+    // the PUBCOMP.
+    assert!(matches!(raw.recv().await, Some(Packet::PubComp(a)) if a.packet_id == 1000));
+    let stored = c.store().messages(OUTBOX_QUEUE).unwrap();
+    let payloads: Vec<String> = stored
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let mut want: Vec<String> = (1..=300).map(|i: u16| i.to_string()).collect();
+    want.push("q2".into());
+    assert_eq!(payloads, want);
+    assert_eq!(ing.stats().stored, 301);
+    ing.shutdown().await;
+}

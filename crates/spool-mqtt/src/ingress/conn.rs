@@ -6,7 +6,7 @@
 //! is only produced by [`Conn::stored`], which the task calls once the store said the record
 //! is durable. The machine does no I/O, reads no clock and touches no store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::outbox::OutMessage;
@@ -113,8 +113,9 @@ pub(crate) struct Conn {
     protocol: Protocol,
     phase: Phase,
     keep_alive_s: u16,
-    /// QoS 2 packet ids stored and PUBREC'd, awaiting PUBREL: a resend is not stored again.
-    awaiting_pubrel: HashSet<u16>,
+    /// QoS 2 packet ids being stored (`false`) or stored and PUBREC'd, awaiting PUBREL
+    /// (`true`): a resend is not stored again.
+    qos2_in: HashMap<u16, bool>,
     /// Local subscriptions: filter -> granted QoS.
     subscriptions: Vec<(String, QoS)>,
     /// Downlink publications awaiting PUBACK/PUBREC/PUBCOMP, by packet id.
@@ -131,7 +132,7 @@ impl Conn {
             protocol,
             phase: Phase::AwaitConnect,
             keep_alive_s: 0,
-            awaiting_pubrel: HashSet::new(),
+            qos2_in: HashMap::new(),
             subscriptions: Vec::new(),
             outgoing: HashMap::new(),
             next_packet_id: 1,
@@ -195,7 +196,12 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.publish(p),
             Packet::PubRel(a) => {
-                let known = self.awaiting_pubrel.remove(&a.packet_id);
+                // Only a stored id is released (PUBREL before our PUBREC is a client bug: the
+                // id stays until its store finishes).
+                let known = self.qos2_in.get(&a.packet_id) == Some(&true);
+                if known {
+                    self.qos2_in.remove(&a.packet_id);
+                }
                 let mut comp = Ack::success(a.packet_id);
                 if !known && self.protocol == Protocol::V5 {
                     comp.reason = reason::PACKET_ID_NOT_FOUND;
@@ -252,9 +258,18 @@ impl Conn {
             }
             return self.close(CloseReason::InvalidTopic, TOPIC_NAME_INVALID);
         }
-        if p.qos == QoS::ExactlyOnce && self.awaiting_pubrel.contains(&p.packet_id) {
-            // The same QoS 2 message again (DUP) before PUBREL: it is stored already.
-            return vec![ConnAction::Send(Packet::PubRec(Ack::success(p.packet_id)))];
+        if p.qos == QoS::ExactlyOnce {
+            match self.qos2_in.get(&p.packet_id) {
+                // The same QoS 2 message again (DUP) before PUBREL: it is stored already.
+                Some(true) => {
+                    return vec![ConnAction::Send(Packet::PubRec(Ack::success(p.packet_id)))];
+                }
+                // Its store is still running: the PUBREC that follows it answers both.
+                Some(false) => return Vec::new(),
+                None => {
+                    self.qos2_in.insert(p.packet_id, false);
+                }
+            }
         }
         // The priority property is ours: read (the last one wins) and not sent upstream.
         let mut priority = self.settings.default_priority;
@@ -308,12 +323,16 @@ impl Conn {
                 )))]
             }
             (QoS::ExactlyOnce, Ok(())) => {
-                self.awaiting_pubrel.insert(then.packet_id);
+                self.qos2_in.insert(then.packet_id, true);
                 vec![ConnAction::Send(Packet::PubRec(Ack::success(
                     then.packet_id,
                 )))]
             }
             (qos, Err(failure)) => {
+                if qos == QoS::ExactlyOnce {
+                    // A refused QoS 2 exchange ends here: a resend is a new attempt.
+                    self.qos2_in.remove(&then.packet_id);
+                }
                 if self.protocol == Protocol::V311 {
                     // A 3.1.1 PUBACK cannot refuse: close without acking, the client resends.
                     self.phase = Phase::Closed;
@@ -588,6 +607,14 @@ mod tests {
     fn a_qos2_resend_before_pubrel_is_not_stored_twice() {
         let mut c = connected(Protocol::V311);
         let (_, then) = store_of(c.handle(publish(QoS::ExactlyOnce, 9, false)));
+        // Resent while its store runs: nothing (the PUBREC after the store answers both), and
+        // a PUBREL that comes too early does not forget the id.
+        assert!(c.handle(publish(QoS::ExactlyOnce, 9, true)).is_empty());
+        let out = c.handle(Packet::PubRel(Ack::success(9)));
+        assert!(matches!(
+            out.as_slice(),
+            [ConnAction::Send(Packet::PubComp(_))]
+        ));
         let out = c.stored(then, Ok(()));
         assert!(
             matches!(out.as_slice(), [ConnAction::Send(Packet::PubRec(a))] if a.packet_id == 9)

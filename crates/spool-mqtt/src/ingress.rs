@@ -483,6 +483,7 @@ impl Drop for Ingress {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut next_id: u64 = 0;
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -505,7 +506,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     c.connections.fetch_sub(1, Ordering::AcqRel);
                     bump(&c.connections_refused);
                     tracing::info!(%peer, "local connection refused: max_connections reached");
-                    tasks.spawn(refuse(stream));
+                    // Refusals are answered by as many tasks as there are connection slots;
+                    // beyond that the socket is just closed (a flood costs nothing to hold).
+                    if refusing.fetch_add(1, Ordering::AcqRel) < shared.max_connections {
+                        let refusing = Arc::clone(&refusing);
+                        tasks.spawn(async move {
+                            refuse(stream).await;
+                            refusing.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    } else {
+                        refusing.fetch_sub(1, Ordering::AcqRel);
+                    }
                     continue;
                 }
                 bump(&c.connections_total);

@@ -411,19 +411,12 @@ async fn downlink_reaches_local_subscribers_now_and_later() {
                 block(|| publish(&upstream, "cmd/live", payload.as_bytes(), 1)).unwrap();
                 sub.next_message(Duration::from_millis(200))
             },
-            Option::is_some,
+            // (Copies from an earlier round, parked in the inbox, may come first.)
+            |m| m.as_ref().is_some_and(|(_, p)| p == payload.as_bytes()),
         )
         .await;
-        assert_eq!(
-            got,
-            Some(("cmd/live".to_string(), payload.clone().into_bytes()))
-        );
+        assert_eq!(got.map(|(t, _)| t).as_deref(), Some("cmd/live"));
         drop(sub);
-        // Let duplicates of the repeated publishes drain to nobody before the next round.
-        wait_ingress(&ing, "the inbox drained", |s| {
-            s.downlink_pending == 0 || s.connections == 0
-        })
-        .await;
     }
     // Nobody local subscribes: the message waits in the inbox.
     wait_ingress(&ing, "no local connection", |s| s.connections == 0).await;

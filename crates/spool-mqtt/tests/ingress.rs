@@ -662,3 +662,102 @@ async fn pipelined_publishes_are_stored_in_order_and_acked_in_order() {
     assert_eq!(ing.stats().stored, 301);
     ing.shutdown().await;
 }
+
+/// A raw local subscriber: CONNECT, SUBSCRIBE `filter` at `qos`, SUBACK.
+async fn raw_sub(addr: SocketAddr, protocol: Protocol, id: &str, filter: &str, qos: QoS) -> Raw {
+    let (mut raw, ack) = Raw::connect(addr, protocol, id).await;
+    assert!(matches!(ack, Some(Packet::ConnAck(a)) if a.reason == 0));
+    raw.send(&Packet::Subscribe(spool_mqtt::packet::Subscribe {
+        packet_id: 1,
+        filters: vec![spool_mqtt::SubscribeFilter {
+            filter: filter.into(),
+            qos,
+        }],
+    }))
+    .await;
+    let suback = raw.recv().await;
+    assert!(
+        matches!(&suback, Some(Packet::SubAck(s)) if s.codes == vec![qos as u8]),
+        "{suback:?}"
+    );
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_record_is_acked_only_once_the_local_subscriber_acked_it() {
+    let broker = start(BrokerConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(broker.addr(), "agent-ack", dir.path()).await;
+    let config = IngressConfig::new(loopback()).subscribe("ev/#", QoS::ExactlyOnce, "inbox");
+    let ing = ingress(config, &c).await;
+    wait_client(&c, "connected", |s| s.state == LinkState::Connected).await;
+    let upstream = broker.client();
+    // Into the inbox first (publish until the upstream SUBSCRIBE is in place).
+    wait_until(
+        "a message in the inbox",
+        || {
+            if ing.stats().downlink_received == 0 {
+                block(|| publish(&upstream, "ev/1", b"e", 2)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ing.stats()
+        },
+        |s| s.downlink_received >= 1,
+    )
+    .await;
+    let received = ing.stats().downlink_received;
+
+    // A QoS 1 subscriber that never sends its PUBACK: the record stays in the inbox.
+    let mut lazy = raw_sub(
+        ing.local_addr(),
+        Protocol::V311,
+        "lazy",
+        "ev/#",
+        QoS::AtLeastOnce,
+    )
+    .await;
+    let Some(Packet::Publish(p)) = lazy.recv().await else {
+        panic!("no downlink PUBLISH");
+    };
+    assert_eq!((p.topic.as_str(), p.qos), ("ev/1", QoS::AtLeastOnce));
+    tokio::time::sleep(200 * MS).await;
+    let s = ing.stats();
+    assert_eq!(s.downlink_delivered, 0);
+    assert_eq!(s.downlink_pending, received);
+    drop(lazy);
+
+    // A QoS 2 subscriber gets it again; the record goes once PUBCOMP is in.
+    let mut q2 = raw_sub(
+        ing.local_addr(),
+        Protocol::V5,
+        "q2",
+        "ev/+",
+        QoS::ExactlyOnce,
+    )
+    .await;
+    let mut ids = Vec::new();
+    while ing.stats().downlink_pending > 0 || !ids.is_empty() {
+        match q2.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.topic, "ev/1");
+                assert_eq!(p.qos, QoS::ExactlyOnce);
+                q2.send(&Packet::PubRec(Ack::success(p.packet_id))).await;
+                ids.push(p.packet_id);
+            }
+            Some(Packet::PubRel(a)) => {
+                assert_eq!(ing.stats().downlink_delivered, 0, "acked before PUBCOMP");
+                ids.retain(|i| *i != a.packet_id);
+                q2.send(&Packet::PubComp(Ack::success(a.packet_id))).await;
+                wait_ingress(&ing, "the inbox record acked", |s| {
+                    s.downlink_delivered >= 1
+                })
+                .await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let s = ing.stats();
+    assert_eq!(s.downlink_pending, 0);
+    assert_eq!(s.downlink_delivered, received);
+    ing.shutdown().await;
+}

@@ -651,7 +651,23 @@ async fn serve(
     let mut last_rx = tokio::time::Instant::now();
     let mut steps: VecDeque<Step> = VecDeque::new();
     let mut stores_running = 0usize;
+    let mut held: VecDeque<Downlink> = VecDeque::new();
     'conn: loop {
+        // 0. Downlink records waiting for room in the client's Receive Maximum, in order.
+        while held.front().is_some_and(|d| conn.can_deliver(d.qos)) {
+            let Some(d) = held.pop_front() else {
+                break;
+            };
+            next_token += 1;
+            let token = next_token;
+            if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
+                handed.insert(token, d.pending);
+                steps.extend(out.into_iter().map(Step::Now));
+            } else {
+                // Every packet id in use (65,535 unacknowledged): another dispatch later.
+                d.pending.complete(false);
+            }
+        }
         // 1. Carry out the steps that wait for nothing.
         while let Some(Step::Now(_)) = steps.front() {
             let Some(Step::Now(action)) = steps.pop_front() else {
@@ -798,16 +814,7 @@ async fn serve(
             }
             // Stores already started finish and are acked; then DISCONNECT.
             Wake::Stop => stopping = Some(true),
-            Wake::Downlink(d) => {
-                next_token += 1;
-                let token = next_token;
-                if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
-                    handed.insert(token, d.pending);
-                    steps.extend(out.into_iter().map(Step::Now));
-                } else {
-                    d.pending.complete(false);
-                }
-            }
+            Wake::Downlink(d) => held.push_back(d),
         }
     }
     lock(&shared.registry).remove(&id);
@@ -815,6 +822,9 @@ async fn serve(
     // acknowledged, go back to the inbox for another dispatch.
     rx.close();
     while let Ok(d) = rx.try_recv() {
+        d.pending.complete(false);
+    }
+    for d in held.drain(..) {
         d.pending.complete(false);
     }
     for (_, p) in handed.drain() {

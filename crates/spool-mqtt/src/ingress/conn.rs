@@ -113,6 +113,8 @@ pub(crate) struct Conn {
     protocol: Protocol,
     phase: Phase,
     keep_alive_s: u16,
+    /// MQTT 5: how many QoS 1/2 downlink publications the client takes at once.
+    receive_maximum: u16,
     /// QoS 2 packet ids being stored (`false`) or stored and PUBREC'd, awaiting PUBREL
     /// (`true`): a resend is not stored again.
     qos2_in: HashMap<u16, bool>,
@@ -132,6 +134,7 @@ impl Conn {
             protocol,
             phase: Phase::AwaitConnect,
             keep_alive_s: 0,
+            receive_maximum: u16::MAX,
             qos2_in: HashMap::new(),
             subscriptions: Vec::new(),
             outgoing: HashMap::new(),
@@ -188,6 +191,8 @@ impl Conn {
             ack.maximum_packet_bytes = Some(self.settings.max_packet_bytes);
         }
         self.keep_alive_s = c.keep_alive_s;
+        // 0 is a protocol error; taken as "no limit" rather than "never send".
+        self.receive_maximum = c.receive_maximum.filter(|n| *n > 0).unwrap_or(u16::MAX);
         self.phase = Phase::Connected;
         vec![ConnAction::Send(Packet::ConnAck(ack))]
     }
@@ -398,6 +403,12 @@ impl Conn {
     /// A downlink message for this client, at the QoS [`Conn::delivery_qos`] gave. Returns
     /// the PUBLISH to write (and, for QoS 0, that the delivery is complete once written);
     /// `None` when every packet id is in use (the caller retries later).
+    /// Whether a downlink publication at `qos` can be sent now: QoS 0 always; QoS 1/2 while
+    /// fewer than the client's Receive Maximum (MQTT 5) are awaiting its acknowledgement.
+    pub(crate) fn can_deliver(&self, qos: QoS) -> bool {
+        qos == QoS::AtMostOnce || self.outgoing.len() < usize::from(self.receive_maximum)
+    }
+
     pub(crate) fn deliver(
         &mut self,
         token: u64,
@@ -770,6 +781,33 @@ mod tests {
             delivery_qos(c.subscriptions(), "d/1", QoS::AtLeastOnce),
             None
         );
+    }
+
+    #[test]
+    fn downlink_respects_the_clients_receive_maximum() {
+        let mut c = Conn::new(Protocol::V5, settings(), 1);
+        c.handle(Packet::Connect(Connect {
+            protocol: Protocol::V5,
+            client_id: "r".into(),
+            keep_alive_s: 0,
+            clean_start: true,
+            session_expiry_s: None,
+            receive_maximum: Some(1),
+            username: None,
+            password: None,
+        }));
+        assert!(c.can_deliver(QoS::AtLeastOnce));
+        let out = c
+            .deliver(1, "t".into(), Bytes::new(), QoS::AtLeastOnce, false)
+            .unwrap();
+        let [ConnAction::Send(Packet::Publish(p))] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        assert!(!c.can_deliver(QoS::AtLeastOnce));
+        assert!(c.can_deliver(QoS::AtMostOnce));
+        let id = p.packet_id;
+        c.handle(Packet::PubAck(Ack::success(id)));
+        assert!(c.can_deliver(QoS::ExactlyOnce));
     }
 
     #[test]

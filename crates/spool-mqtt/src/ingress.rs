@@ -19,8 +19,9 @@
 //!   before the stores ahead of it are durable.
 //! - Downlink: an inbox record is acked once every local subscriber matching it at dispatch
 //!   time has it (QoS 0: written to the socket; QoS 1/2: PUBACK/PUBCOMP received). A record no
-//!   local subscription matches stays in the inbox (nacked with [`PARK_DELAY`]) until one
-//!   does, or until the inbox queue's retention drops it.
+//!   local subscription matches stays in the inbox, parked (kept leased, up to [`PARKED_MAX`])
+//!   and handed out at the first local SUBSCRIBE that matches it, or until the inbox queue's
+//!   retention drops it.
 
 mod conn;
 
@@ -55,10 +56,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PIPELINED_STORES_MAX: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
-/// How long an inbox record no local subscription matches stays invisible before the
-/// dispatcher looks at it again (each look is one small commit; a local subscriber that
-/// connects later gets it within this delay).
-pub const PARK_DELAY: Duration = Duration::from_secs(1);
+/// Inbox records (per inbox queue) no local subscription matches that the dispatcher keeps
+/// leased and remembers (topic, QoS, receipt: about 100 bytes each, no payload), to hand
+/// them out the moment a local SUBSCRIBE matches one.
+pub const PARKED_MAX: usize = 4096;
+/// Lease of a parked record, extended at half-time: each parked record costs one small
+/// commit per 5 minutes.
+const PARK_VISIBILITY: Duration = Duration::from_secs(10 * 60);
+/// With [`PARKED_MAX`] records parked, a further unmatched record goes back to the inbox for
+/// this long before it is looked at again.
+pub const PARK_DELAY: Duration = Duration::from_secs(5);
 /// Lease visibility of an inbox record being delivered: a local client that has not
 /// acknowledged it by then gets it again (at-least-once).
 const DELIVERY_VISIBILITY: Duration = Duration::from_secs(60);
@@ -303,6 +310,8 @@ struct Shared {
     counters: Arc<Counters>,
     registry: Mutex<HashMap<u64, ConnEntry>>,
     inboxes: Vec<String>,
+    /// Local SUBSCRIBEs so far: a dispatcher that sees it change looks at its parked records.
+    subscribes: AtomicU64,
 }
 
 /// The running listener. Dropping it without [`Ingress::shutdown`] stops accepting and
@@ -375,6 +384,7 @@ impl Ingress {
             counters: Arc::clone(&counters),
             registry: Mutex::new(HashMap::new()),
             inboxes: inboxes.clone(),
+            subscribes: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut downlink = Vec::new();
@@ -730,6 +740,7 @@ async fn serve(
                         if let Some(e) = lock(&shared.registry).get_mut(&id) {
                             e.subscriptions = conn.subscriptions().to_vec();
                         }
+                        shared.subscribes.fetch_add(1, Ordering::AcqRel);
                     }
                     continue 'conn;
                 }
@@ -935,43 +946,102 @@ async fn write_inbox(
     }
 }
 
+/// An inbox record no local subscription matched: kept leased (hidden from other leases) and
+/// remembered without its payload, to be handed out as soon as a local SUBSCRIBE matches it.
+#[derive(Debug)]
+struct Parked {
+    id: u64,
+    receipt: Receipt,
+    meta: InboxMeta,
+    /// When its lease is extended again.
+    renew_at: tokio::time::Instant,
+}
+
+/// What the dispatcher needs of an inbox record besides its payload.
+#[derive(Debug, Clone)]
+struct InboxMeta {
+    topic: String,
+    qos: QoS,
+    retain: bool,
+}
+
+impl InboxMeta {
+    fn of(m: &Message) -> InboxMeta {
+        let header = |k: &str| {
+            m.headers
+                .iter()
+                .find(|(h, _)| h == k)
+                .and_then(|(_, v)| v.first().copied())
+        };
+        InboxMeta {
+            topic: m.subject.clone().unwrap_or_default(),
+            qos: header(INBOX_HEADER_QOS)
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::AtLeastOnce),
+            retain: header(INBOX_HEADER_RETAIN) == Some(1),
+        }
+    }
+}
+
+/// Runs a blocking store call off the executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(EngineError::InvalidArgument(format!(
+            "store task failed: {e}"
+        )))
+    })
+}
+
 /// Leases inbox records and hands each to the local connections whose subscriptions match.
 /// At most [`DISPATCH_IN_FLIGHT_MAX`] records are out at once (a slow local client holds
-/// records in the store, not in memory).
+/// records in the store, not in memory). Records nobody local wants are parked (up to
+/// [`PARKED_MAX`], their leases extended) and handed out when a local SUBSCRIBE comes.
 async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<bool>) {
     let store = shared.client.store().clone();
     let permits = Arc::new(Semaphore::new(DISPATCH_IN_FLIGHT_MAX));
+    let mut parked: VecDeque<Parked> = VecDeque::new();
+    let mut seen_subscribes = u64::MAX;
     loop {
         if *stop.borrow() {
+            // Parked records go back to the inbox now (they would anyway at the next open).
+            for p in parked.drain(..) {
+                release(&store, &queue, p.receipt, Duration::ZERO).await;
+            }
             return;
         }
+        let subscribes = shared.subscribes.load(Ordering::Acquire);
+        if subscribes != seen_subscribes {
+            seen_subscribes = subscribes;
+            unpark(&shared, &store, &queue, &permits, &mut parked).await;
+        }
+        renew(&store, &queue, &mut parked).await;
         let free = permits.available_permits();
         if free == 0 {
             tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => drop(p),
-                _ = stop.changed() => return,
+                _ = stop.changed() => {}
             }
             continue;
         }
         let (s, q) = (store.clone(), queue.clone());
         let n = free.min(DISPATCH_BATCH);
-        let leased = tokio::task::spawn_blocking(move || {
-            s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)
-        })
-        .await;
+        let leased =
+            blocking(move || s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)).await;
         let msgs = match leased {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
+            Ok(m) => m,
+            Err(e) => {
                 tracing::warn!(%queue, error = %e, "inbox lease failed");
                 tokio::time::sleep(DISPATCH_WAIT).await;
                 continue;
             }
-            Err(_) => return,
         };
         for m in msgs {
             let Some(receipt) = m.receipt else {
                 continue;
             };
+            let meta = InboxMeta::of(&m);
             let permit = match Arc::clone(&permits).try_acquire_owned() {
                 Ok(p) if !*stop.borrow() => p,
                 // Stopping (or out of permits, which the count above rules out): back to the
@@ -981,40 +1051,117 @@ async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<
                     continue;
                 }
             };
-            hand_out(&shared, &store, &queue, m, receipt, permit).await;
+            if !hand_out(&shared, &store, &queue, &meta, &m.payload, receipt, permit) {
+                park(&store, &queue, &mut parked, m.id, receipt, meta).await;
+            }
         }
     }
 }
 
-async fn hand_out(
+/// Keeps a record nobody local wants: its lease is extended and it is remembered; when the
+/// parked set is full, it goes back to the inbox for [`PARK_DELAY`] instead.
+async fn park(
+    store: &Store,
+    queue: &str,
+    parked: &mut VecDeque<Parked>,
+    id: u64,
+    receipt: Receipt,
+    meta: InboxMeta,
+) {
+    if parked.len() >= PARKED_MAX {
+        release(store, queue, receipt, PARK_DELAY).await;
+        return;
+    }
+    let (s, q) = (store.clone(), queue.to_owned());
+    match blocking(move || s.extend(&q, receipt, PARK_VISIBILITY)).await {
+        Ok(_) => parked.push_back(Parked {
+            id,
+            receipt,
+            meta,
+            renew_at: tokio::time::Instant::now() + PARK_VISIBILITY / 2,
+        }),
+        Err(e) => {
+            tracing::debug!(%queue, error = %e, "cannot park an inbox record; its lease expires instead");
+        }
+    }
+}
+
+/// Extends the leases of parked records that are due (a lost lease: the record is forgotten
+/// here, and the next lease returns it).
+async fn renew(store: &Store, queue: &str, parked: &mut VecDeque<Parked>) {
+    let now = tokio::time::Instant::now();
+    let mut kept = VecDeque::with_capacity(parked.len());
+    for mut p in parked.drain(..) {
+        if p.renew_at <= now {
+            let (s, q, r) = (store.clone(), queue.to_owned(), p.receipt);
+            if blocking(move || s.extend(&q, r, PARK_VISIBILITY))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            p.renew_at = now + PARK_VISIBILITY / 2;
+        }
+        kept.push_back(p);
+    }
+    *parked = kept;
+}
+
+/// After a local SUBSCRIBE: hands out the parked records it (or any) now matches, in order.
+async fn unpark(
     shared: &Shared,
     store: &Store,
     queue: &str,
-    m: Message,
-    receipt: Receipt,
-    permit: OwnedSemaphorePermit,
+    permits: &Arc<Semaphore>,
+    parked: &mut VecDeque<Parked>,
 ) {
-    let topic = m.subject.clone().unwrap_or_default();
-    let header = |k: &str| {
-        m.headers
-            .iter()
-            .find(|(h, _)| h == k)
-            .and_then(|(_, v)| v.first().copied())
-    };
-    let qos = header(INBOX_HEADER_QOS)
-        .and_then(QoS::from_u8)
-        .unwrap_or(QoS::AtLeastOnce);
-    let retain = header(INBOX_HEADER_RETAIN) == Some(1);
-    let targets: Vec<(QoS, mpsc::UnboundedSender<Downlink>)> = lock(&shared.registry)
+    let mut kept = VecDeque::with_capacity(parked.len());
+    for p in parked.drain(..) {
+        if targets(shared, &p.meta).is_empty() {
+            kept.push_back(p);
+            continue;
+        }
+        let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+            // Out of slots: left parked; the next SUBSCRIBE or restart retries it.
+            kept.push_back(p);
+            continue;
+        };
+        let (s, q, id) = (store.clone(), queue.to_owned(), p.id);
+        let Ok(m) = blocking(move || s.get(&q, id)).await else {
+            // Gone (expired by the inbox's retention, purged): nothing to deliver.
+            continue;
+        };
+        if !hand_out(shared, store, queue, &p.meta, &m.payload, p.receipt, permit) {
+            kept.push_back(p);
+        }
+    }
+    *parked = kept;
+}
+
+/// The local connections a record goes to, with the QoS for each.
+fn targets(shared: &Shared, meta: &InboxMeta) -> Vec<(QoS, mpsc::UnboundedSender<Downlink>)> {
+    lock(&shared.registry)
         .values()
         .filter_map(|e| {
-            conn::delivery_qos(&e.subscriptions, &topic, qos).map(|q| (q, e.tx.clone()))
+            conn::delivery_qos(&e.subscriptions, &meta.topic, meta.qos).map(|q| (q, e.tx.clone()))
         })
-        .collect();
+        .collect()
+}
+
+/// Hands a leased record to every matching local connection; `false` (and nothing done) when
+/// none matches.
+fn hand_out(
+    shared: &Shared,
+    store: &Store,
+    queue: &str,
+    meta: &InboxMeta,
+    payload: &Bytes,
+    receipt: Receipt,
+    permit: OwnedSemaphorePermit,
+) -> bool {
+    let targets = targets(shared, meta);
     if targets.is_empty() {
-        // Nobody local wants it yet: keep it for a subscriber that comes later.
-        release(store, queue, receipt, PARK_DELAY).await;
-        return;
+        return false;
     }
     let pending = Arc::new(Pending {
         store: store.clone(),
@@ -1027,14 +1174,15 @@ async fn hand_out(
     });
     for (qos, tx) in targets {
         let d = Downlink {
-            topic: topic.clone(),
-            payload: m.payload.clone(),
+            topic: meta.topic.clone(),
+            payload: payload.clone(),
             qos,
-            retain,
+            retain: meta.retain,
             pending: Arc::clone(&pending),
         };
         if let Err(mpsc::error::SendError(d)) = tx.send(d) {
             d.pending.complete(false);
         }
     }
+    true
 }

@@ -8,15 +8,15 @@
 //! thin tokio task per connection, the inbox writers and the downlink dispatchers.
 //!
 //! Rules (see `docs/mqtt.md`, "Local ingress and downlink"):
-//! - QoS 0, 1 and 2 PUBLISHes are all stored through [`Client::publish_message`]; the PUBACK
-//!   (QoS 1) or PUBREC (QoS 2) is written only after that call returned, i.e. once the record
+//! - QoS 0, 1 and 2 PUBLISHes are all stored through [`Client::publish_start`]; the PUBACK
+//!   (QoS 1) or PUBREC (QoS 2) is written only after its future resolved, i.e. once the record
 //!   is durable. A QoS 2 PUBLISH re-sent before PUBREL is not stored again.
 //! - A store failure is a v5 PUBACK/PUBREC with 0x97 (quota exceeded: outbox full or payload
 //!   over its limit) or 0x80 (anything else); on 3.1.1, which cannot refuse in a PUBACK, the
 //!   connection is closed without an acknowledgement, so the client sends it again.
-//! - A connection's PUBLISHes are stored in the order they arrived, pipelined (up to
-//!   64 stores running, sharing a group commit); no packet is written
-//!   before the stores ahead of it are durable.
+//! - A connection's PUBLISHes are stored in the order they arrived, pipelined (up to 64
+//!   stores running, sharing a group commit); no packet is written before the stores ahead
+//!   of it are durable.
 //! - Downlink: an inbox record is acked once every local subscriber matching it at dispatch
 //!   time has it (QoS 0: written to the socket; QoS 1/2: PUBACK/PUBCOMP received). A record no
 //!   local subscription matches stays in the inbox, parked (kept leased, up to [`PARKED_MAX`])
@@ -388,14 +388,9 @@ impl Ingress {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut downlink = Vec::new();
-        // Dispatchers first: the inbox may hold records from before a restart.
-        for queue in &inboxes {
-            downlink.push(tokio::spawn(dispatch(
-                Arc::clone(&shared),
-                queue.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        // Every upstream subscription first: a refusal leaves no task behind. Deliveries
+        // wait in their channel (unacked) until their writer runs.
+        let mut sinks = Vec::new();
         for s in &config.subscriptions {
             let (tx, rx) = mpsc::unbounded_channel();
             client
@@ -405,9 +400,20 @@ impl Ingress {
                     filter: s.filter.clone(),
                     source,
                 })?;
+            sinks.push((s.inbox.clone(), rx));
+        }
+        // The inbox may hold records from before a restart: its dispatcher starts at once.
+        for queue in &inboxes {
+            downlink.push(tokio::spawn(dispatch(
+                Arc::clone(&shared),
+                queue.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for (inbox, rx) in sinks {
             downlink.push(tokio::spawn(write_inbox(
                 store.clone(),
-                s.inbox.clone(),
+                inbox,
                 rx,
                 Arc::clone(&counters),
                 stop_rx.clone(),
@@ -983,6 +989,11 @@ impl InboxMeta {
     }
 }
 
+/// Whether the ingress is stopping (or its handle is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
 /// Runs a blocking store call off the executor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
@@ -1004,7 +1015,7 @@ async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<
     let mut parked: VecDeque<Parked> = VecDeque::new();
     let mut seen_subscribes = u64::MAX;
     loop {
-        if *stop.borrow() {
+        if stopped(&stop) {
             // Parked records go back to the inbox now (they would anyway at the next open).
             for p in parked.drain(..) {
                 release(&store, &queue, p.receipt, Duration::ZERO).await;
@@ -1043,7 +1054,7 @@ async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<
             };
             let meta = InboxMeta::of(&m);
             let permit = match Arc::clone(&permits).try_acquire_owned() {
-                Ok(p) if !*stop.borrow() => p,
+                Ok(p) if !stopped(&stop) => p,
                 // Stopping (or out of permits, which the count above rules out): back to the
                 // inbox at once.
                 _ => {

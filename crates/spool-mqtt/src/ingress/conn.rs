@@ -548,6 +548,7 @@ mod tests {
     use super::*;
     use crate::packet::{Codec, SubscribeFilter};
     use bytes::{Bytes, BytesMut};
+    use std::collections::HashSet;
 
     fn settings() -> ConnSettings {
         ConnSettings {
@@ -837,5 +838,115 @@ mod tests {
         assert_eq!(sniff_protocol(&[0x30, 0]), Err(SniffError::NotConnect));
         let v31 = [0x10, 0x10, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
         assert_eq!(sniff_protocol(&v31), Err(SniffError::UnsupportedVersion));
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::VecDeque;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Publish {
+                qos: u8,
+                id: u16,
+                dup: bool,
+            },
+            PubRel(u16),
+            /// Finish the oldest running store (in order, as the task does), ok or not.
+            Finish(bool),
+            Ping,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..3, 1u16..4, any::<bool>()).prop_map(|(qos, id, dup)| Op::Publish {
+                    qos,
+                    id,
+                    dup
+                }),
+                (1u16..4).prop_map(Op::PubRel),
+                any::<bool>().prop_map(Op::Finish),
+                Just(Op::Ping),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Whatever the client sends and however stores end: a successful PUBACK/PUBREC
+            /// for an id only follows a successful store of that id (or repeats the PUBREC of
+            /// a stored QoS 2 id not yet released), and a QoS 2 id is stored at most once
+            /// between its PUBRELs.
+            #[test]
+            fn acks_follow_durable_stores(
+                v5 in any::<bool>(),
+                ops in proptest::collection::vec(op(), 1..60),
+            ) {
+                let protocol = if v5 { Protocol::V5 } else { Protocol::V311 };
+                let mut c = connected(protocol);
+                let mut running: VecDeque<AfterStore> = VecDeque::new();
+                // QoS 2 ids stored and not released (model).
+                let mut held: HashSet<u16> = HashSet::new();
+                // Successful stores per QoS 2 id since its last release.
+                let mut stores2: HashMap<u16, u32> = HashMap::new();
+                let mut closed = false;
+                for op in ops {
+                    if closed {
+                        break;
+                    }
+                    let (out, finished) = match op {
+                        Op::Publish { qos, id, dup } => {
+                            let qos = QoS::from_u8(qos).unwrap();
+                            let id = if qos == QoS::AtMostOnce { 0 } else { id };
+                            (c.handle(publish(qos, id, dup)), None)
+                        }
+                        Op::PubRel(id) => {
+                            let out = c.handle(Packet::PubRel(Ack::success(id)));
+                            if held.remove(&id) {
+                                stores2.remove(&id);
+                            }
+                            (out, None)
+                        }
+                        Op::Finish(ok) => match running.pop_front() {
+                            Some(then) => {
+                                let r = if ok { Ok(()) } else { Err(StoreFailure::Quota) };
+                                (c.stored(then, r), Some((then, ok)))
+                            }
+                            None => (Vec::new(), None),
+                        },
+                        Op::Ping => (c.handle(Packet::PingReq), None),
+                    };
+                    if let Some((then, true)) = finished {
+                        if then.qos == QoS::ExactlyOnce {
+                            let n = stores2.entry(then.packet_id).or_default();
+                            *n += 1;
+                            prop_assert!(*n <= 1, "QoS 2 id {} stored twice", then.packet_id);
+                            held.insert(then.packet_id);
+                        }
+                    }
+                    for a in out {
+                        match a {
+                            ConnAction::Store { then, .. } => running.push_back(then),
+                            ConnAction::Send(Packet::PubAck(a)) if a.reason == 0 => {
+                                prop_assert!(
+                                    matches!(finished, Some((t, true)) if t.packet_id == a.packet_id),
+                                    "PUBACK {} without its store", a.packet_id
+                                );
+                            }
+                            ConnAction::Send(Packet::PubRec(a)) if a.reason == 0 => {
+                                let just_stored = matches!(finished, Some((t, true)) if t.packet_id == a.packet_id);
+                                prop_assert!(
+                                    just_stored || held.contains(&a.packet_id),
+                                    "PUBREC {} without its store", a.packet_id
+                                );
+                            }
+                            ConnAction::Close(_) => closed = true,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
     }
 }

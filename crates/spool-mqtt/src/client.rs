@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -798,19 +799,35 @@ impl Client {
         msg: OutMessage,
         user_properties: &[(String, String)],
     ) -> Result<u64, ClientError> {
+        self.publish_start(&msg, user_properties)?.await
+    }
+
+    /// Enters `msg` in the outbox now and returns a future that resolves to its sequence
+    /// number once it is durable. The order of the outbox is the order of these calls, not
+    /// of the awaits: a caller may start several publishes one after the other and await
+    /// them together (they share one group commit). Refusals known at once (outbox full
+    /// under reject, payload too large, bad topic, closed client) are returned here.
+    pub fn publish_start(
+        &self,
+        msg: &OutMessage,
+        user_properties: &[(String, String)],
+    ) -> Result<impl Future<Output = Result<u64, ClientError>> + Send + 'static, ClientError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
-        let seq = Outbox::push_with_properties(
+        let durable = Outbox::push_start(
             &self.inner.store,
             self.inner.max_payload,
-            &msg,
+            msg,
             user_properties,
-        )
-        .await?;
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
-        self.inner.wake.notify_one();
-        Ok(seq)
+        )?;
+        let inner = Arc::clone(&self.inner);
+        Ok(async move {
+            let seq = durable.await?;
+            inner.published.fetch_add(1, Ordering::Relaxed);
+            inner.wake.notify_one();
+            Ok(seq)
+        })
     }
 
     /// Subscribes to `filter` (`+` and `#` allowed); messages arrive on the returned

@@ -3,27 +3,32 @@
 //! messages of the configured subscriptions are **durable in an inbox queue before the broker
 //! gets its acknowledgement**, then delivered to the local subscribers whose filters match.
 //!
-//! Layout (the client side's split): [`conn`] is the IO-free state machine of one local
+//! Layout (the client side's split): `conn` is the IO-free state machine of one local
 //! connection (packets and store results in, actions out); this module owns the sockets, one
 //! thin tokio task per connection, the inbox writers and the downlink dispatchers.
 //!
 //! Rules (see `docs/mqtt.md`, "Local ingress and downlink"):
-//! - QoS 0, 1 and 2 PUBLISHes are all stored through [`Client::publish_message`]; the PUBACK
-//!   (QoS 1) or PUBREC (QoS 2) is written only after that call returned, i.e. once the record
+//! - QoS 0, 1 and 2 PUBLISHes are all stored through [`Client::publish_start`]; the PUBACK
+//!   (QoS 1) or PUBREC (QoS 2) is written only after its future resolved, i.e. once the record
 //!   is durable. A QoS 2 PUBLISH re-sent before PUBREL is not stored again.
 //! - A store failure is a v5 PUBACK/PUBREC with 0x97 (quota exceeded: outbox full or payload
 //!   over its limit) or 0x80 (anything else); on 3.1.1, which cannot refuse in a PUBACK, the
 //!   connection is closed without an acknowledgement, so the client sends it again.
-//! - A connection's PUBLISHes are stored one after the other, in the order they arrived.
+//! - A connection's PUBLISHes are stored in the order they arrived, pipelined (up to 64
+//!   stores running, sharing a group commit); no packet is written before the stores ahead
+//!   of it are durable.
 //! - Downlink: an inbox record is acked once every local subscriber matching it at dispatch
 //!   time has it (QoS 0: written to the socket; QoS 1/2: PUBACK/PUBCOMP received). A record no
-//!   local subscription matches stays in the inbox (nacked with [`PARK_DELAY`]) until one
-//!   does, or until the inbox queue's retention drops it.
+//!   local subscription matches stays in the inbox, parked (kept leased, up to [`PARKED_MAX`])
+//!   and handed out at the first local SUBSCRIBE that matches it, or until the inbox queue's
+//!   retention drops it.
 
-pub mod conn;
+mod conn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -39,19 +44,28 @@ use crate::client::{Client, ClientError, Delivery};
 use crate::outbox::OutboxError;
 use crate::packet::{Codec, CodecError, ConnAck, Disconnect, Packet, Protocol, QoS};
 use crate::topic::validate_topic_filter;
-use conn::{CloseReason, Conn, ConnAction, ConnSettings, SniffError, StoreFailure};
+use conn::{AfterStore, CloseReason, Conn, ConnAction, ConnSettings, SniffError, StoreFailure};
 
 pub use conn::PRIORITY_PROPERTY;
 
 /// How long a new connection may take to send its CONNECT: a socket that says nothing must
 /// not hold a connection slot for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stores one connection may have running at once (PUBLISHes read ahead of their acks); at
+/// the bound the connection stops reading until the oldest is durable.
+const PIPELINED_STORES_MAX: usize = 64;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
-/// How long an inbox record no local subscription matches stays invisible before the
-/// dispatcher looks at it again (each look is one small commit; a local subscriber that
-/// connects later gets it within this delay).
-pub const PARK_DELAY: Duration = Duration::from_secs(1);
+/// Inbox records (per inbox queue) no local subscription matches that the dispatcher keeps
+/// leased and remembers (topic, QoS, receipt: about 100 bytes each, no payload), to hand
+/// them out the moment a local SUBSCRIBE matches one.
+pub const PARKED_MAX: usize = 4096;
+/// Lease of a parked record, extended at half-time: each parked record costs one small
+/// commit per 5 minutes.
+const PARK_VISIBILITY: Duration = Duration::from_secs(10 * 60);
+/// With [`PARKED_MAX`] records parked, a further unmatched record goes back to the inbox for
+/// this long before it is looked at again.
+pub const PARK_DELAY: Duration = Duration::from_secs(5);
 /// Lease visibility of an inbox record being delivered: a local client that has not
 /// acknowledged it by then gets it again (at-least-once).
 const DELIVERY_VISIBILITY: Duration = Duration::from_secs(60);
@@ -296,6 +310,8 @@ struct Shared {
     counters: Arc<Counters>,
     registry: Mutex<HashMap<u64, ConnEntry>>,
     inboxes: Vec<String>,
+    /// Local SUBSCRIBEs so far: a dispatcher that sees it change looks at its parked records.
+    subscribes: AtomicU64,
 }
 
 /// The running listener. Dropping it without [`Ingress::shutdown`] stops accepting and
@@ -368,17 +384,13 @@ impl Ingress {
             counters: Arc::clone(&counters),
             registry: Mutex::new(HashMap::new()),
             inboxes: inboxes.clone(),
+            subscribes: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut downlink = Vec::new();
-        // Dispatchers first: the inbox may hold records from before a restart.
-        for queue in &inboxes {
-            downlink.push(tokio::spawn(dispatch(
-                Arc::clone(&shared),
-                queue.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        // Every upstream subscription first: a refusal leaves no task behind. Deliveries
+        // wait in their channel (unacked) until their writer runs.
+        let mut sinks = Vec::new();
         for s in &config.subscriptions {
             let (tx, rx) = mpsc::unbounded_channel();
             client
@@ -388,9 +400,20 @@ impl Ingress {
                     filter: s.filter.clone(),
                     source,
                 })?;
+            sinks.push((s.inbox.clone(), rx));
+        }
+        // The inbox may hold records from before a restart: its dispatcher starts at once.
+        for queue in &inboxes {
+            downlink.push(tokio::spawn(dispatch(
+                Arc::clone(&shared),
+                queue.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for (inbox, rx) in sinks {
             downlink.push(tokio::spawn(write_inbox(
                 store.clone(),
-                s.inbox.clone(),
+                inbox,
                 rx,
                 Arc::clone(&counters),
                 stop_rx.clone(),
@@ -476,6 +499,7 @@ impl Drop for Ingress {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut next_id: u64 = 0;
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -498,7 +522,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     c.connections.fetch_sub(1, Ordering::AcqRel);
                     bump(&c.connections_refused);
                     tracing::info!(%peer, "local connection refused: max_connections reached");
-                    tasks.spawn(refuse(stream));
+                    // Refusals are answered by as many tasks as there are connection slots;
+                    // beyond that the socket is just closed (a flood costs nothing to hold).
+                    if refusing.fetch_add(1, Ordering::AcqRel) < shared.max_connections {
+                        let refusing = Arc::clone(&refusing);
+                        tasks.spawn(async move {
+                            refuse(stream).await;
+                            refusing.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    } else {
+                        refusing.fetch_sub(1, Ordering::AcqRel);
+                    }
                     continue;
                 }
                 bump(&c.connections_total);
@@ -573,10 +607,27 @@ async fn read_protocol(
 enum Wake {
     Read(std::io::Result<usize>),
     Idle,
+    Stored(Result<u64, ClientError>),
     Downlink(Downlink),
     Stop,
 }
 
+/// A store started for a local PUBLISH: durable when it resolves.
+type StoreFuture = Pin<Box<dyn Future<Output = Result<u64, ClientError>> + Send>>;
+
+/// One step of a connection's pipeline, carried out strictly in order: a packet is written
+/// only once every store before it is durable (and its own ack written).
+enum Step {
+    /// Wait for this store, then give its result to the state machine.
+    Store(StoreFuture, AfterStore),
+    /// Carry out this action.
+    Now(ConnAction),
+}
+
+/// The task of one local connection: reads packets, feeds the state machine, and carries out
+/// its actions in order. Stores are started as soon as their PUBLISH is read (several may run
+/// at once and share a group commit; the outbox order is the order they were started in), but
+/// each ack waits for its own store, and nothing after it is written before it.
 #[allow(clippy::too_many_lines)] // one event loop, read top to bottom
 async fn serve(
     mut stream: TcpStream,
@@ -609,123 +660,49 @@ async fn serve(
     let mut next_token: u64 = 0;
     let mut wbuf = BytesMut::new();
     let mut connected = false;
+    // Set when no more packets are read: the server stops (`true`: tell the client) or the
+    // client closed its side (`false`). The steps still run out: stores already started
+    // finish and are counted (and acked, when the socket still takes it).
+    let mut stopping: Option<bool> = None;
     let mut last_rx = tokio::time::Instant::now();
+    let mut steps: VecDeque<Step> = VecDeque::new();
+    let mut stores_running = 0usize;
+    let mut held: VecDeque<Downlink> = VecDeque::new();
     'conn: loop {
-        // Whole packets already in the buffer first.
-        let packet = match codec.decode(&mut rbuf) {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => None,
-            Err(e) => {
-                if matches!(e, CodecError::TooLarge { .. }) {
-                    bump(&counters.oversize_closed);
-                    if protocol == Protocol::V5 && connected {
-                        let bye = disconnect(crate::packet::reason::PACKET_TOO_LARGE);
-                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
-                    }
-                }
-                tracing::debug!(conn = id, error = %e, "local connection closed: bad packet");
-                break 'conn;
-            }
-        };
-        let mut actions = if let Some(p) = packet {
-            if let Packet::Publish(pb) = &p {
-                counters.publishes_received[pb.qos as usize].fetch_add(1, Ordering::Relaxed);
-            }
-            let is_sub = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
-            let out = conn.handle(p);
-            if is_sub {
-                if let Some(e) = lock(&shared.registry).get_mut(&id) {
-                    e.subscriptions = conn.subscriptions().to_vec();
-                }
-            }
-            out
-        } else {
-            // Silence is measured from the last bytes the client sent (downlink traffic to it
-            // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
-            let idle = if connected {
-                conn.idle_limit()
+        // 0. Downlink records waiting for room in the client's Receive Maximum, in order.
+        while held.front().is_some_and(|d| conn.can_deliver(d.qos)) {
+            let Some(d) = held.pop_front() else {
+                break;
+            };
+            next_token += 1;
+            let token = next_token;
+            if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
+                handed.insert(token, d.pending);
+                steps.extend(out.into_iter().map(Step::Now));
             } else {
-                Some(CONNECT_TIMEOUT)
-            };
-            let wake = tokio::select! {
-                r = stream.read_buf(&mut rbuf) => Wake::Read(r),
-                () = sleep_until_or_forever(idle.map(|d| last_rx + d)) => Wake::Idle,
-                Some(d) = rx.recv() => Wake::Downlink(d),
-                _ = stop.changed() => Wake::Stop,
-            };
-            match wake {
-                Wake::Read(Ok(0) | Err(_)) => break 'conn,
-                Wake::Read(Ok(_)) => {
-                    last_rx = tokio::time::Instant::now();
-                    rbuf.reserve(READ_CHUNK);
-                    continue 'conn;
-                }
-                Wake::Idle => {
-                    tracing::debug!(conn = id, "local connection closed: keep alive");
-                    if protocol == Protocol::V5 && connected {
-                        let bye = disconnect(conn::KEEP_ALIVE_TIMEOUT);
-                        send_now(&codec, &mut stream, &mut wbuf, &bye).await;
-                    }
-                    break 'conn;
-                }
-                Wake::Stop => {
-                    let out = conn.shutdown();
-                    run_sends(&codec, &mut stream, &mut wbuf, out).await;
-                    break 'conn;
-                }
-                Wake::Downlink(d) => {
-                    next_token += 1;
-                    let token = next_token;
-                    if let Some(out) = conn.deliver(token, d.topic, d.payload, d.qos, d.retain) {
-                        handed.insert(token, d.pending);
-                        out
-                    } else {
-                        d.pending.complete(false);
-                        continue 'conn;
-                    }
-                }
+                // Every packet id in use (65,535 unacknowledged): another dispatch later.
+                d.pending.complete(false);
             }
-        };
-        // Carry the actions out in order; a store's result may add more.
-        let mut i = 0;
-        while i < actions.len() {
-            let action = std::mem::replace(&mut actions[i], ConnAction::Delivered(0));
-            i += 1;
+        }
+        // 1. Carry out the steps that wait for nothing.
+        while let Some(Step::Now(_)) = steps.front() {
+            let Some(Step::Now(action)) = steps.pop_front() else {
+                break;
+            };
             match action {
                 ConnAction::Send(p) => {
                     if matches!(&p, Packet::ConnAck(a) if a.reason == 0) {
                         connected = true;
                     }
-                    wbuf.clear();
-                    if let Err(e) = codec.encode(&p, &mut wbuf) {
-                        tracing::warn!(conn = id, error = %e, "cannot encode a packet for a local client");
-                        break 'conn;
-                    }
-                    if stream.write_all(&wbuf).await.is_err() {
+                    if !send_now(&codec, &mut stream, &mut wbuf, &p).await {
                         break 'conn;
                     }
                 }
-                ConnAction::Store {
-                    msg,
-                    user_properties,
-                    then,
-                } => {
-                    let result = match shared
-                        .client
-                        .publish_with_properties(msg, &user_properties)
-                        .await
-                    {
-                        Ok(_) => {
-                            bump(&counters.stored);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            bump(&counters.store_failures);
-                            tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
-                            Err(store_failure(&e))
-                        }
-                    };
-                    actions.extend(conn.stored(then, result));
+                store @ ConnAction::Store { .. } => {
+                    // (Stores are started when they are queued; this keeps any other path
+                    // right.) The store is now the front: nothing after it before it is done.
+                    steps.push_front(start_store(&shared, store, &mut stores_running));
+                    break;
                 }
                 ConnAction::Delivered(token) => {
                     if let Some(p) = handed.remove(&token) {
@@ -743,6 +720,119 @@ async fn serve(
                 }
             }
         }
+        if let (Some(tell), true) = (stopping, steps.is_empty()) {
+            if tell {
+                let out = conn.shutdown();
+                run_sends(&codec, &mut stream, &mut wbuf, out).await;
+            }
+            break 'conn;
+        }
+        // 2. Whole packets already read, while the pipeline has room.
+        // (After the client closed its side, what it sent before is still taken.)
+        let room = stores_running < PIPELINED_STORES_MAX;
+        let reading = stopping.is_none() && room;
+        if room && stopping != Some(true) {
+            match codec.decode(&mut rbuf) {
+                Ok(Some(p)) => {
+                    if let Packet::Publish(pb) = &p {
+                        counters.publishes_received[pb.qos as usize]
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let is_sub = matches!(p, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    for action in conn.handle(p) {
+                        steps.push_back(start_store(&shared, action, &mut stores_running));
+                    }
+                    if is_sub {
+                        if let Some(e) = lock(&shared.registry).get_mut(&id) {
+                            e.subscriptions = conn.subscriptions().to_vec();
+                        }
+                        shared.subscribes.fetch_add(1, Ordering::AcqRel);
+                    }
+                    continue 'conn;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, CodecError::TooLarge { .. }) {
+                        bump(&counters.oversize_closed);
+                        if protocol == Protocol::V5 && connected {
+                            let bye = disconnect(crate::packet::reason::PACKET_TOO_LARGE);
+                            send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                        }
+                    }
+                    tracing::debug!(conn = id, error = %e, "local connection closed: bad packet");
+                    break 'conn;
+                }
+            }
+        }
+        // 3. Wait: for the store at the front, more bytes, silence, a downlink record, a stop.
+        // Silence is measured from the last bytes the client sent (downlink traffic to it
+        // does not keep a dead client alive); before CONNACK, the CONNECT timeout.
+        let idle = if connected {
+            conn.idle_limit()
+        } else {
+            Some(CONNECT_TIMEOUT)
+        };
+        let front_store = match steps.front_mut() {
+            Some(Step::Store(f, _)) => Some(f),
+            _ => None,
+        };
+        let wake = tokio::select! {
+            r = async {
+                match front_store {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Stored(r),
+            r = stream.read_buf(&mut rbuf), if reading => Wake::Read(r),
+            // (Not while the pipeline is full: the client is not the one who is slow.)
+            () = sleep_until_or_forever(idle.map(|d| last_rx + d)), if reading => Wake::Idle,
+            Some(d) = rx.recv(), if stopping.is_none() => Wake::Downlink(d),
+            _ = stop.changed(), if stopping.is_none() => Wake::Stop,
+        };
+        match wake {
+            Wake::Stored(result) => {
+                let Some(Step::Store(_, then)) = steps.pop_front() else {
+                    break 'conn;
+                };
+                if stores_running == PIPELINED_STORES_MAX {
+                    // Reading was paused for the store, not for the client: its silence
+                    // counts from now.
+                    last_rx = tokio::time::Instant::now();
+                }
+                stores_running -= 1;
+                let result = match result {
+                    Ok(_) => {
+                        bump(&counters.stored);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        bump(&counters.store_failures);
+                        tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
+                        Err(store_failure(&e))
+                    }
+                };
+                // Its consequences come before everything that was behind it.
+                for action in conn.stored(then, result).into_iter().rev() {
+                    steps.push_front(Step::Now(action));
+                }
+            }
+            Wake::Read(Ok(0) | Err(_)) => stopping = Some(false),
+            Wake::Read(Ok(_)) => {
+                last_rx = tokio::time::Instant::now();
+                rbuf.reserve(READ_CHUNK);
+            }
+            Wake::Idle => {
+                tracing::debug!(conn = id, "local connection closed: keep alive");
+                if protocol == Protocol::V5 && connected {
+                    let bye = disconnect(conn::KEEP_ALIVE_TIMEOUT);
+                    send_now(&codec, &mut stream, &mut wbuf, &bye).await;
+                }
+                break 'conn;
+            }
+            // Stores already started finish and are acked; then DISCONNECT.
+            Wake::Stop => stopping = Some(true),
+            Wake::Downlink(d) => held.push_back(d),
+        }
     }
     lock(&shared.registry).remove(&id);
     // Records queued for this connection but never handed over, and those handed over but not
@@ -751,10 +841,33 @@ async fn serve(
     while let Ok(d) = rx.try_recv() {
         d.pending.complete(false);
     }
+    for d in held.drain(..) {
+        d.pending.complete(false);
+    }
     for (_, p) in handed.drain() {
         p.complete(false);
     }
     let _ = stream.shutdown().await;
+}
+
+/// Starts the store of a [`ConnAction::Store`] at once (its place in the outbox is taken now;
+/// its ack waits for its turn in the steps); any other action is kept for its turn.
+fn start_store(shared: &Shared, action: ConnAction, running: &mut usize) -> Step {
+    match action {
+        ConnAction::Store {
+            msg,
+            user_properties,
+            then,
+        } => {
+            *running += 1;
+            let fut: StoreFuture = match shared.client.publish_start(&msg, &user_properties) {
+                Ok(f) => Box::pin(f),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            };
+            Step::Store(fut, then)
+        }
+        other => Step::Now(other),
+    }
 }
 
 async fn run_sends(
@@ -839,45 +952,109 @@ async fn write_inbox(
     }
 }
 
+/// An inbox record no local subscription matched: kept leased (hidden from other leases) and
+/// remembered without its payload, to be handed out as soon as a local SUBSCRIBE matches it.
+#[derive(Debug)]
+struct Parked {
+    id: u64,
+    receipt: Receipt,
+    meta: InboxMeta,
+    /// When its lease is extended again.
+    renew_at: tokio::time::Instant,
+}
+
+/// What the dispatcher needs of an inbox record besides its payload.
+#[derive(Debug, Clone)]
+struct InboxMeta {
+    topic: String,
+    qos: QoS,
+    retain: bool,
+}
+
+impl InboxMeta {
+    fn of(m: &Message) -> InboxMeta {
+        let header = |k: &str| {
+            m.headers
+                .iter()
+                .find(|(h, _)| h == k)
+                .and_then(|(_, v)| v.first().copied())
+        };
+        InboxMeta {
+            topic: m.subject.clone().unwrap_or_default(),
+            qos: header(INBOX_HEADER_QOS)
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::AtLeastOnce),
+            retain: header(INBOX_HEADER_RETAIN) == Some(1),
+        }
+    }
+}
+
+/// Whether the ingress is stopping (or its handle is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Runs a blocking store call off the executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(EngineError::InvalidArgument(format!(
+            "store task failed: {e}"
+        )))
+    })
+}
+
 /// Leases inbox records and hands each to the local connections whose subscriptions match.
 /// At most [`DISPATCH_IN_FLIGHT_MAX`] records are out at once (a slow local client holds
-/// records in the store, not in memory).
+/// records in the store, not in memory). Records nobody local wants are parked (up to
+/// [`PARKED_MAX`], their leases extended) and handed out when a local SUBSCRIBE comes.
 async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<bool>) {
     let store = shared.client.store().clone();
     let permits = Arc::new(Semaphore::new(DISPATCH_IN_FLIGHT_MAX));
+    let mut parked: VecDeque<Parked> = VecDeque::new();
+    let mut seen_subscribes = u64::MAX;
     loop {
-        if *stop.borrow() {
+        if stopped(&stop) {
+            // Parked records go back to the inbox now (they would anyway at the next open).
+            for p in parked.drain(..) {
+                release(&store, &queue, p.receipt, Duration::ZERO).await;
+            }
             return;
         }
+        let subscribes = shared.subscribes.load(Ordering::Acquire);
+        if subscribes != seen_subscribes {
+            seen_subscribes = subscribes;
+            unpark(&shared, &store, &queue, &permits, &mut parked).await;
+        }
+        renew(&store, &queue, &mut parked).await;
         let free = permits.available_permits();
         if free == 0 {
             tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => drop(p),
-                _ = stop.changed() => return,
+                _ = stop.changed() => {}
             }
             continue;
         }
         let (s, q) = (store.clone(), queue.clone());
         let n = free.min(DISPATCH_BATCH);
-        let leased = tokio::task::spawn_blocking(move || {
-            s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)
-        })
-        .await;
+        let leased =
+            blocking(move || s.lease_wait(&q, n, Some(DELIVERY_VISIBILITY), DISPATCH_WAIT)).await;
         let msgs = match leased {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
+            Ok(m) => m,
+            Err(e) => {
                 tracing::warn!(%queue, error = %e, "inbox lease failed");
                 tokio::time::sleep(DISPATCH_WAIT).await;
                 continue;
             }
-            Err(_) => return,
         };
         for m in msgs {
             let Some(receipt) = m.receipt else {
                 continue;
             };
+            let meta = InboxMeta::of(&m);
             let permit = match Arc::clone(&permits).try_acquire_owned() {
-                Ok(p) if !*stop.borrow() => p,
+                Ok(p) if !stopped(&stop) => p,
                 // Stopping (or out of permits, which the count above rules out): back to the
                 // inbox at once.
                 _ => {
@@ -885,40 +1062,117 @@ async fn dispatch(shared: Arc<Shared>, queue: String, mut stop: watch::Receiver<
                     continue;
                 }
             };
-            hand_out(&shared, &store, &queue, m, receipt, permit).await;
+            if !hand_out(&shared, &store, &queue, &meta, &m.payload, receipt, permit) {
+                park(&store, &queue, &mut parked, m.id, receipt, meta).await;
+            }
         }
     }
 }
 
-async fn hand_out(
+/// Keeps a record nobody local wants: its lease is extended and it is remembered; when the
+/// parked set is full, it goes back to the inbox for [`PARK_DELAY`] instead.
+async fn park(
+    store: &Store,
+    queue: &str,
+    parked: &mut VecDeque<Parked>,
+    id: u64,
+    receipt: Receipt,
+    meta: InboxMeta,
+) {
+    if parked.len() >= PARKED_MAX {
+        release(store, queue, receipt, PARK_DELAY).await;
+        return;
+    }
+    let (s, q) = (store.clone(), queue.to_owned());
+    match blocking(move || s.extend(&q, receipt, PARK_VISIBILITY)).await {
+        Ok(_) => parked.push_back(Parked {
+            id,
+            receipt,
+            meta,
+            renew_at: tokio::time::Instant::now() + PARK_VISIBILITY / 2,
+        }),
+        Err(e) => {
+            tracing::debug!(%queue, error = %e, "cannot park an inbox record; its lease expires instead");
+        }
+    }
+}
+
+/// Extends the leases of parked records that are due (a lost lease: the record is forgotten
+/// here, and the next lease returns it).
+async fn renew(store: &Store, queue: &str, parked: &mut VecDeque<Parked>) {
+    let now = tokio::time::Instant::now();
+    let mut kept = VecDeque::with_capacity(parked.len());
+    for mut p in parked.drain(..) {
+        if p.renew_at <= now {
+            let (s, q, r) = (store.clone(), queue.to_owned(), p.receipt);
+            if blocking(move || s.extend(&q, r, PARK_VISIBILITY))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            p.renew_at = now + PARK_VISIBILITY / 2;
+        }
+        kept.push_back(p);
+    }
+    *parked = kept;
+}
+
+/// After a local SUBSCRIBE: hands out the parked records it (or any) now matches, in order.
+async fn unpark(
     shared: &Shared,
     store: &Store,
     queue: &str,
-    m: Message,
-    receipt: Receipt,
-    permit: OwnedSemaphorePermit,
+    permits: &Arc<Semaphore>,
+    parked: &mut VecDeque<Parked>,
 ) {
-    let topic = m.subject.clone().unwrap_or_default();
-    let header = |k: &str| {
-        m.headers
-            .iter()
-            .find(|(h, _)| h == k)
-            .and_then(|(_, v)| v.first().copied())
-    };
-    let qos = header(INBOX_HEADER_QOS)
-        .and_then(QoS::from_u8)
-        .unwrap_or(QoS::AtLeastOnce);
-    let retain = header(INBOX_HEADER_RETAIN) == Some(1);
-    let targets: Vec<(QoS, mpsc::UnboundedSender<Downlink>)> = lock(&shared.registry)
+    let mut kept = VecDeque::with_capacity(parked.len());
+    for p in parked.drain(..) {
+        if targets(shared, &p.meta).is_empty() {
+            kept.push_back(p);
+            continue;
+        }
+        let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+            // Out of slots: left parked; the next SUBSCRIBE or restart retries it.
+            kept.push_back(p);
+            continue;
+        };
+        let (s, q, id) = (store.clone(), queue.to_owned(), p.id);
+        let Ok(m) = blocking(move || s.get(&q, id)).await else {
+            // Gone (expired by the inbox's retention, purged): nothing to deliver.
+            continue;
+        };
+        if !hand_out(shared, store, queue, &p.meta, &m.payload, p.receipt, permit) {
+            kept.push_back(p);
+        }
+    }
+    *parked = kept;
+}
+
+/// The local connections a record goes to, with the QoS for each.
+fn targets(shared: &Shared, meta: &InboxMeta) -> Vec<(QoS, mpsc::UnboundedSender<Downlink>)> {
+    lock(&shared.registry)
         .values()
         .filter_map(|e| {
-            conn::delivery_qos(&e.subscriptions, &topic, qos).map(|q| (q, e.tx.clone()))
+            conn::delivery_qos(&e.subscriptions, &meta.topic, meta.qos).map(|q| (q, e.tx.clone()))
         })
-        .collect();
+        .collect()
+}
+
+/// Hands a leased record to every matching local connection; `false` (and nothing done) when
+/// none matches.
+fn hand_out(
+    shared: &Shared,
+    store: &Store,
+    queue: &str,
+    meta: &InboxMeta,
+    payload: &Bytes,
+    receipt: Receipt,
+    permit: OwnedSemaphorePermit,
+) -> bool {
+    let targets = targets(shared, meta);
     if targets.is_empty() {
-        // Nobody local wants it yet: keep it for a subscriber that comes later.
-        release(store, queue, receipt, PARK_DELAY).await;
-        return;
+        return false;
     }
     let pending = Arc::new(Pending {
         store: store.clone(),
@@ -931,14 +1185,15 @@ async fn hand_out(
     });
     for (qos, tx) in targets {
         let d = Downlink {
-            topic: topic.clone(),
-            payload: m.payload.clone(),
+            topic: meta.topic.clone(),
+            payload: payload.clone(),
             qos,
-            retain,
+            retain: meta.retain,
             pending: Arc::clone(&pending),
         };
         if let Err(mpsc::error::SendError(d)) = tx.send(d) {
             d.pending.complete(false);
         }
     }
+    true
 }

@@ -12,7 +12,10 @@
 //!
 //! The contract of the session (what goes in, what comes out, what the caller must persist
 //! before it continues, and why), the outbox's design and the event loop are in
-//! `docs/mqtt.md`. The agent (local listener, config, HTTP) will be built on [`Client`].
+//! `docs/mqtt.md`.
+//! - [`Ingress`] ([`ingress`]): the agent's local MQTT listener, built on [`Client`]: a local
+//!   PUBLISH is acked only once it is durable in the outbox; upstream subscriptions are written
+//!   to durable inbox queues before the broker is acked, then delivered to local subscribers.
 //!
 //! Architecture invariants of this crate:
 //! - **The session does no I/O and reads no clock.** Every input carries `now`; outputs are

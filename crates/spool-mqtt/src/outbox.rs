@@ -20,6 +20,7 @@
 //!   (expired in the session, dead-lettered, malformed).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -352,14 +353,27 @@ impl Outbox {
         msg: &OutMessage,
         user_properties: &[(String, String)],
     ) -> Result<u64, OutboxError> {
+        Outbox::push_start(store, max_payload, msg, user_properties)?.await
+    }
+
+    /// Enters `msg` in the outbox now (its place in the order is taken by this call) and
+    /// returns a future that resolves once it is durable. Several calls made one after the
+    /// other keep their order even when their futures are awaited together, and share the
+    /// store's group commit: the local ingress pipelines a connection's PUBLISHes this way.
+    pub fn push_start(
+        store: &Store,
+        max_payload: usize,
+        msg: &OutMessage,
+        user_properties: &[(String, String)],
+    ) -> Result<impl Future<Output = Result<u64, OutboxError>> + Send + 'static, OutboxError> {
         let push = msg.to_push(max_payload, user_properties)?;
-        let ids = store
-            .push_async(OUTBOX_QUEUE, push)
-            .await
-            .map_err(from_engine)?;
-        ids.first()
-            .copied()
-            .ok_or(OutboxError::Store(EngineError::EmptyBatch))
+        let committed = store.push_async(OUTBOX_QUEUE, push);
+        Ok(async move {
+            let ids = committed.await.map_err(from_engine)?;
+            ids.first()
+                .copied()
+                .ok_or(OutboxError::Store(EngineError::EmptyBatch))
+        })
     }
 
     /// The largest payload accepted.

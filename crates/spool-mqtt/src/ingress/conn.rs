@@ -6,7 +6,7 @@
 //! is only produced by [`Conn::stored`], which the task calls once the store said the record
 //! is durable. The machine does no I/O, reads no clock and touches no store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::outbox::OutMessage;
@@ -113,8 +113,11 @@ pub(crate) struct Conn {
     protocol: Protocol,
     phase: Phase,
     keep_alive_s: u16,
-    /// QoS 2 packet ids stored and PUBREC'd, awaiting PUBREL: a resend is not stored again.
-    awaiting_pubrel: HashSet<u16>,
+    /// MQTT 5: how many QoS 1/2 downlink publications the client takes at once.
+    receive_maximum: u16,
+    /// QoS 2 packet ids being stored (`false`) or stored and PUBREC'd, awaiting PUBREL
+    /// (`true`): a resend is not stored again.
+    qos2_in: HashMap<u16, bool>,
     /// Local subscriptions: filter -> granted QoS.
     subscriptions: Vec<(String, QoS)>,
     /// Downlink publications awaiting PUBACK/PUBREC/PUBCOMP, by packet id.
@@ -131,7 +134,8 @@ impl Conn {
             protocol,
             phase: Phase::AwaitConnect,
             keep_alive_s: 0,
-            awaiting_pubrel: HashSet::new(),
+            receive_maximum: u16::MAX,
+            qos2_in: HashMap::new(),
             subscriptions: Vec::new(),
             outgoing: HashMap::new(),
             next_packet_id: 1,
@@ -187,6 +191,8 @@ impl Conn {
             ack.maximum_packet_bytes = Some(self.settings.max_packet_bytes);
         }
         self.keep_alive_s = c.keep_alive_s;
+        // 0 is a protocol error; taken as "no limit" rather than "never send".
+        self.receive_maximum = c.receive_maximum.filter(|n| *n > 0).unwrap_or(u16::MAX);
         self.phase = Phase::Connected;
         vec![ConnAction::Send(Packet::ConnAck(ack))]
     }
@@ -195,7 +201,12 @@ impl Conn {
         match packet {
             Packet::Publish(p) => self.publish(p),
             Packet::PubRel(a) => {
-                let known = self.awaiting_pubrel.remove(&a.packet_id);
+                // Only a stored id is released (PUBREL before our PUBREC is a client bug: the
+                // id stays until its store finishes).
+                let known = self.qos2_in.get(&a.packet_id) == Some(&true);
+                if known {
+                    self.qos2_in.remove(&a.packet_id);
+                }
                 let mut comp = Ack::success(a.packet_id);
                 if !known && self.protocol == Protocol::V5 {
                     comp.reason = reason::PACKET_ID_NOT_FOUND;
@@ -252,9 +263,18 @@ impl Conn {
             }
             return self.close(CloseReason::InvalidTopic, TOPIC_NAME_INVALID);
         }
-        if p.qos == QoS::ExactlyOnce && self.awaiting_pubrel.contains(&p.packet_id) {
-            // The same QoS 2 message again (DUP) before PUBREL: it is stored already.
-            return vec![ConnAction::Send(Packet::PubRec(Ack::success(p.packet_id)))];
+        if p.qos == QoS::ExactlyOnce {
+            match self.qos2_in.get(&p.packet_id) {
+                // The same QoS 2 message again (DUP) before PUBREL: it is stored already.
+                Some(true) => {
+                    return vec![ConnAction::Send(Packet::PubRec(Ack::success(p.packet_id)))];
+                }
+                // Its store is still running: the PUBREC that follows it answers both.
+                Some(false) => return Vec::new(),
+                None => {
+                    self.qos2_in.insert(p.packet_id, false);
+                }
+            }
         }
         // The priority property is ours: read (the last one wins) and not sent upstream.
         let mut priority = self.settings.default_priority;
@@ -308,12 +328,16 @@ impl Conn {
                 )))]
             }
             (QoS::ExactlyOnce, Ok(())) => {
-                self.awaiting_pubrel.insert(then.packet_id);
+                self.qos2_in.insert(then.packet_id, true);
                 vec![ConnAction::Send(Packet::PubRec(Ack::success(
                     then.packet_id,
                 )))]
             }
             (qos, Err(failure)) => {
+                if qos == QoS::ExactlyOnce {
+                    // A refused QoS 2 exchange ends here: a resend is a new attempt.
+                    self.qos2_in.remove(&then.packet_id);
+                }
                 if self.protocol == Protocol::V311 {
                     // A 3.1.1 PUBACK cannot refuse: close without acking, the client resends.
                     self.phase = Phase::Closed;
@@ -379,6 +403,12 @@ impl Conn {
     /// A downlink message for this client, at the QoS [`Conn::delivery_qos`] gave. Returns
     /// the PUBLISH to write (and, for QoS 0, that the delivery is complete once written);
     /// `None` when every packet id is in use (the caller retries later).
+    /// Whether a downlink publication at `qos` can be sent now: QoS 0 always; QoS 1/2 while
+    /// fewer than the client's Receive Maximum (MQTT 5) are awaiting its acknowledgement.
+    pub(crate) fn can_deliver(&self, qos: QoS) -> bool {
+        qos == QoS::AtMostOnce || self.outgoing.len() < usize::from(self.receive_maximum)
+    }
+
     pub(crate) fn deliver(
         &mut self,
         token: u64,
@@ -518,6 +548,7 @@ mod tests {
     use super::*;
     use crate::packet::{Codec, SubscribeFilter};
     use bytes::{Bytes, BytesMut};
+    use std::collections::HashSet;
 
     fn settings() -> ConnSettings {
         ConnSettings {
@@ -588,6 +619,14 @@ mod tests {
     fn a_qos2_resend_before_pubrel_is_not_stored_twice() {
         let mut c = connected(Protocol::V311);
         let (_, then) = store_of(c.handle(publish(QoS::ExactlyOnce, 9, false)));
+        // Resent while its store runs: nothing (the PUBREC after the store answers both), and
+        // a PUBREL that comes too early does not forget the id.
+        assert!(c.handle(publish(QoS::ExactlyOnce, 9, true)).is_empty());
+        let out = c.handle(Packet::PubRel(Ack::success(9)));
+        assert!(matches!(
+            out.as_slice(),
+            [ConnAction::Send(Packet::PubComp(_))]
+        ));
         let out = c.stored(then, Ok(()));
         assert!(
             matches!(out.as_slice(), [ConnAction::Send(Packet::PubRec(a))] if a.packet_id == 9)
@@ -746,6 +785,33 @@ mod tests {
     }
 
     #[test]
+    fn downlink_respects_the_clients_receive_maximum() {
+        let mut c = Conn::new(Protocol::V5, settings(), 1);
+        c.handle(Packet::Connect(Connect {
+            protocol: Protocol::V5,
+            client_id: "r".into(),
+            keep_alive_s: 0,
+            clean_start: true,
+            session_expiry_s: None,
+            receive_maximum: Some(1),
+            username: None,
+            password: None,
+        }));
+        assert!(c.can_deliver(QoS::AtLeastOnce));
+        let out = c
+            .deliver(1, "t".into(), Bytes::new(), QoS::AtLeastOnce, false)
+            .unwrap();
+        let [ConnAction::Send(Packet::Publish(p))] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        assert!(!c.can_deliver(QoS::AtLeastOnce));
+        assert!(c.can_deliver(QoS::AtMostOnce));
+        let id = p.packet_id;
+        c.handle(Packet::PubAck(Ack::success(id)));
+        assert!(c.can_deliver(QoS::ExactlyOnce));
+    }
+
+    #[test]
     fn the_protocol_is_read_from_the_connect() {
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut buf = BytesMut::new();
@@ -772,5 +838,115 @@ mod tests {
         assert_eq!(sniff_protocol(&[0x30, 0]), Err(SniffError::NotConnect));
         let v31 = [0x10, 0x10, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
         assert_eq!(sniff_protocol(&v31), Err(SniffError::UnsupportedVersion));
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::VecDeque;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Publish {
+                qos: u8,
+                id: u16,
+                dup: bool,
+            },
+            PubRel(u16),
+            /// Finish the oldest running store (in order, as the task does), ok or not.
+            Finish(bool),
+            Ping,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..3, 1u16..4, any::<bool>()).prop_map(|(qos, id, dup)| Op::Publish {
+                    qos,
+                    id,
+                    dup
+                }),
+                (1u16..4).prop_map(Op::PubRel),
+                any::<bool>().prop_map(Op::Finish),
+                Just(Op::Ping),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+            /// Whatever the client sends and however stores end: a successful PUBACK/PUBREC
+            /// for an id only follows a successful store of that id (or repeats the PUBREC of
+            /// a stored QoS 2 id not yet released), and a QoS 2 id is stored at most once
+            /// between its PUBRELs.
+            #[test]
+            fn acks_follow_durable_stores(
+                v5 in any::<bool>(),
+                ops in proptest::collection::vec(op(), 1..60),
+            ) {
+                let protocol = if v5 { Protocol::V5 } else { Protocol::V311 };
+                let mut c = connected(protocol);
+                let mut running: VecDeque<AfterStore> = VecDeque::new();
+                // QoS 2 ids stored and not released (model).
+                let mut held: HashSet<u16> = HashSet::new();
+                // Successful stores per QoS 2 id since its last release.
+                let mut stores2: HashMap<u16, u32> = HashMap::new();
+                let mut closed = false;
+                for op in ops {
+                    if closed {
+                        break;
+                    }
+                    let (out, finished) = match op {
+                        Op::Publish { qos, id, dup } => {
+                            let qos = QoS::from_u8(qos).unwrap();
+                            let id = if qos == QoS::AtMostOnce { 0 } else { id };
+                            (c.handle(publish(qos, id, dup)), None)
+                        }
+                        Op::PubRel(id) => {
+                            let out = c.handle(Packet::PubRel(Ack::success(id)));
+                            if held.remove(&id) {
+                                stores2.remove(&id);
+                            }
+                            (out, None)
+                        }
+                        Op::Finish(ok) => match running.pop_front() {
+                            Some(then) => {
+                                let r = if ok { Ok(()) } else { Err(StoreFailure::Quota) };
+                                (c.stored(then, r), Some((then, ok)))
+                            }
+                            None => (Vec::new(), None),
+                        },
+                        Op::Ping => (c.handle(Packet::PingReq), None),
+                    };
+                    if let Some((then, true)) = finished {
+                        if then.qos == QoS::ExactlyOnce {
+                            let n = stores2.entry(then.packet_id).or_default();
+                            *n += 1;
+                            prop_assert!(*n <= 1, "QoS 2 id {} stored twice", then.packet_id);
+                            held.insert(then.packet_id);
+                        }
+                    }
+                    for a in out {
+                        match a {
+                            ConnAction::Store { then, .. } => running.push_back(then),
+                            ConnAction::Send(Packet::PubAck(a)) if a.reason == 0 => {
+                                prop_assert!(
+                                    matches!(finished, Some((t, true)) if t.packet_id == a.packet_id),
+                                    "PUBACK {} without its store", a.packet_id
+                                );
+                            }
+                            ConnAction::Send(Packet::PubRec(a)) if a.reason == 0 => {
+                                let just_stored = matches!(finished, Some((t, true)) if t.packet_id == a.packet_id);
+                                prop_assert!(
+                                    just_stored || held.contains(&a.packet_id),
+                                    "PUBREC {} without its store", a.packet_id
+                                );
+                            }
+                            ConnAction::Close(_) => closed = true,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
     }
 }

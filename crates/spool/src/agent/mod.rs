@@ -40,6 +40,9 @@ use crate::config::AgentConfig;
 /// `spool publish` writing straight into the store while no agent ran holds it for a few
 /// milliseconds; a second agent holds it for ever and gets a clear error after this).
 pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long the HTTP endpoint may take to close its connections at stop (an idle keep-alive
+/// connection of a scraper would otherwise hold the exit).
+const HTTP_STOP_WAIT: Duration = Duration::from_secs(2);
 /// How often the store is tried again within [`STORE_LOCK_WAIT`].
 const STORE_LOCK_RETRY: Duration = Duration::from_millis(100);
 
@@ -258,7 +261,14 @@ impl Agent {
         }
         if let Some(h) = self.http.take() {
             let _ = h.stop.send(());
-            let _ = h.task.await;
+            // A graceful stop waits for open connections (a scraper's keep-alive): bounded.
+            let mut task = h.task;
+            if tokio::time::timeout(HTTP_STOP_WAIT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         self.watcher.abort();
         stopped

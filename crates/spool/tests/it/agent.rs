@@ -321,6 +321,9 @@ fn health_metrics_and_stats_and_readiness_follow_the_broker() {
     let (_, body) = get(setup.http, "/metrics").expect("/metrics");
     assert!(!body.contains("spool_mqtt_reconnects_total 0\n"), "{body}");
 
+    // A scraper's idle keep-alive connection does not hold the exit.
+    let mut idle = TcpStream::connect(setup.http).expect("connect");
+    write!(idle, "GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     agent.signal(15);
     let status = agent.wait_exit();
     assert!(status.success(), "{status}:\n{}", setup.log());

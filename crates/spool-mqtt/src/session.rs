@@ -1705,21 +1705,9 @@ impl Session {
         if self.state == ConnectionState::Closed {
             return Ok(out);
         }
-        // Records that waited (offline, or behind the window) past their TTL.
-        let expired: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| !s.written && s.record.expires_at.is_some_and(|t| t <= now))
-            .map(|(&ord, _)| ord)
-            .collect();
-        for ord in expired {
-            if let Some(slot) = self.remove_slot(ord) {
-                self.stats.expired += 1;
-                out.push(Action::Expired {
-                    seq: slot.record.seq,
-                });
-            }
-        }
+        // The timeouts first: an error returns no actions, so nothing may be decided before
+        // it (an expiry taken out of the slots and dropped with the error would leave its
+        // record leased in the store until the next restart).
         match self.state {
             ConnectionState::Connecting => {
                 if let Some(t) = self.connect_sent_at {
@@ -1737,19 +1725,39 @@ impl Session {
                             timeout_ms: self.config.ping_timeout.as_millis() as u64,
                         }));
                     }
-                } else {
-                    let idle_since = match (self.last_write, self.last_read) {
-                        (Some(w), Some(r)) => w.min(r),
-                        (Some(t), None) | (None, Some(t)) => t,
-                        (None, None) => now,
-                    };
-                    if now.saturating_duration_since(idle_since) >= self.keep_alive {
-                        self.ping_sent_at = Some(now);
-                        self.send(&mut out, now, Packet::PingReq);
-                    }
                 }
             }
             _ => {}
+        }
+        // Records that waited (offline, or behind the window) past their TTL.
+        let expired: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.written && s.record.expires_at.is_some_and(|t| t <= now))
+            .map(|(&ord, _)| ord)
+            .collect();
+        for ord in expired {
+            if let Some(slot) = self.remove_slot(ord) {
+                self.stats.expired += 1;
+                out.push(Action::Expired {
+                    seq: slot.record.seq,
+                });
+            }
+        }
+        // Keep alive: a PINGREQ when the link was idle that long.
+        if self.state == ConnectionState::Connected
+            && !self.keep_alive.is_zero()
+            && self.ping_sent_at.is_none()
+        {
+            let idle_since = match (self.last_write, self.last_read) {
+                (Some(w), Some(r)) => w.min(r),
+                (Some(t), None) | (None, Some(t)) => t,
+                (None, None) => now,
+            };
+            if now.saturating_duration_since(idle_since) >= self.keep_alive {
+                self.ping_sent_at = Some(now);
+                self.send(&mut out, now, Packet::PingReq);
+            }
         }
         Ok(out)
     }

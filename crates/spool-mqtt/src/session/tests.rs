@@ -1236,6 +1236,29 @@ fn no_connack_in_time_is_an_error() {
     assert_eq!(s.state(), ConnectionState::Disconnected);
 }
 
+#[test]
+fn a_timeout_in_the_same_tick_as_an_expiry_does_not_lose_the_expiry() {
+    // Regression: the expiry was decided (its slot removed) and then dropped with the
+    // timeout's error: the record stayed leased in the store until the next restart.
+    let c = Clock::new();
+    let mut s = Session::new(config(V5)).unwrap();
+    let mut r = record(7, QoS::AtLeastOnce);
+    r.expires_at = Some(c.at(5_000));
+    offer(&mut s, r, c.at(0));
+    let _ = s.connect(c.at(0));
+    // Both are due at 10 s: the CONNACK timeout wins, and the record is still there...
+    assert_eq!(
+        s.handle_tick(c.at(10_000)).unwrap_err(),
+        Error::ConnAckTimeout { timeout_ms: 10_000 }
+    );
+    // ...to be reported expired by the next tick.
+    assert_eq!(
+        s.handle_tick(c.at(10_001)).unwrap(),
+        vec![Action::Expired { seq: 7 }]
+    );
+    assert_eq!(s.stats().expired, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Subscriptions
 

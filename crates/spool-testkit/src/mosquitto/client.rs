@@ -449,31 +449,33 @@ enum SubEvent {
 fn parse_sub_output(stdout: impl Read, mut on_event: impl FnMut(SubEvent)) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
-    // Announced by a PUBLISH line, its "TOPIC PAYLOAD" line not read yet.
-    let mut pending: Option<(String, usize)> = None;
+    // Announced by PUBLISH lines, their "TOPIC PAYLOAD" lines not read yet (at QoS 2 several
+    // PUBLISHes can come before the first message is printed, at its PUBREL).
+    let mut pending: std::collections::VecDeque<(String, usize)> =
+        std::collections::VecDeque::new();
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if let Some((topic, len)) = pending.take() {
+        let announced = pending.iter().position(|(topic, _)| {
+            line.starts_with(topic.as_bytes()) && line.get(topic.len()) == Some(&b' ')
+        });
+        if let Some((topic, len)) = announced.and_then(|i| pending.remove(i)) {
             let prefix = topic.len() + 1;
-            if line.starts_with(topic.as_bytes()) && line.get(topic.len()) == Some(&b' ') {
-                // "TOPIC " + N payload bytes + "\n"; the payload may hold newlines.
-                let total = prefix + len + 1;
-                if line.len() < total {
-                    let have = line.len();
-                    line.resize(total, 0);
-                    if reader.read_exact(&mut line[have..]).is_err() {
-                        return;
-                    }
+            // "TOPIC " + N payload bytes + "\n"; the payload may hold newlines.
+            let total = prefix + len + 1;
+            if line.len() < total {
+                let have = line.len();
+                line.resize(total, 0);
+                if reader.read_exact(&mut line[have..]).is_err() {
+                    return;
                 }
-                let payload = line[prefix..prefix + len].to_vec();
-                on_event(SubEvent::Message((topic, payload)));
-                continue;
             }
-            pending = Some((topic, len));
+            let payload = line[prefix..prefix + len].to_vec();
+            on_event(SubEvent::Message((topic, payload)));
+            continue;
         }
         let text = String::from_utf8_lossy(&line);
         if !text.starts_with("Client ") {
@@ -485,7 +487,7 @@ fn parse_sub_output(stdout: impl Read, mut on_event: impl FnMut(SubEvent)) {
         } else if text.ends_with(" received SUBACK") {
             on_event(SubEvent::Subscribed);
         } else if let Some(announced) = parse_publish_line(text) {
-            pending = Some(announced);
+            pending.push_back(announced);
         }
     }
 }
@@ -620,6 +622,30 @@ mod tests {
             });
         });
         assert_eq!(events, ["connect", "suback", "a/b=x\ny z", "c=", "connect"]);
+    }
+
+    #[test]
+    fn qos2_messages_announced_before_they_are_printed_are_all_kept() {
+        // At QoS 2 mosquitto_sub prints a message at its PUBREL: several PUBLISH lines can
+        // come first.
+        let output: &[u8] =
+            b"Client (null) received PUBLISH (d0, q2, r0, m1, 't', ... (2 bytes))\n\
+            Client (null) sending PUBREC (m1, rc0)\n\
+            Client (null) received PUBLISH (d0, q2, r0, m2, 't', ... (3 bytes))\n\
+            Client (null) sending PUBREC (m2, rc0)\n\
+            Client (null) received PUBREL (m1)\n\
+            t m1\n\
+            Client (null) sending PUBCOMP (m1)\n\
+            Client (null) received PUBREL (m2)\n\
+            t m22\n\
+            Client (null) sending PUBCOMP (m2)\n";
+        let mut got = Vec::new();
+        parse_sub_output(output, |e| {
+            if let SubEvent::Message((t, p)) = e {
+                got.push(format!("{t}={}", String::from_utf8_lossy(&p)));
+            }
+        });
+        assert_eq!(got, ["t=m1", "t=m22"]);
     }
 
     #[test]

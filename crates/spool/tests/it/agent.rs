@@ -812,17 +812,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 /// every acknowledged message arrives, and none twice. The producer is `mosquitto_pub -q 2`,
 /// which does not retry a publish whose connection broke, so a second copy could only come
 /// from the agent's side (a QoS 2 transaction restarted as a new message).
-///
-/// Ignored: it finds a loss in about one run in three (run it with `--ignored`; the seed is
-/// printed). Duplicates never showed, but 1 to 47 acknowledged messages of ~400 never reach the
-/// broker: the outbox's `pushed` counter equals the acknowledged count (each was stored once),
-/// the outbox ends empty, and the broker's log shows every PUBLISH it received delivered to the
-/// subscriber. So records leave the outbox without being sent, which points at the QoS 2
-/// restore after a restart (`Outbox::recover` attaching progress to a record, or the session
-/// completing a restored transaction with PUBREL for a record never PUBLISHed), not at the
-/// agent or the listener. The QoS 1 test above never failed.
 #[test]
-#[ignore = "finds a QoS 2 loss after SIGKILL in spool-mqtt's outbox/session restore (see the doc comment)"]
 fn sigkill_at_qos_2_with_the_session_kept_delivers_each_message_once() {
     let seed = seed();
     let mut rng = Rng(seed);

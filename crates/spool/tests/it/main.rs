@@ -1,5 +1,6 @@
 //! End-to-end tests of the `spool` binary (one integration binary per crate).
 
+mod bench_mqtt;
 mod cli;
 mod config;
 mod inspect;

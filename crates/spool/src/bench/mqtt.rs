@@ -8,7 +8,9 @@
 //! fast subscriber never loses one) and one subscriber (rumqttc, QoS 1 on `bench/#`) which
 //! counts every distinct message it receives by the index carried in the first 8 bytes of the
 //! payload. Throughput is end to end: from the first publish until the subscriber holds every
-//! message *and* the publisher has every PUBACK.
+//! message *and* the publisher has every PUBACK. Scenarios 1, 2 and 4 run in rounds (three in
+//! the full run, one in `--quick`), interleaved, and each figure is the median of its rounds:
+//! on a shared machine the load moves between runs of a second or two.
 //!
 //! 1. **Bare rumqttc** (`AsyncClient`, MQTT 3.1.1, QoS 1, no persistence): N messages of 100 B
 //!    pipelined through its in-flight window (set to the spool client's window). The baseline.
@@ -98,6 +100,9 @@ pub struct MqttConfig {
     pub publishers: usize,
     /// In-flight window of both clients.
     pub window: u16,
+    /// Rounds of the throughput scenarios (rumqttc, spool live, drain); each figure is the
+    /// median of its rounds.
+    pub rounds: usize,
     /// Messages of the latency scenario, published at `latency_rate` per second.
     pub latency_messages: u64,
     pub latency_rate: u32,
@@ -123,6 +128,7 @@ impl MqttConfig {
             payload_size: 100,
             messages: 100_000,
             publishers: 64,
+            rounds: 3,
             window: spool_mqtt::session::WINDOW_DEFAULT,
             latency_messages: 500,
             latency_rate: 100,
@@ -139,6 +145,7 @@ impl MqttConfig {
     pub fn quick() -> Self {
         MqttConfig {
             messages: 2_000,
+            rounds: 1,
             latency_messages: 20,
             drain_messages: 2_000,
             backlog_messages: 100_000,
@@ -201,64 +208,114 @@ async fn run_scenarios(dir: &Path, cfg: &MqttConfig, exe: &Path) -> Result<Repor
     describe(&mut report, dir, cfg, &broker);
     let sub = Subscriber::start(broker.port, cfg.timeout).await?;
 
-    progress("bare rumqttc");
-    let bare = bare_rumqttc(broker.port, cfg, &sub)
-        .await
-        .context("bare rumqttc")?;
+    // The throughput scenarios run in rounds (rumqttc, spool live, drain, then again), and
+    // each figure is the median of its rounds: on a shared machine the load moves between
+    // runs of a second or two, and interleaving spreads it over all three alike.
+    let (mut bare, mut live, mut drains) = (Vec::new(), Vec::new(), Vec::new());
+    let mut latency_ms = None;
+    for round in 0..cfg.rounds.max(1) {
+        progress(&format!("round {}: bare rumqttc", round + 1));
+        bare.push(
+            bare_rumqttc(broker.port, cfg, &sub, round)
+                .await
+                .context("bare rumqttc")?
+                .rate(cfg.messages),
+        );
+
+        progress(&format!("round {}: spool client, live", round + 1));
+        let live_dir = dir.join("live");
+        let id = format!("spool-bench-live-{round}");
+        let client = start_client(&live_dir, broker.port, cfg, &id).await?;
+        wait_connected(&client, cfg.timeout).await?;
+        let topic = format!("bench/spool/{round}");
+        live.push(
+            spool_throughput(&client, &topic, cfg.messages, cfg, &sub)
+                .await
+                .context("spool client throughput")?,
+        );
+        if round == 0 {
+            progress("spool client, latency at 100 msg/s");
+            let lat = latency(&client, cfg, &sub).await.context("latency")?;
+            latency_ms = Some(lat);
+        }
+        client.shutdown(Duration::from_secs(10)).await;
+        drop(client);
+        let _ = std::fs::remove_dir_all(&live_dir);
+
+        progress(&format!(
+            "round {}: backlog drain after an outage",
+            round + 1
+        ));
+        drains.push(
+            backlog_drain(&mut broker, dir, cfg, &sub, round)
+                .await
+                .context("backlog drain")?,
+        );
+    }
+    // The median of some rounds: its index and a note listing every round.
+    let rounds = |rates: &[f64]| {
+        let mut order: Vec<usize> = (0..rates.len()).collect();
+        order.sort_by(|&a, &b| rates[a].total_cmp(&rates[b]));
+        let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        (
+            order[(order.len() - 1) / 2],
+            format!("median of {} rounds: {}", rates.len(), shown.join(", ")),
+        )
+    };
+
+    let (median, bare_rounds) = rounds(&bare);
+    let bare_rate = bare[median];
     report.add(
-        Figure::new(names::RUMQTTC, bare.rate(cfg.messages), "msg/s").note(format!(
+        Figure::new(names::RUMQTTC, bare_rate, "msg/s").note(format!(
             "{} msgs of {} B, in-flight window {}, one publishing task; until every PUBACK and \
-             every delivery",
+             every delivery; {bare_rounds}",
             cfg.messages, cfg.payload_size, cfg.window
         )),
     );
 
-    progress("spool client, live");
-    let live_dir = dir.join("live");
-    let client = start_client(&live_dir, broker.port, cfg, "spool-bench-live").await?;
-    wait_connected(&client, cfg.timeout).await?;
-    let live = spool_throughput(&client, "bench/spool", cfg.messages, cfg, &sub)
-        .await
-        .context("spool client throughput")?;
-    let live_rate = live.end_to_end.rate(cfg.messages);
+    let live_rates: Vec<f64> = live
+        .iter()
+        .map(|l| l.end_to_end.rate(cfg.messages))
+        .collect();
+    let (median, live_rounds) = rounds(&live_rates);
+    let (live_rate, typical) = (live_rates[median], &live[median]);
     report.add(
         Figure::new(names::SPOOL, live_rate, "msg/s")
             .ratio_to(names::RUMQTTC)
             .target(Target::AtLeastRatio(0.5))
             .note(format!(
-                "same msgs, {} publishing tasks, Durability::Sync; every publish durable after \
-                 {:.2} s; every PUBACK after {:.2} s, every delivery after {:.2} s",
+                "same msgs, {} publishing tasks, Durability::Sync; {live_rounds}; in the median \
+                 round every publish was durable after {:.2} s, every PUBACK in after {:.2} s, \
+                 every delivery after {:.2} s",
                 cfg.publishers,
-                live.published.as_secs_f64(),
-                live.acked.as_secs_f64(),
-                live.delivered.as_secs_f64()
+                typical.published.as_secs_f64(),
+                typical.acked.as_secs_f64(),
+                typical.delivered.as_secs_f64()
             )),
     );
 
-    progress("spool client, latency at 100 msg/s");
-    let lat = latency(&client, cfg, &sub).await.context("latency")?;
-    client.shutdown(Duration::from_secs(10)).await;
-    drop(client);
-    let _ = std::fs::remove_dir_all(&live_dir);
-    let lat_note = format!(
-        "publish call to delivery at the subscriber (via the broker), {} msgs at {} msg/s",
-        cfg.latency_messages, cfg.latency_rate
-    );
-    report.add(Figure::new(names::LATENCY_P50, lat.0, "ms").note(lat_note.clone()));
-    report.add(Figure::new(names::LATENCY_P99, lat.1, "ms").note(lat_note));
+    if let Some((p50, p99)) = latency_ms {
+        let note = format!(
+            "publish call to delivery at the subscriber (via the broker), {} msgs at {} msg/s, \
+             one task per publish",
+            cfg.latency_messages, cfg.latency_rate
+        );
+        report.add(Figure::new(names::LATENCY_P50, p50, "ms").note(note.clone()));
+        report.add(Figure::new(names::LATENCY_P99, p99, "ms").note(note));
+    }
 
-    progress("backlog drain after an outage");
-    let drain = backlog_drain(&mut broker, dir, cfg, &sub)
-        .await
-        .context("backlog drain")?;
+    let drain_rates: Vec<f64> = drains.iter().map(|d| d.rate).collect();
+    let (median, drain_rounds) = rounds(&drain_rates);
+    let (drain_rate, drain) = (drain_rates[median], &drains[median]);
     report.add(
-        Figure::new(names::DRAIN, drain.rate, "msg/s")
+        Figure::new(names::DRAIN, drain_rate, "msg/s")
             .ratio_to(names::SPOOL)
             .target(Target::AtLeastRatio(0.8))
             .note(format!(
-                "{} msgs published while the broker was down ({:.0} msg/s into the outbox); \
-                 from the broker listening again until every PUBACK; reconnected after {:.0} \
-                 ms; the subscriber (reconnecting too) got {}",
+                "{} msgs published while the broker was down ({:.0} msg/s into the outbox), \
+                 then from the broker listening again until every PUBACK; {drain_rounds}; in \
+                 the median round the client reconnected after {:.0} ms and the subscriber \
+                 (reconnecting too) got {} of them",
                 cfg.drain_messages,
                 drain.offline_publish_rate,
                 drain.reconnect.as_secs_f64() * 1000.0,
@@ -381,10 +438,11 @@ fn describe(report: &mut Report, dir: &Path, cfg: &MqttConfig, broker: &Mosquitt
     report.context(
         "config",
         format!(
-            "payload {} B, {} msgs, window {}, {} publishing tasks, drain {} msgs, backlog {} \
-             msgs, MQTT 3.1.1 for every client, subscriber QoS 1",
+            "payload {} B, {} msgs, {} rounds, window {}, {} publishing tasks, drain {} msgs, \
+             backlog {} msgs, MQTT 3.1.1 for every client, subscriber QoS 1",
             cfg.payload_size,
             cfg.messages,
+            cfg.rounds,
             cfg.window,
             cfg.publishers,
             cfg.drain_messages,
@@ -737,9 +795,15 @@ fn record(tracks: &Tracks, topic: &str, payload: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-async fn bare_rumqttc(port: u16, cfg: &MqttConfig, sub: &Subscriber) -> Result<Elapsed> {
-    let topic = "bench/rumqttc";
-    let mut opts = rumqttc::MqttOptions::new("spool-bench-rumqttc", "127.0.0.1", port);
+async fn bare_rumqttc(
+    port: u16,
+    cfg: &MqttConfig,
+    sub: &Subscriber,
+    round: usize,
+) -> Result<Elapsed> {
+    let topic = format!("bench/rumqttc/{round}");
+    let mut opts =
+        rumqttc::MqttOptions::new(format!("spool-bench-rumqttc-{round}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
         .set_inflight(cfg.window);
@@ -758,7 +822,7 @@ async fn bare_rumqttc(port: u16, cfg: &MqttConfig, sub: &Subscriber) -> Result<E
     .map_err(|_| anyhow!("rumqttc: no CONNACK within {:?}", cfg.timeout))??;
 
     let n = cfg.messages;
-    let mut delivered = sub.expect(topic, n, None);
+    let mut delivered = sub.expect(&topic, n, None);
     let (acked_tx, mut acked_rx) = watch::channel(None::<Instant>);
     let events = tokio::spawn(async move {
         let mut acks = 0u64;
@@ -778,12 +842,12 @@ async fn bare_rumqttc(port: u16, cfg: &MqttConfig, sub: &Subscriber) -> Result<E
     let filler = payload(cfg.payload_size, 11);
     let start = Instant::now();
     let publisher = {
-        let client = client.clone();
+        let (client, topic) = (client.clone(), topic.clone());
         tokio::spawn(async move {
             for i in 0..n {
                 client
                     .publish(
-                        topic,
+                        topic.clone(),
                         rumqttc::QoS::AtLeastOnce,
                         false,
                         message(&filler, i, 0),
@@ -799,7 +863,7 @@ async fn bare_rumqttc(port: u16, cfg: &MqttConfig, sub: &Subscriber) -> Result<E
         .map_err(|_| anyhow!("rumqttc: not every PUBACK within {:?}", cfg.timeout))?
         .map_err(|_| anyhow!("rumqttc: its event loop ended before every PUBACK"))?
         .unwrap_or_else(Instant::now);
-    let last = sub.wait_all(topic, &mut delivered, n, None).await?;
+    let last = sub.wait_all(&topic, &mut delivered, n, None).await?;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), events).await;
     Ok(Elapsed(acked.max(last) - start))
@@ -962,11 +1026,14 @@ async fn backlog_drain(
     dir: &Path,
     cfg: &MqttConfig,
     sub: &Subscriber,
+    round: usize,
 ) -> Result<Drain> {
-    let topic = "bench/drain";
+    let topic = format!("bench/drain/{round}");
+    let topic = topic.as_str();
     let n = cfg.drain_messages;
     let store = dir.join("drain");
-    let client = start_client(&store, broker.port, cfg, "spool-bench-drain").await?;
+    let id = format!("spool-bench-drain-{round}");
+    let client = start_client(&store, broker.port, cfg, &id).await?;
     wait_connected(&client, cfg.timeout).await?;
     tokio::task::block_in_place(|| broker.stop());
     let _delivered = sub.expect(topic, n, None);

@@ -33,6 +33,7 @@
 
 pub mod baseline;
 pub mod engine;
+pub mod mqtt;
 pub mod procio;
 pub mod report;
 pub mod scale;

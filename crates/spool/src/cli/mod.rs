@@ -96,9 +96,16 @@ pub enum BenchCommand {
     /// against the log since the last checkpoint, disk use after compaction
     #[command(after_help = "Examples:\n  spool bench scale\n  spool bench scale --quick --json")]
     Scale(BenchArgs),
+    /// The MQTT client against a local Mosquitto: QoS 1 throughput through the durable
+    /// outbox against bare rumqttc, latency, backlog drain, memory, PersistMQ and robmqtt
+    #[command(after_help = "Examples:\n  spool bench mqtt\n  spool bench mqtt --quick --json")]
+    Mqtt(BenchArgs),
     /// (internal) Opens a store and prints the time and memory it took, as JSON
     #[command(hide = true)]
     ReopenProbe(crate::bench::scale::ProbeArgs),
+    /// (internal) Starts an MQTT client on a store and prints its start-up time and memory
+    #[command(hide = true)]
+    MqttProbe(crate::bench::mqtt::MqttProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +184,11 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Bench(BenchCommand::Scale(a)) => {
             crate::bench::scale::run_scale_command(cli.dir.as_deref(), a)
         }
+        Command::Bench(BenchCommand::Mqtt(a)) => {
+            crate::bench::mqtt::run_mqtt_command(cli.dir.as_deref(), a)
+        }
         Command::Bench(BenchCommand::ReopenProbe(a)) => crate::bench::scale::run_probe(a),
+        Command::Bench(BenchCommand::MqttProbe(a)) => crate::bench::mqtt::run_probe(a),
         Command::Inspect(c) => inspect::run(cli, c),
         Command::Config(c) => config::run(c),
         Command::Agent(a) => agent::run_agent(a),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `spool` binary (one integration binary per crate).
 
 mod agent;
+mod bench_mqtt;
 mod cli;
 mod config;
 mod inspect;

@@ -1198,7 +1198,17 @@ impl EventLoop {
     async fn wait_offline(&mut self, delay: Duration) -> bool {
         let until = after(delay);
         loop {
-            if let Err(e) = self.fill().await {
+            // In bulk mode records wait in the store while the link is down, so that the next
+            // connection leases the whole backlog at once and packs it (a lease per publish
+            // would hand the session one record at a time).
+            let filled = if self.outbox.bulk() {
+                self.outbox
+                    .check_waiting()
+                    .map_err(|e| ConnectionError::Store(e.to_string()))
+            } else {
+                self.fill().await
+            };
+            if let Err(e) = filled {
                 tracing::warn!("outbox: {e}");
             }
             let mut wake_at = until;
@@ -1570,7 +1580,8 @@ impl EventLoop {
                 Action::Expired { seq } => batch.expired.push(seq),
                 Action::PossibleDuplicate { seq, qos } => {
                     tracing::debug!(seq, ?qos, "possible duplicate");
-                    lock(&self.shared).possible_duplicates += 1;
+                    let n = self.outbox.record_count(&[seq]) as u64;
+                    lock(&self.shared).possible_duplicates += n;
                 }
                 Action::Connected { session_present } => {
                     {
@@ -1684,26 +1695,29 @@ impl EventLoop {
         self.progress_durable(batch).await?;
         if !batch.acked.is_empty() {
             let acked = std::mem::take(&mut batch.acked);
-            // Counted first: a reader that sees the store empty also sees the count.
-            lock(&self.shared).acked += acked.len() as u64;
+            // Counted first: a reader that sees the store empty also sees the count (a pack
+            // counts its records).
+            lock(&self.shared).acked += self.outbox.record_count(&acked) as u64;
             self.outbox.acked(&acked).await.map_err(store_err)?;
         }
         for seq in std::mem::take(&mut batch.expired) {
-            self.outbox.expired(seq).await.map_err(store_err)?;
-            lock(&self.shared).session_expired += 1;
-            tracing::debug!(seq, "record expired before it was sent");
-            let _ = self.events.send(Event::Dropped {
-                seq,
-                reason: DropReason::Expired,
-            });
+            for seq in self.outbox.expired(seq).await.map_err(store_err)? {
+                lock(&self.shared).session_expired += 1;
+                tracing::debug!(seq, "record expired before it was sent");
+                let _ = self.events.send(Event::Dropped {
+                    seq,
+                    reason: DropReason::Expired,
+                });
+            }
         }
         for (seq, reason) in std::mem::take(&mut batch.rejected) {
-            self.outbox.rejected(seq, reason).await.map_err(store_err)?;
-            lock(&self.shared).rejected_by_broker += 1;
-            let _ = self.events.send(Event::Dropped {
-                seq,
-                reason: DropReason::Rejected(reason),
-            });
+            for seq in self.outbox.rejected(seq, reason).await.map_err(store_err)? {
+                lock(&self.shared).rejected_by_broker += 1;
+                let _ = self.events.send(Event::Dropped {
+                    seq,
+                    reason: DropReason::Rejected(reason),
+                });
+            }
         }
         if self.outbox.stale_progress() >= TIDY_BATCH {
             self.outbox.tidy_in_background();

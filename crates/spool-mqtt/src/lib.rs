@@ -27,6 +27,7 @@
 //!   follows a progress record before it is durable.
 
 pub mod backoff;
+pub mod bulk;
 pub mod client;
 pub mod ingress;
 pub mod outbox;
@@ -35,6 +36,7 @@ pub mod session;
 pub mod topic;
 
 pub use backoff::Backoff;
+pub use bulk::{BulkConfig, BulkFormat, BulkWhen, BULK_PROPERTY};
 pub use client::{
     Client, ClientBuilder, ClientConfig, ClientError, ClientStats, ConnectionError, Delivery,
     DropCounts, DropReason, Event, LinkState, Subscription, TlsConfig,

@@ -29,6 +29,7 @@ use spool_engine::{
     Store,
 };
 
+use crate::bulk::{self, BulkConfig, BulkFormat, BulkWhen, Pack};
 use crate::packet::QoS;
 use crate::session::{OutRecord, Qos2Restore, Qos2State};
 use crate::topic::{validate_topic_name, TopicError};
@@ -65,6 +66,8 @@ const RECOVER_PAGE: usize = 1000;
 const PROGRESS_VERSION: u8 = 1;
 /// Bytes of a progress record: version, seq (u64 BE), packet id (u16 BE), stage.
 const PROGRESS_LEN: usize = 12;
+/// Version byte of the progress record of a pack (bulk mode), see [`encode_pack_progress`].
+const PROGRESS_VERSION_PACK: u8 = 2;
 
 /// The largest payload the outbox accepts by default: MQTT allows 256 MiB, an edge device's
 /// messages are small, and a record must stay below the engine's blob threshold (1 MiB) so it
@@ -87,6 +90,9 @@ pub struct OutboxConfig {
     /// Largest payload accepted. Default [`MAX_PAYLOAD_BYTES_DEFAULT`], at most
     /// [`MAX_PAYLOAD_BYTES_LIMIT`].
     pub max_payload_bytes: usize,
+    /// Bulk mode: consecutive records packed into one MQTT message ([`crate::bulk`]).
+    /// Default `None`: one record per message.
+    pub bulk: Option<BulkConfig>,
 }
 
 impl Default for OutboxConfig {
@@ -96,6 +102,7 @@ impl Default for OutboxConfig {
             max_bytes: 0,
             overflow: Overflow::Reject,
             max_payload_bytes: MAX_PAYLOAD_BYTES_DEFAULT,
+            bulk: None,
         }
     }
 }
@@ -297,6 +304,10 @@ pub struct Outbox {
     maybe_more: bool,
     /// A background deletion of stale progress records.
     tidying: Option<tokio::task::JoinHandle<()>>,
+    /// Bulk mode, when on.
+    bulk: Option<BulkConfig>,
+    /// The packs handed to the session, by their seq (their first member's).
+    packs: HashMap<u64, Pack>,
 }
 
 impl Outbox {
@@ -307,6 +318,9 @@ impl Outbox {
                 "max_payload_bytes {} is out of range: use 1 to {MAX_PAYLOAD_BYTES_LIMIT}",
                 config.max_payload_bytes
             )));
+        }
+        if let Some(b) = &config.bulk {
+            b.validate().map_err(OutboxError::Config)?;
         }
         let qc = config.queue_config();
         ensure_queue(&store, OUTBOX_QUEUE, qc)?;
@@ -327,6 +341,8 @@ impl Outbox {
             counters: OutboxCounters::default(),
             maybe_more: true,
             tidying: None,
+            bulk: config.bulk.clone(),
+            packs: HashMap::new(),
         })
     }
 
@@ -387,7 +403,7 @@ impl Outbox {
     pub fn recover(&mut self, now: Instant) -> Result<Recovered, OutboxError> {
         let mut out = Recovered::default();
         // 1. Progress: newest record per seq wins.
-        let mut progress: HashMap<u64, (u64, u16, Qos2State)> = HashMap::new();
+        let mut progress: HashMap<u64, Progress> = HashMap::new();
         let mut after = 0;
         loop {
             let page = self
@@ -397,11 +413,13 @@ impl Outbox {
             after = last.id;
             for m in &page {
                 match decode_progress(&m.payload) {
-                    Ok((seq, packet_id, state)) => {
+                    Ok(mut p) => {
+                        let seq = p.seq();
                         self.progress_ids.entry(seq).or_default().push(m.id);
-                        let newer = progress.get(&seq).is_none_or(|(id, _, _)| *id < m.id);
+                        let newer = progress.get(&seq).is_none_or(|q| q.id < m.id);
                         if newer {
-                            progress.insert(seq, (m.id, packet_id, state));
+                            p.id = m.id;
+                            progress.insert(seq, p);
                         }
                     }
                     Err(reason) => {
@@ -419,13 +437,20 @@ impl Outbox {
         let mut seqs: Vec<u64> = progress.keys().copied().collect();
         seqs.sort_unstable();
         for seq in seqs {
+            let Some(p) = progress.remove(&seq) else {
+                continue;
+            };
+            let (packet_id, state) = (p.packet_id, p.state);
+            if let Some((members, format, suffix)) = p.pack {
+                self.recover_pack(
+                    &members, format, &suffix, packet_id, state, now, now_ms, &mut out,
+                )?;
+                continue;
+            }
             let m = match self.store.get(OUTBOX_QUEUE, seq) {
                 Ok(m) => m,
                 Err(EngineError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
-            };
-            let Some((_, packet_id, state)) = progress.remove(&seq) else {
-                continue;
             };
             match to_record(&m, now, now_ms) {
                 Some(record) if record.qos == QoS::ExactlyOnce => {
@@ -446,12 +471,86 @@ impl Outbox {
         }
         // Progress of records no longer held (acked before the crash deleted its progress,
         // or expired in the store): stale.
-        for (seq, _) in progress {
+        for seq in progress.into_keys() {
             if let Some(ids) = self.progress_ids.remove(&seq) {
                 self.stale_progress.extend(ids);
             }
         }
         Ok(out)
+    }
+
+    /// Rebuilds a QoS 2 pack of the previous process from its members, byte for byte (see
+    /// [`crate::bulk`]). When a member is gone or changed (which an atomic ack batch rules
+    /// out, but a damaged store may not), the pack cannot be resumed: its progress is stale and
+    /// the members left are sent again as new records, counted as possible duplicates.
+    #[allow(clippy::too_many_arguments)]
+    fn recover_pack(
+        &mut self,
+        members: &[u64],
+        format: BulkFormat,
+        suffix: &str,
+        packet_id: u16,
+        state: Qos2State,
+        now: Instant,
+        now_ms: u64,
+        out: &mut Recovered,
+    ) -> Result<(), OutboxError> {
+        let lead = members[0];
+        let mut records = Vec::with_capacity(members.len());
+        for &seq in members {
+            match self.store.get(OUTBOX_QUEUE, seq) {
+                Ok(m) => {
+                    if let Some(r) =
+                        to_record(&m, now, now_ms).filter(|r| r.qos == QoS::ExactlyOnce)
+                    {
+                        records.push(r);
+                    }
+                }
+                Err(EngineError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if records.len() == members.len() {
+            let (record, pack) = bulk::join(records, format, suffix);
+            for m in members {
+                self.held.insert(*m);
+            }
+            if let Some(pack) = pack {
+                self.packs.insert(lead, pack);
+            }
+            out.inflight.push(Qos2Restore {
+                record,
+                packet_id,
+                state,
+            });
+            return Ok(());
+        }
+        if !records.is_empty() {
+            tracing::warn!(
+                pack = lead,
+                members = members.len(),
+                left = records.len(),
+                "a QoS 2 pack in flight lost members; the rest are sent again as new records"
+            );
+            self.counters.possible_duplicates += records.len() as u64;
+        }
+        if let Some(ids) = self.progress_ids.remove(&lead) {
+            self.stale_progress.extend(ids);
+        }
+        Ok(())
+    }
+
+    /// Whether bulk mode is on.
+    pub fn bulk(&self) -> bool {
+        self.bulk.is_some()
+    }
+
+    /// Notes when nothing waits to be leased (what a short lease would tell), without leasing.
+    pub fn check_waiting(&mut self) -> Result<(), OutboxError> {
+        if self.maybe_more && self.store.stats(OUTBOX_QUEUE)?.visible == 0 {
+            self.maybe_more = false;
+        }
+        Ok(())
     }
 
     /// Whether a lease may find records (after a short lease, only once [`Outbox::more`]).
@@ -470,7 +569,10 @@ impl Outbox {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let n = n.min(LEASE_MAX);
+        // In bulk mode one session slot can take a pack of up to max_records records: lease
+        // enough to fill them (the caller keeps what the session has no room for yet).
+        let per_slot = self.bulk.as_ref().map_or(1, |b| b.max_records);
+        let n = n.saturating_mul(per_slot).min(LEASE_MAX);
         let msgs = self
             .store
             .lease_async(OUTBOX_QUEUE, n, Some(LEASE_VISIBILITY))
@@ -478,6 +580,7 @@ impl Outbox {
         if msgs.len() < n {
             self.maybe_more = false;
         }
+        let leased = msgs.len();
         let now_ms = unix_ms();
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
@@ -506,7 +609,48 @@ impl Outbox {
             self.held.insert(m.id);
             out.push(record);
         }
+        if let Some(b) = self.bulk.clone() {
+            if self.packing(&b, leased)? {
+                let packed = bulk::pack(out, &b);
+                out = Vec::with_capacity(packed.len());
+                for (record, pack) in packed {
+                    if let Some(pack) = pack {
+                        self.packs.insert(record.seq, pack);
+                    }
+                    out.push(record);
+                }
+            }
+        }
         Ok(out)
+    }
+
+    /// Whether to pack now: always, or while more than `min` records wait.
+    fn packing(&self, b: &BulkConfig, leased: usize) -> Result<bool, OutboxError> {
+        Ok(match b.when {
+            BulkWhen::Always => true,
+            BulkWhen::Backlog(min) => {
+                leased as u64 > min || self.store.stats(OUTBOX_QUEUE)?.messages > min
+            }
+        })
+    }
+
+    /// How many records `seqs` stand for (a pack counts its members).
+    pub fn record_count(&self, seqs: &[u64]) -> usize {
+        seqs.iter()
+            .map(|s| self.packs.get(s).map_or(1, |p| p.members.len()))
+            .sum()
+    }
+
+    /// The records `seqs` stand for, each pack replaced by its members (and forgotten).
+    fn expand(&mut self, seqs: &[u64]) -> Vec<u64> {
+        let mut all = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            match self.packs.remove(&seq) {
+                Some(p) => all.extend(p.members.iter().map(|m| m.seq)),
+                None => all.push(seq),
+            }
+        }
+        all
     }
 
     /// Records QoS 2 progress durably: the returned future resolves once it is durable. Do
@@ -517,10 +661,11 @@ impl Outbox {
         packet_id: u16,
         state: Qos2State,
     ) -> spool_engine::Committed<Vec<u64>> {
-        self.store.push_async(
-            PROGRESS_QUEUE,
-            Push::new(encode_progress(seq, packet_id, state)),
-        )
+        let payload = match self.packs.get(&seq) {
+            Some(pack) => encode_pack_progress(pack, packet_id, state),
+            None => encode_progress(seq, packet_id, state),
+        };
+        self.store.push_async(PROGRESS_QUEUE, Push::new(payload))
     }
 
     /// Notes the id of a durable progress record of `seq` (earlier ones become stale).
@@ -530,10 +675,13 @@ impl Outbox {
         list.extend_from_slice(ids);
     }
 
-    /// Removes delivered records (`Acked`), then their progress records.
-    pub async fn acked(&mut self, seqs: &[u64]) -> Result<(), OutboxError> {
-        self.counters.acked += seqs.len() as u64;
-        self.remove(seqs).await
+    /// Removes delivered records (`Acked`; a pack's members together, in one atomic ack
+    /// batch), then their progress records. Returns how many records left.
+    pub async fn acked(&mut self, seqs: &[u64]) -> Result<usize, OutboxError> {
+        let all = self.expand(seqs);
+        self.counters.acked += all.len() as u64;
+        self.remove(&all).await?;
+        Ok(all.len())
     }
 
     /// Removes finished records from the store (their progress becomes stale).
@@ -571,26 +719,82 @@ impl Outbox {
         Ok(())
     }
 
-    /// Drops a record whose TTL ran out in the session (counted).
-    pub async fn expired(&mut self, seq: u64) -> Result<(), OutboxError> {
-        self.counters.expired += 1;
-        self.remove(&[seq]).await
+    /// Drops a record whose TTL ran out in the session (counted). Of a pack, only the
+    /// members whose own TTL ran out are dropped; the others go back to the outbox (leased
+    /// again, and packed again, at the next lease). Returns the seqs dropped.
+    pub async fn expired(&mut self, seq: u64) -> Result<Vec<u64>, OutboxError> {
+        let Some(pack) = self.packs.remove(&seq) else {
+            self.counters.expired += 1;
+            self.remove(&[seq]).await?;
+            return Ok(vec![seq]);
+        };
+        let now = Instant::now();
+        let (gone, keep): (Vec<bulk::Member>, Vec<bulk::Member>) = pack
+            .members
+            .iter()
+            .partition(|m| m.expires_at.is_some_and(|t| t <= now));
+        let gone: Vec<u64> = gone.iter().map(|m| m.seq).collect();
+        self.counters.expired += gone.len() as u64;
+        self.remove(&gone).await?;
+        self.release(keep.iter().map(|m| m.seq).collect()).await?;
+        Ok(gone)
     }
 
-    /// Moves a record the broker refused to the dead-letter queue (counted).
-    pub async fn rejected(&mut self, seq: u64, reason: u8) -> Result<(), OutboxError> {
-        self.held.remove(&seq);
-        self.receipts.remove(&seq);
-        if let Some(ids) = self.progress_ids.remove(&seq) {
-            self.stale_progress.extend(ids);
+    /// Hands leased records back to the outbox at once (visible again, for the next lease).
+    async fn release(&mut self, seqs: Vec<u64>) -> Result<(), OutboxError> {
+        let mut receipts = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            self.held.remove(&seq);
+            if let Some(ids) = self.progress_ids.remove(&seq) {
+                self.stale_progress.extend(ids);
+            }
+            if let Some(r) = self.receipts.remove(&seq) {
+                receipts.push(r);
+            }
         }
-        self.counters.dead_lettered += 1;
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        self.maybe_more = true;
         let store = self.store.clone();
         blocking(move || {
-            let m = store.get(OUTBOX_QUEUE, seq)?;
-            dead_letter(&store, &m, reason)
+            for r in receipts {
+                match store.nack(OUTBOX_QUEUE, r, Duration::ZERO, None) {
+                    Ok(()) | Err(EngineError::NotFound { .. } | EngineError::LeaseLost { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
         })
         .await
+    }
+
+    /// Moves a record the broker refused to the dead-letter queue (counted; a pack's members
+    /// each). Returns the seqs dead-lettered.
+    pub async fn rejected(&mut self, seq: u64, reason: u8) -> Result<Vec<u64>, OutboxError> {
+        let all = self.expand(&[seq]);
+        for seq in &all {
+            self.held.remove(seq);
+            self.receipts.remove(seq);
+            if let Some(ids) = self.progress_ids.remove(seq) {
+                self.stale_progress.extend(ids);
+            }
+        }
+        self.counters.dead_lettered += all.len() as u64;
+        let store = self.store.clone();
+        let seqs = all.clone();
+        blocking(move || {
+            for seq in seqs {
+                match store.get(OUTBOX_QUEUE, seq) {
+                    Ok(m) => dead_letter(&store, &m, reason)?,
+                    Err(EngineError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(all)
     }
 
     /// Deletes stale progress records (space only: the newest record per seq wins, and the
@@ -787,14 +991,123 @@ fn encode_progress(seq: u64, packet_id: u16, state: Qos2State) -> Bytes {
     b.push(PROGRESS_VERSION);
     b.extend_from_slice(&seq.to_be_bytes());
     b.extend_from_slice(&packet_id.to_be_bytes());
-    b.push(match state {
-        Qos2State::Published => 1,
-        Qos2State::Released => 2,
-    });
+    b.push(encode_stage(state));
     Bytes::from(b)
 }
 
-fn decode_progress(b: &[u8]) -> Result<(u64, u16, Qos2State), &'static str> {
+/// A decoded progress record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    /// Its id in the progress queue (0 until read from the store).
+    id: u64,
+    packet_id: u16,
+    state: Qos2State,
+    /// The single record's seq (0 for a pack).
+    seq: u64,
+    /// A pack's members, format and topic suffix.
+    pack: Option<(Vec<u64>, BulkFormat, String)>,
+}
+
+impl Progress {
+    /// The seq the session knows it by (a pack's first member).
+    fn seq(&self) -> u64 {
+        self.pack.as_ref().map_or(self.seq, |(m, _, _)| m[0])
+    }
+}
+
+fn encode_stage(state: Qos2State) -> u8 {
+    match state {
+        Qos2State::Published => 1,
+        Qos2State::Released => 2,
+    }
+}
+
+fn decode_stage(b: u8) -> Result<Qos2State, &'static str> {
+    match b {
+        1 => Ok(Qos2State::Published),
+        2 => Ok(Qos2State::Released),
+        _ => Err("unknown stage"),
+    }
+}
+
+/// The progress record of a pack (`docs/mqtt.md`): version 2, packet id (u16 BE), stage,
+/// format, member count (u16 BE), the members' seqs (u64 BE each, in order), the topic
+/// suffix (u16 BE length, UTF-8).
+fn encode_pack_progress(pack: &Pack, packet_id: u16, state: Qos2State) -> Bytes {
+    let mut b = Vec::with_capacity(9 + 8 * pack.members.len() + pack.topic_suffix.len());
+    b.push(PROGRESS_VERSION_PACK);
+    b.extend_from_slice(&packet_id.to_be_bytes());
+    b.push(encode_stage(state));
+    b.push(pack.format.to_u8());
+    // A pack has at most `max_records` members, which the config bounds to u16.
+    b.extend_from_slice(&(pack.members.len() as u16).to_be_bytes());
+    for m in &pack.members {
+        b.extend_from_slice(&m.seq.to_be_bytes());
+    }
+    b.extend_from_slice(&(pack.topic_suffix.len() as u16).to_be_bytes());
+    b.extend_from_slice(pack.topic_suffix.as_bytes());
+    Bytes::from(b)
+}
+
+fn decode_progress(b: &[u8]) -> Result<Progress, &'static str> {
+    if b.first() == Some(&PROGRESS_VERSION_PACK) {
+        return decode_pack_progress(b);
+    }
+    let (seq, packet_id, state) = decode_single_progress(b)?;
+    Ok(Progress {
+        id: 0,
+        packet_id,
+        state,
+        seq,
+        pack: None,
+    })
+}
+
+fn decode_pack_progress(b: &[u8]) -> Result<Progress, &'static str> {
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, &'static str> {
+        if b.len() < n {
+            return Err("truncated");
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head.to_vec())
+    };
+    let mut r = &b[1..];
+    let pid = take(&mut r, 2)?;
+    let packet_id = u16::from_be_bytes([pid[0], pid[1]]);
+    if packet_id == 0 {
+        return Err("packet id 0");
+    }
+    let state = decode_stage(take(&mut r, 1)?[0])?;
+    let format = BulkFormat::from_u8(take(&mut r, 1)?[0]).ok_or("unknown bulk format")?;
+    let n = take(&mut r, 2)?;
+    let n = usize::from(u16::from_be_bytes([n[0], n[1]]));
+    if n < 2 {
+        return Err("a pack of fewer than 2 records");
+    }
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = take(&mut r, 8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&s);
+        members.push(u64::from_be_bytes(a));
+    }
+    let len = take(&mut r, 2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let suffix = String::from_utf8(take(&mut r, len)?).map_err(|_| "topic suffix not UTF-8")?;
+    if !r.is_empty() {
+        return Err("trailing bytes");
+    }
+    Ok(Progress {
+        id: 0,
+        packet_id,
+        state,
+        seq: 0,
+        pack: Some((members, format, suffix)),
+    })
+}
+
+fn decode_single_progress(b: &[u8]) -> Result<(u64, u16, Qos2State), &'static str> {
     if b.len() != PROGRESS_LEN {
         return Err("wrong length");
     }
@@ -807,11 +1120,7 @@ fn decode_progress(b: &[u8]) -> Result<(u64, u16, Qos2State), &'static str> {
     if packet_id == 0 {
         return Err("packet id 0");
     }
-    let state = match b[11] {
-        1 => Qos2State::Published,
-        2 => Qos2State::Released,
-        _ => return Err("unknown stage"),
-    };
+    let state = decode_stage(b[11])?;
     Ok((u64::from_be_bytes(seq), packet_id, state))
 }
 
@@ -828,7 +1137,7 @@ mod tests {
     fn progress_round_trips_and_rejects_damage() {
         for state in [Qos2State::Published, Qos2State::Released] {
             let b = encode_progress(u64::MAX - 3, 65535, state);
-            assert_eq!(decode_progress(&b), Ok((u64::MAX - 3, 65535, state)));
+            assert_eq!(decode_single_progress(&b), Ok((u64::MAX - 3, 65535, state)));
         }
         assert!(decode_progress(&[1, 2, 3]).is_err());
         let mut b = encode_progress(1, 1, Qos2State::Published).to_vec();
@@ -902,6 +1211,169 @@ mod tests {
         let s = ob.stats().unwrap();
         assert_eq!(s.depth, 0);
         assert_eq!(ob.store().stats(PROGRESS_QUEUE).unwrap().messages, 0);
+    }
+
+    fn open_bulk(dir: &std::path::Path, when: BulkWhen) -> Outbox {
+        let store = Store::open(dir, spool_engine::Options::default()).unwrap();
+        let config = OutboxConfig {
+            bulk: Some(BulkConfig {
+                when,
+                ..BulkConfig::new(BulkFormat::JsonArray)
+            }),
+            ..OutboxConfig::default()
+        };
+        Outbox::open(store, &config).unwrap()
+    }
+
+    async fn push_n(ob: &Outbox, n: usize, qos: QoS, ttl: Option<Duration>) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for i in 0..n {
+            let mut m = OutMessage::new("t", format!("{{\"n\":{i}}}"));
+            m.qos = qos;
+            m.ttl = ttl;
+            seqs.push(
+                Outbox::push(ob.store(), ob.max_payload(), &m)
+                    .await
+                    .unwrap(),
+            );
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn bulk_packs_a_lease_and_a_pack_ack_removes_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut ob = open_bulk(dir.path(), BulkWhen::Always);
+        let seqs = push_n(&ob, 5, QoS::AtLeastOnce, None).await;
+        // One session slot: one pack of all five.
+        let got = ob.lease(1, now).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].seq, seqs[0]);
+        let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"n":0},{"n":1},{"n":2},{"n":3},{"n":4}])
+        );
+        assert_eq!(ob.record_count(&[seqs[0]]), 5);
+        assert_eq!(ob.acked(&[seqs[0]]).await.unwrap(), 5);
+        assert_eq!(ob.stats().unwrap().depth, 0);
+        assert_eq!(ob.counters().acked, 5);
+    }
+
+    #[tokio::test]
+    async fn bulk_backlog_mode_packs_only_above_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut ob = open_bulk(dir.path(), BulkWhen::Backlog(3));
+        push_n(&ob, 3, QoS::AtLeastOnce, None).await;
+        let got = ob.lease(10, now).await.unwrap();
+        assert_eq!(got.len(), 3, "3 waiting is not more than 3: one by one");
+        assert!(got.iter().all(|r| r.user_properties.is_empty()));
+        ob.acked(&got.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        ob.more();
+        push_n(&ob, 4, QoS::AtLeastOnce, None).await;
+        let got = ob.lease(10, now).await.unwrap();
+        assert_eq!(got.len(), 1, "4 waiting: packed");
+        assert_eq!(
+            got[0].user_properties,
+            [(crate::BULK_PROPERTY.to_owned(), "4".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_qos2_pack_in_flight_is_rebuilt_byte_for_byte_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (seqs, sent) = {
+            let mut ob = open_bulk(dir.path(), BulkWhen::Always);
+            let seqs = push_n(&ob, 3, QoS::ExactlyOnce, None).await;
+            let got = ob.lease(1, now).await.unwrap();
+            assert_eq!(got.len(), 1);
+            let ids = ob
+                .record_progress(seqs[0], 41, Qos2State::Published)
+                .await
+                .unwrap();
+            ob.progress_recorded(seqs[0], &ids);
+            (seqs, got[0].clone())
+            // Dropped without acking: a crash.
+        };
+        let mut ob = open_bulk(dir.path(), BulkWhen::Always);
+        let rec = ob.recover(now).unwrap();
+        assert_eq!(rec.inflight.len(), 1);
+        let r = &rec.inflight[0];
+        assert_eq!((r.packet_id, r.state), (41, Qos2State::Published));
+        assert_eq!(r.record.payload, sent.payload, "the same PUBLISH is resent");
+        assert_eq!(r.record.topic, sent.topic);
+        assert_eq!(r.record.user_properties, sent.user_properties);
+        // Its members are held: a lease does not offer them again, and they leave together.
+        assert!(ob.lease(10, now).await.unwrap().is_empty());
+        assert_eq!(ob.acked(&[seqs[0]]).await.unwrap(), 3);
+        ob.tidy().await.unwrap();
+        assert_eq!(ob.stats().unwrap().depth, 0);
+        assert_eq!(ob.store().stats(PROGRESS_QUEUE).unwrap().messages, 0);
+    }
+
+    #[tokio::test]
+    async fn a_pack_that_expires_drops_only_its_expired_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = open_bulk(dir.path(), BulkWhen::Always);
+        let short = push_n(&ob, 2, QoS::AtLeastOnce, Some(Duration::from_millis(30))).await;
+        let long = push_n(&ob, 2, QoS::AtLeastOnce, None).await;
+        let got = ob.lease(1, Instant::now()).await.unwrap();
+        assert_eq!((got.len(), ob.record_count(&[got[0].seq])), (1, 4));
+        assert!(got[0].expires_at.is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let dropped = ob.expired(got[0].seq).await.unwrap();
+        assert_eq!(dropped, short);
+        assert_eq!(ob.counters().expired, 2);
+        // The others are in the outbox again, and lease again (packed again).
+        let again = ob.lease(1, Instant::now()).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].seq, long[0]);
+        assert_eq!(ob.record_count(&[long[0]]), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_pack_dead_letters_every_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = open_bulk(dir.path(), BulkWhen::Always);
+        let seqs = push_n(&ob, 3, QoS::AtLeastOnce, None).await;
+        let got = ob.lease(1, Instant::now()).await.unwrap();
+        assert_eq!(ob.rejected(got[0].seq, 0x87).await.unwrap(), seqs);
+        assert_eq!(ob.stats().unwrap().depth, 0);
+        assert_eq!(ob.store().stats(DEAD_QUEUE).unwrap().messages, 3);
+    }
+
+    #[test]
+    fn pack_progress_round_trips_and_rejects_damage() {
+        let pack = Pack {
+            members: [5u64, 9, 12]
+                .iter()
+                .map(|&seq| bulk::Member {
+                    seq,
+                    expires_at: None,
+                })
+                .collect(),
+            format: BulkFormat::Ndjson,
+            topic_suffix: "/bulk".into(),
+        };
+        let b = encode_pack_progress(&pack, 300, Qos2State::Released);
+        let p = decode_progress(&b).unwrap();
+        assert_eq!(p.seq(), 5);
+        assert_eq!((p.packet_id, p.state), (300, Qos2State::Released));
+        assert_eq!(
+            p.pack,
+            Some((vec![5, 9, 12], BulkFormat::Ndjson, "/bulk".to_owned()))
+        );
+        for cut in 1..b.len() {
+            assert!(decode_progress(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = b.to_vec();
+        long.push(0);
+        assert!(decode_progress(&long).is_err());
     }
 
     #[tokio::test]

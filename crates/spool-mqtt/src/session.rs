@@ -52,8 +52,14 @@ pub const WINDOW_DEFAULT: u16 = 256;
 const RESTORED_ORD_GAP: u64 = 1 << 20;
 const _: () = assert!(RESTORED_ORD_GAP > WINDOW_MAX as u64);
 
-/// Receive Maximum when the broker announces none (MQTT 5 default, and MQTT 3.1.1).
+/// Receive Maximum when an MQTT 5 broker announces none (the protocol's default).
 const BROKER_RECEIVE_MAXIMUM_DEFAULT: u16 = 65_535;
+/// The in-flight limit assumed of an MQTT 3.1.1 broker, which cannot announce one: Mosquitto's
+/// default `max_inflight_messages`. Mosquitto 2.0 answers a 3.1.1 client that goes over it with
+/// a PUBACK that looks like success while it drops the message ("quota exceeded", a reason
+/// code a 3.1.1 PUBACK cannot carry), then closes the connection; so the window of a 3.1.1
+/// connection is at most this.
+pub const V311_RECEIVE_MAXIMUM: u16 = 20;
 
 /// Default MQTT 5 session expiry: a day, so that a device offline overnight finds its QoS 2
 /// transactions and subscriptions kept by the broker.
@@ -1333,9 +1339,12 @@ impl Session {
         self.state = ConnectionState::Connected;
         self.connect_sent_at = None;
         self.stats.connects += 1;
-        self.broker_receive_maximum = connack
-            .receive_maximum
-            .unwrap_or(BROKER_RECEIVE_MAXIMUM_DEFAULT);
+        self.broker_receive_maximum = match self.config.protocol {
+            Protocol::V5 => connack
+                .receive_maximum
+                .unwrap_or(BROKER_RECEIVE_MAXIMUM_DEFAULT),
+            Protocol::V311 => V311_RECEIVE_MAXIMUM,
+        };
         self.broker_max_packet_bytes = connack.maximum_packet_bytes;
         self.broker_max_qos = connack
             .maximum_qos

@@ -88,6 +88,7 @@ async fn collector(
     let client = started(builder(addr, id, dir.path())).await;
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
+    let mut events = client.events();
     client
         .subscribe_with(filter, QoS::ExactlyOnce, move |d| {
             sink.lock()
@@ -96,8 +97,17 @@ async fn collector(
         })
         .await
         .unwrap();
-    wait_for(&client, "the collector connected", |s| {
-        s.state == LinkState::Connected
+    with_timeout("the broker acked the subscription", async {
+        loop {
+            match events.recv().await {
+                Ok(spool_mqtt::Event::Subscribed { result, .. }) => {
+                    assert!(result.is_ok(), "{result:?}");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
     })
     .await;
     (client, dir, got)
@@ -929,4 +939,163 @@ async fn a_restart_after_pubrel_finishes_qos2_with_the_recorded_packet_ids() {
     }
     client.disconnect().await;
     watch.disconnect().await;
+}
+
+/// Every message a subscriber (our client, QoS 2, persistent session) got: topic, payload,
+/// user properties, in arrival order. Returns once the broker acked the subscription.
+type Got = Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>;
+
+async fn full_collector(
+    addr: impl std::fmt::Display,
+    id: &str,
+    filter: &str,
+) -> (Client, tempfile::TempDir, Got) {
+    let dir = tempfile::tempdir().unwrap();
+    let client = started(builder(addr, id, dir.path())).await;
+    let got: Got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let mut events = client.events();
+    client
+        .subscribe_with(filter, QoS::ExactlyOnce, move |d| {
+            sink.lock().unwrap().push((
+                d.topic.clone(),
+                String::from_utf8_lossy(&d.payload).into_owned(),
+                d.user_properties.clone(),
+            ));
+        })
+        .await
+        .unwrap();
+    with_timeout("the broker acked the subscription", async {
+        loop {
+            match events.recv().await {
+                Ok(spool_mqtt::Event::Subscribed { result, .. }) => {
+                    assert!(result.is_ok(), "{result:?}");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    (client, dir, got)
+}
+
+/// Bulk mode against a real broker: a backlog built while the link is down goes out in
+/// packs (JSON arrays with the `spool-bulk` property under MQTT 5; NDJSON on a suffixed topic
+/// under 3.1.1), every record exactly once and in order, at QoS 1 and QoS 2; the outbox ends
+/// empty and counts every record as acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_mode_packs_a_backlog_in_order_with_both_protocols() {
+    use spool_mqtt::{BulkConfig, BulkFormat, BulkWhen, OutboxConfig, BULK_PROPERTY};
+    let broker = start(BrokerConfig::default().persistence(false));
+    for (protocol, format, suffix) in [
+        (Protocol::V5, BulkFormat::JsonArray, ""),
+        (Protocol::V311, BulkFormat::Ndjson, "/bulk"),
+    ] {
+        let tag = format!("{protocol:?}");
+        let (sub, _sub_dir, got) = full_collector(
+            broker.addr(),
+            &format!("bulk-sub-{tag}"),
+            &format!("b{tag}/#"),
+        )
+        .await;
+        // The publisher's link goes through a proxy that refuses connections for now; the
+        // subscriber stays connected to the broker.
+        let proxy = Proxy::start(broker.addr()).unwrap();
+        proxy.set_refusing(true);
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = OutboxConfig {
+            bulk: Some(BulkConfig {
+                max_records: 40,
+                when: BulkWhen::Backlog(20),
+                topic_suffix: suffix.into(),
+                ..BulkConfig::new(format)
+            }),
+            ..OutboxConfig::default()
+        };
+        let client = started(
+            builder(proxy.addr(), &format!("bulk-pub-{tag}"), dir.path())
+                .protocol(protocol)
+                .outbox(outbox),
+        )
+        .await;
+        let n = 150;
+        let mut want: HashMap<String, Vec<String>> = HashMap::new();
+        for i in 0..n {
+            let (topic, qos) = if i % 3 == 0 {
+                (format!("b{tag}/two"), QoS::ExactlyOnce)
+            } else {
+                (format!("b{tag}/one"), QoS::AtLeastOnce)
+            };
+            let payload = format!("{{\"i\":{i}}}");
+            client
+                .publish(topic.clone(), payload.clone(), qos, false, 0, None)
+                .await
+                .unwrap();
+            want.entry(topic).or_default().push(payload);
+        }
+        wait_for(&client, "connection errors", |s| s.connection_errors >= 1).await;
+        proxy.set_refusing(false);
+        let s = delivered(&client).await;
+        assert_eq!(s.acked, n as u64, "{s:#?}");
+        // Collect until every record arrived (packs unpacked), then a little longer.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let unpack = |got: &Got| -> (HashMap<String, Vec<String>>, usize) {
+            let mut by_topic: HashMap<String, Vec<String>> = HashMap::new();
+            let mut packs = 0;
+            for (topic, payload, props) in got.lock().unwrap().iter() {
+                let (base, records): (&str, Vec<String>) = match format {
+                    BulkFormat::JsonArray => {
+                        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+                        match v {
+                            serde_json::Value::Array(items) => {
+                                let count = props
+                                    .iter()
+                                    .find(|(k, _)| k == BULK_PROPERTY)
+                                    .map(|(_, v)| v.clone());
+                                assert_eq!(count, Some(items.len().to_string()), "{payload}");
+                                packs += 1;
+                                (topic, items.iter().map(ToString::to_string).collect())
+                            }
+                            other => (topic, vec![other.to_string()]),
+                        }
+                    }
+                    BulkFormat::Ndjson => match topic.strip_suffix(suffix) {
+                        Some(base) => {
+                            packs += 1;
+                            assert!(payload.ends_with('\n'), "{payload:?}");
+                            (base, payload.lines().map(str::to_owned).collect())
+                        }
+                        None => (topic, vec![payload.clone()]),
+                    },
+                };
+                by_topic.entry(base.to_owned()).or_default().extend(records);
+            }
+            (by_topic, packs)
+        };
+        let (by_topic, packs) = loop {
+            let (by_topic, _) = unpack(&got);
+            let total: usize = by_topic.values().map(Vec::len).sum();
+            if total >= n || tokio::time::Instant::now() >= deadline {
+                tokio::time::sleep(300 * MS).await;
+                break unpack(&got);
+            }
+            tokio::time::sleep(20 * MS).await;
+        };
+        for (topic, records) in &want {
+            let have = by_topic.get(topic).cloned().unwrap_or_default();
+            assert_eq!(
+                &have, records,
+                "{tag} {topic}: every record once, in order ({packs} packs)"
+            );
+        }
+        assert_eq!(by_topic.len(), want.len(), "{tag}: {:?}", by_topic.keys());
+        assert!(
+            packs > 0 && packs < n / 2,
+            "{tag}: {packs} packs for {n} records"
+        );
+        client.disconnect().await;
+        sub.disconnect().await;
+    }
 }

@@ -507,6 +507,34 @@ fn the_window_is_bounded_by_the_brokers_receive_maximum() {
 }
 
 #[test]
+fn a_311_connection_keeps_at_most_mosquittos_default_in_flight() {
+    // MQTT 3.1.1 has no Receive Maximum; Mosquitto drops (and acks as if delivered) what a
+    // 3.1.1 client sends over its max_inflight_messages, 20 by default.
+    let c = Clock::new();
+    let mut cfg = config(V311);
+    cfg.window = 256;
+    let mut s = Session::new(cfg).unwrap();
+    for seq in 1..=30 {
+        offer(&mut s, record(seq, QoS::AtLeastOnce), c.at(0));
+    }
+    let _ = s.connect(c.at(0));
+    let out = s.handle_incoming(connack(false), c.at(1)).unwrap();
+    assert_eq!(s.window(), crate::session::V311_RECEIVE_MAXIMUM);
+    assert_eq!(publishes(&out).len(), 20);
+    assert_eq!(s.in_flight(), 20);
+    // MQTT 5 without a Receive Maximum in CONNACK: the configured window.
+    let mut cfg = config(V5);
+    cfg.window = 256;
+    let mut s = Session::new(cfg).unwrap();
+    for seq in 1..=30 {
+        offer(&mut s, record(seq, QoS::AtLeastOnce), c.at(0));
+    }
+    let _ = s.connect(c.at(0));
+    let out = s.handle_incoming(connack(false), c.at(1)).unwrap();
+    assert_eq!(publishes(&out).len(), 30);
+}
+
+#[test]
 fn a_smaller_receive_maximum_after_reconnect_limits_the_resend() {
     let c = Clock::new();
     let mut cfg = config(V5);

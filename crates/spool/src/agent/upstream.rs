@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use spool_mqtt::{Client, ClientConfig, Overflow, Protocol, TlsConfig};
+use spool_mqtt::{
+    BulkConfig, BulkFormat, BulkWhen, Client, ClientConfig, Overflow, Protocol, TlsConfig,
+};
 
 use super::AgentError;
 use crate::config::{self, AgentConfig, BulkMode, Expired};
@@ -76,7 +78,27 @@ pub fn client_config(cfg: &AgentConfig) -> Result<ClientConfig, AgentError> {
     // both), and `password` holds `password_file`'s content after loading.
     client.session.username.clone_from(&u.username);
     client.session.password = u.password.as_ref().map(|p| p.expose().to_owned());
+    client.outbox.bulk = bulk_config(&cfg.outbox.bulk);
     Ok(client)
+}
+
+/// `[outbox.bulk]` as the outbox's bulk mode (`None` when off).
+fn bulk_config(b: &config::Bulk) -> Option<BulkConfig> {
+    let format = match b.mode {
+        BulkMode::Off => return None,
+        BulkMode::JsonArray => BulkFormat::JsonArray,
+        BulkMode::Ndjson => BulkFormat::Ndjson,
+    };
+    Some(BulkConfig {
+        format,
+        max_records: b.max_records as usize,
+        max_bytes: usize::try_from(b.max_bytes.bytes()).unwrap_or(usize::MAX),
+        when: match b.when {
+            config::BulkWhen::Always => BulkWhen::Always,
+            config::BulkWhen::Backlog => BulkWhen::Backlog(b.min_backlog),
+        },
+        topic_suffix: b.topic_suffix.clone(),
+    })
 }
 
 fn system_ca_bundle() -> Option<PathBuf> {
@@ -102,12 +124,6 @@ pub fn unsupported(cfg: &AgentConfig) -> Vec<String> {
     }
     if cfg.outbox.expired == Expired::Send {
         w.push("outbox.expired = \"send\" is not supported by the client yet (expired messages are dropped and counted); ignored".to_owned());
-    }
-    if cfg.outbox.bulk.mode != BulkMode::Off {
-        w.push(
-            "outbox.bulk is not supported by the client yet; messages are sent one by one"
-                .to_owned(),
-        );
     }
     w
 }
@@ -194,8 +210,29 @@ overflow = "evict-lowest-priority"
             "[upstream]\nhost = \"h\"\nclean_start = true\n[outbox.bulk]\nmode = \"ndjson\"\n",
         );
         let w = unsupported(&cfg);
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("upstream.clean_start"), "{w:?}");
-        assert!(w[1].contains("outbox.bulk"), "{w:?}");
+    }
+
+    #[test]
+    fn bulk_settings_reach_the_outbox() {
+        let c = client_config(&load("[upstream]\nhost = \"h\"\n")).unwrap();
+        assert_eq!(c.outbox.bulk, None, "off by default");
+        let cfg = load(
+            "[upstream]\nhost = \"h\"\n[outbox.bulk]\nmode = \"json-array\"\nmax_records = 50\nmax_bytes = \"8KiB\"\nwhen = \"always\"\ntopic_suffix = \"/bulk\"\n",
+        );
+        let b = client_config(&cfg).unwrap().outbox.bulk.expect("on");
+        assert_eq!(b.format, BulkFormat::JsonArray);
+        assert_eq!((b.max_records, b.max_bytes), (50, 8192));
+        assert_eq!(b.when, BulkWhen::Always);
+        assert_eq!(b.topic_suffix, "/bulk");
+        let cfg =
+            load("[upstream]\nhost = \"h\"\n[outbox.bulk]\nmode = \"ndjson\"\nmin_backlog = 7\n");
+        let b = client_config(&cfg).unwrap().outbox.bulk.expect("on");
+        assert_eq!(
+            (b.format, b.when),
+            (BulkFormat::Ndjson, BulkWhen::Backlog(7))
+        );
+        assert!(b.validate().is_ok());
     }
 }

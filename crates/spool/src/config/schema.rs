@@ -368,7 +368,7 @@ pub enum Expired {
 }
 
 /// `[outbox.bulk]`: several records packed into one MQTT message on slow links.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Bulk {
     pub mode: BulkMode,
@@ -379,6 +379,8 @@ pub struct Bulk {
     pub when: BulkWhen,
     /// With `when = "backlog"`: pack only while more than this many messages wait.
     pub min_backlog: u64,
+    /// Appended to the records' topic for a pack (empty: the same topic).
+    pub topic_suffix: String,
 }
 
 impl Default for Bulk {
@@ -389,6 +391,7 @@ impl Default for Bulk {
             max_bytes: ByteSize::kib(64),
             when: BulkWhen::Backlog,
             min_backlog: 1000,
+            topic_suffix: String::new(),
         }
     }
 }

@@ -1061,6 +1061,18 @@ fn outbox_limits_zero_is_unlimited_and_high_water_fits() {
         &["above 0"],
     );
     check_err(
+        &format!("{MIN}[outbox.bulk]\ntopic_suffix = \"/bulk/#\"\n"),
+        &[],
+        "outbox.bulk.topic_suffix",
+        &["wildcard"],
+    );
+    check_err(
+        &format!("{MIN}[outbox.bulk]\nmax_records = 1\n"),
+        &[],
+        "outbox.bulk.max_records",
+        &["2"],
+    );
+    check_err(
         &format!("{MIN}[outbox]\ndefault_priority = 256\n"),
         &[],
         "outbox.default_priority",

@@ -443,6 +443,13 @@ fn outbox(c: &mut Checker<'_>, cfg: &AgentConfig) {
             "must be above 0 and at most 256MiB (MQTT's largest packet)",
         );
     }
+    if b.topic_suffix.contains(['+', '#', '\0']) {
+        c.bad(
+            "outbox.bulk.topic_suffix",
+            format!("{:?}", b.topic_suffix),
+            "must not hold a wildcard (+, #) or NUL: it becomes part of a topic name",
+        );
+    }
     let ready = &cfg.http.ready;
     if o.max_bytes.bytes() != 0 && ready.outbox_high_water_bytes > o.max_bytes {
         c.bad(

@@ -186,7 +186,8 @@ pub struct OutMessage {
     pub retain: bool,
     /// Priority (higher goes first; FIFO within one priority).
     pub priority: u8,
-    /// Dropped (and counted) if not written to the broker within this time.
+    /// Dropped (and counted) if not written to the broker within this time; under
+    /// [`ExpiredPolicy::Send`], sent late instead.
     pub ttl: Option<Duration>,
 }
 

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use spool_engine::{Options, Overflow, Store};
+use spool_engine::{Durability, Options, Overflow, Store};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -46,8 +46,8 @@ use crate::backoff::{Backoff, BACKOFF_MAX_DEFAULT, BACKOFF_MIN_DEFAULT};
 use crate::outbox::{self, OutMessage, Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::packet::{Codec, Packet, Protocol, QoS, SubscribeFilter};
 use crate::session::{
-    Action, ConfigError, ConnectionState, Error as SessionError, InboundToken, OfferError,
-    OutRecord, Session, SessionConfig, SubscribeError, INCOMING_PACKET_BYTES_DEFAULT,
+    Action, ConfigError, ConnectionState, Error as SessionError, ExpiredPolicy, InboundToken,
+    OfferError, OutRecord, Session, SessionConfig, SubscribeError, INCOMING_PACKET_BYTES_DEFAULT,
 };
 use crate::topic::{topic_matches, validate_topic_filter};
 
@@ -121,8 +121,16 @@ pub struct ClientConfig {
     pub port: u16,
     /// Store directory (the outbox lives there; one client per directory).
     pub store_dir: PathBuf,
-    /// The session's settings: protocol, client id, keep alive, credentials, session expiry,
-    /// window (see [`SessionConfig`] for the defaults).
+    /// When the store counts a write as done, and so what [`Client::publish`] returning
+    /// means. Default [`Durability::Sync`]: after `fdatasync`, a published record survives a
+    /// power cut. With [`Durability::Interval`] or [`Durability::None`] it returns once the
+    /// record is written to the file: it survives a crash of the process, but a power cut
+    /// (or a kernel crash) can lose what was published in the last interval (with `None`,
+    /// everything since the last segment was sealed).
+    pub durability: Durability,
+    /// The session's settings: protocol, client id, keep alive, clean start, credentials,
+    /// session expiry, window, what happens to expired records (see [`SessionConfig`] for the
+    /// defaults).
     pub session: SessionConfig,
     /// Shortest wait before a reconnect. Default [`BACKOFF_MIN_DEFAULT`].
     pub backoff_min: Duration,
@@ -182,10 +190,37 @@ impl ClientBuilder {
         self
     }
 
-    /// MQTT 5 session expiry (clean start is always off).
+    /// MQTT 5 session expiry: how long the broker keeps our session after a disconnect (not
+    /// used with [`ClientBuilder::clean_start`]).
     #[must_use]
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.config.session.session_expiry_s = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Start a new broker session at every connect instead of resuming the kept one. Default
+    /// off. See [`SessionConfig::clean_start`] for what it costs (QoS 2 in flight is sent
+    /// again, subscriptions and what the broker queued for us are forgotten at each
+    /// disconnect); nothing in the outbox is lost.
+    #[must_use]
+    pub fn clean_start(mut self, on: bool) -> Self {
+        self.config.session.clean_start = on;
+        self
+    }
+
+    /// What happens to a record whose TTL passed before it was written: dropped and counted
+    /// ([`ExpiredPolicy::Drop`], the default) or sent late ([`ExpiredPolicy::Send`]).
+    #[must_use]
+    pub fn expired(mut self, policy: ExpiredPolicy) -> Self {
+        self.config.session.expired = policy;
+        self
+    }
+
+    /// When a publish counts as durable (the store's [`Durability`]). Default
+    /// [`Durability::Sync`]; see [`ClientConfig::durability`] for what the others risk.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
         self
     }
 
@@ -621,6 +656,7 @@ enum Command {
 struct Inner {
     store: Store,
     max_payload: usize,
+    expired: ExpiredPolicy,
     cmd: mpsc::UnboundedSender<Command>,
     wake: Arc<Notify>,
     shared: Arc<Mutex<Shared>>,
@@ -651,7 +687,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
-    /// A builder: `broker` is `host:port`; MQTT 5, clean start off, the documented defaults.
+    /// A builder: `broker` is `host:port`; MQTT 5, clean start off, durability sync, expired
+    /// records dropped, the documented defaults.
     pub fn builder(
         broker: impl Into<String>,
         client_id: impl Into<String>,
@@ -663,6 +700,7 @@ impl Client {
                 host: String::new(),
                 port: 0,
                 store_dir: store_dir.as_ref().to_path_buf(),
+                durability: Durability::Sync,
                 session: SessionConfig::new(Protocol::V5, client_id),
                 backoff_min: BACKOFF_MIN_DEFAULT,
                 backoff_max: BACKOFF_MAX_DEFAULT,
@@ -687,7 +725,11 @@ impl Client {
             None => None,
         };
         let dir = config.store_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(dir, Options::default()))
+        let options = Options {
+            durability: config.durability,
+            ..Options::default()
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open(dir, options))
             .await
             .map_err(|e| ClientError::Config(format!("opening the store: {e}")))?
             .map_err(|e| ClientError::Outbox(OutboxError::Store(e)))?;
@@ -726,6 +768,7 @@ impl Client {
         }));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let max_payload = outbox.max_payload();
+        let expired = config.session.expired;
         let backoff = Backoff::new(config.backoff_min, config.backoff_max);
         let ev = EventLoop {
             addr: format!("{}:{}", config.host, config.port),
@@ -752,6 +795,7 @@ impl Client {
             inner: Arc::new(Inner {
                 store,
                 max_payload,
+                expired,
                 cmd: cmd_tx,
                 wake,
                 shared,
@@ -764,7 +808,9 @@ impl Client {
     }
 
     /// Stores a message durably for the broker and returns its sequence number once it is
-    /// durable (the engine's group commit; no executor thread waits on the disk). Fails with
+    /// durable (the engine's group commit; no executor thread waits on the disk): on disk
+    /// with the default [`Durability::Sync`], only written to the file with the others (see
+    /// [`ClientConfig::durability`]). Fails with
     /// [`OutboxError::Full`] at capacity under reject, [`OutboxError::PayloadTooLarge`],
     /// [`OutboxError::Topic`] for a bad topic name.
     pub async fn publish(
@@ -815,11 +861,12 @@ impl Client {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
-        let durable = Outbox::push_start(
+        let durable = Outbox::push_start_with(
             &self.inner.store,
             self.inner.max_payload,
             msg,
             user_properties,
+            self.inner.expired,
         )?;
         let inner = Arc::clone(&self.inner);
         Ok(async move {

@@ -31,7 +31,7 @@ use spool_engine::{
 
 use crate::bulk::{self, BulkConfig, BulkFormat, BulkWhen, Pack};
 use crate::packet::QoS;
-use crate::session::{OutRecord, Qos2Restore, Qos2State};
+use crate::session::{ExpiredPolicy, OutRecord, Qos2Restore, Qos2State};
 use crate::topic::{validate_topic_name, TopicError};
 
 /// The engine queue holding the records for the broker.
@@ -51,6 +51,10 @@ const HEADER_RETAIN: &str = "mqtt-retain";
 const HEADER_USER_PROPERTIES: &str = "mqtt-user-properties";
 /// Header on a dead letter: the broker's reason code (one byte).
 const HEADER_REASON: &str = "mqtt-reason";
+/// Header carrying when a record stored under [`ExpiredPolicy::Send`] stops being worth
+/// sending (unix ms, u64 big-endian): its TTL is kept here instead of as the engine's, so the
+/// store never drops it, and the session still knows it.
+const HEADER_EXPIRES_AT: &str = "mqtt-expires-at";
 
 /// How long a lease of the sender lasts: the engine's longest. Records come back through
 /// [`Outbox::recover`] at the next start, never by a lease expiring under a running sender.
@@ -189,7 +193,8 @@ pub struct OutMessage {
     pub retain: bool,
     /// Priority (higher goes first; FIFO within one priority).
     pub priority: u8,
-    /// Dropped (and counted) if not written to the broker within this time.
+    /// Dropped (and counted) if not written to the broker within this time; under
+    /// [`ExpiredPolicy::Send`], sent late instead.
     pub ttl: Option<Duration>,
 }
 
@@ -382,7 +387,33 @@ impl Outbox {
         msg: &OutMessage,
         user_properties: &[(String, String)],
     ) -> Result<impl Future<Output = Result<u64, OutboxError>> + Send + 'static, OutboxError> {
-        let push = msg.to_push(max_payload, user_properties)?;
+        Outbox::push_start_with(
+            store,
+            max_payload,
+            msg,
+            user_properties,
+            ExpiredPolicy::Drop,
+        )
+    }
+
+    /// [`Outbox::push_start`] under an expiry policy: with [`ExpiredPolicy::Send`], the TTL
+    /// of `msg` is kept in a header instead of as the engine's TTL, so that the store never
+    /// drops the record (the session sends it late instead).
+    pub fn push_start_with(
+        store: &Store,
+        max_payload: usize,
+        msg: &OutMessage,
+        user_properties: &[(String, String)],
+        expired: ExpiredPolicy,
+    ) -> Result<impl Future<Output = Result<u64, OutboxError>> + Send + 'static, OutboxError> {
+        let mut push = msg.to_push(max_payload, user_properties)?;
+        if expired == ExpiredPolicy::Send {
+            if let Some(ttl) = push.ttl.take() {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                let at = unix_ms().saturating_add(ttl_ms);
+                push = push.header(HEADER_EXPIRES_AT, Bytes::from(at.to_be_bytes().to_vec()));
+            }
+        }
         let committed = store.push_async(OUTBOX_QUEUE, push);
         Ok(async move {
             let ids = committed.await.map_err(from_engine)?;
@@ -937,6 +968,12 @@ fn to_record(m: &Message, now: Instant, now_ms: u64) -> Option<OutRecord> {
     }
     let expires_at = m
         .expires_at
+        .or_else(|| {
+            header(m, HEADER_EXPIRES_AT)?
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes)
+        })
         .map(|ms| now + Duration::from_millis(ms.saturating_sub(now_ms)));
     Some(OutRecord {
         seq: m.id,

@@ -98,7 +98,18 @@ pub struct SessionConfig {
     pub ping_timeout: Duration,
     /// How long to wait for CONNACK after CONNECT. Default [`CONNECT_TIMEOUT_DEFAULT`].
     pub connect_timeout: Duration,
-    /// MQTT 5 session expiry interval in seconds. Default [`SESSION_EXPIRY_DEFAULT_S`].
+    /// Start a new broker session at every connect (MQTT 5 Clean Start, MQTT 3.1.1 Clean
+    /// Session) instead of resuming the one the broker kept. Default false. With it, every
+    /// CONNECT of this session asks for a clean start, the MQTT 5 session expiry sent is 0
+    /// (`session_expiry_s` is not used: the broker keeps nothing after a disconnect), and every
+    /// CONNACK says `session_present = false`. Nothing stored is lost: every record not yet
+    /// acked is written again after each CONNACK as always, but a QoS 2 record that was in
+    /// flight is published again (a possible duplicate, counted), the broker forgets our
+    /// subscriptions and what was queued for us while we were away (they are subscribed again
+    /// after each CONNACK), and exactly-once across a reconnect is no longer possible.
+    pub clean_start: bool,
+    /// MQTT 5 session expiry interval in seconds. Default [`SESSION_EXPIRY_DEFAULT_S`]. Not
+    /// used with `clean_start` (0 is sent).
     pub session_expiry_s: u32,
     /// How many QoS 1/2 records may be in flight (and how many records the session holds).
     /// Default [`WINDOW_DEFAULT`], at most [`WINDOW_MAX`].
@@ -107,10 +118,29 @@ pub struct SessionConfig {
     /// unacknowledged towards us (bounds what waits for `ack_incoming`). Default
     /// [`INBOUND_RECEIVE_MAXIMUM_DEFAULT`].
     pub inbound_receive_maximum: u16,
+    /// What happens to a record whose TTL (`OutRecord::expires_at`) passed before it was
+    /// ever written. Default [`ExpiredPolicy::Drop`].
+    pub expired: ExpiredPolicy,
     /// User name, if the broker wants one.
     pub username: Option<String>,
     /// Password, if the broker wants one.
     pub password: Option<String>,
+}
+
+/// What happens to a record whose TTL passed before it was ever written to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ExpiredPolicy {
+    /// Drop it: the session reports [`Action::Expired`] (the caller removes and counts it),
+    /// and the outbox gives the record's TTL to the engine, which drops the records that
+    /// expire while they wait in the store. Default.
+    #[default]
+    Drop,
+    /// Send it anyway, late. The TTL then only sets the MQTT 5 message expiry interval of a
+    /// record written in time (the remaining time); a record written after its TTL goes
+    /// without one (an interval of 0 or less does not exist, and a short one would make the
+    /// broker discard the message it was just asked to deliver). The outbox keeps the TTL in
+    /// a header instead of giving it to the engine, so nothing is dropped in the store either.
+    Send,
 }
 
 impl SessionConfig {
@@ -122,9 +152,11 @@ impl SessionConfig {
             keep_alive: KEEP_ALIVE_DEFAULT,
             ping_timeout: PING_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            clean_start: false,
             session_expiry_s: SESSION_EXPIRY_DEFAULT_S,
             window: WINDOW_DEFAULT,
             inbound_receive_maximum: INBOUND_RECEIVE_MAXIMUM_DEFAULT,
+            expired: ExpiredPolicy::Drop,
             username: None,
             password: None,
         }
@@ -247,8 +279,10 @@ pub struct OutRecord {
     /// Retain flag.
     pub retain: bool,
     /// When the record stops being worth sending. A record not yet written by then is
-    /// reported [`Action::Expired`] instead; once written it is finished normally, and MQTT 5
-    /// resends carry the remaining time as the message expiry interval.
+    /// reported [`Action::Expired`] instead (under [`ExpiredPolicy::Drop`]; under
+    /// [`ExpiredPolicy::Send`] it is written late, without a message expiry interval); once
+    /// written it is finished normally, and MQTT 5 resends carry the remaining time as the
+    /// message expiry interval.
     pub expires_at: Option<Instant>,
     /// MQTT 5 user properties (ignored by MQTT 3.1.1).
     pub user_properties: Vec<(String, String)>,
@@ -333,7 +367,8 @@ pub enum Action {
         /// Broker's reason string, if any.
         reason_string: Option<String>,
     },
-    /// The record's TTL ran out before it was ever written: drop it and count it.
+    /// The record's TTL ran out before it was ever written: drop it and count it (only under
+    /// [`ExpiredPolicy::Drop`], the default).
     Expired {
         /// Record.
         seq: u64,
@@ -887,7 +922,7 @@ impl Session {
             }
             _ => {}
         }
-        if self.state != ConnectionState::Closed {
+        if self.state != ConnectionState::Closed && self.config.expired == ExpiredPolicy::Drop {
             for slot in self.slots.values().filter(|s| !s.written) {
                 if let Some(t) = slot.record.expires_at {
                     consider(t);
@@ -918,9 +953,15 @@ impl Session {
             client_id: self.config.client_id.clone(),
             keep_alive_s: self.config.keep_alive.as_secs() as u16,
             // Our delivery guarantee does not depend on the broker's session, but exactly-once
-            // across a restart and subscriptions kept while offline do.
-            clean_start: false,
-            session_expiry_s: v5.then_some(self.config.session_expiry_s),
+            // across a restart and subscriptions kept while offline do: resumed unless the
+            // configuration asks for a clean start, which then holds for every connect (and
+            // with expiry 0 the broker keeps nothing of ours in between).
+            clean_start: self.config.clean_start,
+            session_expiry_s: v5.then_some(if self.config.clean_start {
+                0
+            } else {
+                self.config.session_expiry_s
+            }),
             receive_maximum: v5.then_some(self.config.inbound_receive_maximum),
             username: self.config.username.clone(),
             password: self.config.password.clone(),
@@ -1071,12 +1112,13 @@ impl Session {
     /// Writes (or expires, or rejects) one record; false if it must wait (no packet id).
     fn write_slot(&mut self, ord: u64, out: &mut Vec<Action>, now: Instant) -> bool {
         let v5 = self.config.protocol == Protocol::V5;
+        let policy = self.config.expired;
         let Some(slot) = self.slots.get_mut(&ord) else {
             return true;
         };
         let seq = slot.record.seq;
         let qos = slot.record.qos;
-        if !slot.written && slot.record.expires_at.is_some_and(|t| t <= now) {
+        if Session::is_expired(policy, slot, now) {
             self.slots.remove(&ord);
             self.by_seq.remove(&seq);
             self.stats.expired += 1;
@@ -1103,12 +1145,18 @@ impl Session {
             return true;
         }
 
+        let send_late = policy == ExpiredPolicy::Send;
         let message_expiry_s = if v5 {
-            slot.record.expires_at.map(|t| {
+            slot.record.expires_at.and_then(|t| {
                 let left = t.saturating_duration_since(now);
+                if left.is_zero() && send_late {
+                    // Sent late on purpose: with no expiry interval, as a message that was
+                    // never given one (the broker would discard it at once otherwise).
+                    return None;
+                }
                 // Round up, at least 1: 0 would mean "expired" to some brokers.
                 let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+                Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
             })
         } else {
             None
@@ -1195,6 +1243,14 @@ impl Session {
             self.in_flight += 1;
         }
         true
+    }
+
+    /// Whether `slot` must be reported [`Action::Expired`] at `now`: never written, past its
+    /// TTL, and the policy drops such records.
+    fn is_expired(policy: ExpiredPolicy, slot: &Slot, now: Instant) -> bool {
+        policy == ExpiredPolicy::Drop
+            && !slot.written
+            && slot.record.expires_at.is_some_and(|t| t <= now)
     }
 
     /// The slot in flight on this connection under `packet_id`, if any.
@@ -1738,11 +1794,12 @@ impl Session {
             }
             _ => {}
         }
-        // Records that waited (offline, or behind the window) past their TTL.
+        // Records that waited (offline, or behind the window) past their TTL (under
+        // `ExpiredPolicy::Send` they wait for their turn instead).
         let expired: Vec<u64> = self
             .slots
             .iter()
-            .filter(|(_, s)| !s.written && s.record.expires_at.is_some_and(|t| t <= now))
+            .filter(|(_, s)| Session::is_expired(self.config.expired, s, now))
             .map(|(&ord, _)| ord)
             .collect();
         for ord in expired {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use spool_mqtt::outbox::PROGRESS_QUEUE;
 use spool_mqtt::{
-    Client, ClientBuilder, ClientError, ClientStats, ConnectRefusal, ConnectionError, Error,
-    LinkState, OutboxError, Overflow, Protocol, QoS, TlsConfig,
+    Client, ClientBuilder, ClientError, ClientStats, ConnectRefusal, ConnectionError, Durability,
+    Error, ExpiredPolicy, LinkState, OutboxError, Overflow, Protocol, QoS, TlsConfig,
 };
 use spool_testkit::certs::Pki;
 use spool_testkit::mosquitto::{
@@ -845,6 +845,257 @@ async fn records_past_their_ttl_are_dropped_and_counted_never_sent_late() {
     let got = block(|| subscribe_collect(&watcher, "e/#", 1, 1, WAIT)).unwrap();
     assert_eq!(got, vec![("e/x".to_string(), b"keep-3".to_vec())]);
     client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_expired_send_records_past_their_ttl_arrive_late_instead_of_dropped() {
+    let mut broker = start(BrokerConfig::default());
+    let watcher = broker.client().persistent("late-watcher");
+    block(|| register_subscription(&watcher, "l/#", 1)).unwrap();
+    block(|| broker.stop()).unwrap();
+
+    // As in the drop test: window 1, so one record waits in the session and the others in
+    // the store, both past their TTL.
+    let dir = tempfile::tempdir().unwrap();
+    let late = |b: ClientBuilder| b.window(1).expired(ExpiredPolicy::Send);
+    let client = started(late(builder(broker.addr(), "late", dir.path()))).await;
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let p = format!("late-{i}");
+        client
+            .publish("l/x", p.clone(), QoS::AtLeastOnce, false, 0, Some(50 * MS))
+            .await
+            .unwrap();
+        want.push(p);
+    }
+    client
+        .publish("l/x", "late-3", QoS::ExactlyOnce, false, 0, Some(50 * MS))
+        .await
+        .unwrap();
+    want.push("late-3".to_string());
+    wait_for(&client, "connection errors", |s| s.connection_errors >= 2).await;
+    // Let the TTLs pass (a wait for time to go by, not a timing check).
+    tokio::time::sleep(200 * MS).await;
+    let s = client.stats().unwrap();
+    assert_eq!(s.dropped.expired, 0, "{s:#?}");
+    assert_eq!(s.outbox.expired_in_store, 0, "{s:#?}");
+    assert_eq!(s.outbox.depth, 4, "{s:#?}");
+
+    // A restart of the client reads the records back from the store, TTL and all.
+    client.abort().await;
+    drop(client);
+    let client = started(late(builder(broker.addr(), "late", dir.path()))).await;
+    wait_for(&client, "a connection error", |s| s.connection_errors >= 1).await;
+    block(|| broker.restart()).unwrap();
+    let s = delivered(&client).await;
+    assert_eq!(s.dropped.expired, 0, "{s:#?}");
+    assert_eq!(s.acked, 4, "{s:#?}");
+    // Sent without a message expiry interval: the broker keeps them for the watcher, which
+    // was offline all along.
+    let got = block(|| subscribe_collect(&watcher, "l/#", 1, 4, WAIT)).unwrap();
+    let mut got: Vec<String> = got
+        .into_iter()
+        .map(|(_, p)| String::from_utf8(p).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    client.disconnect().await;
+}
+
+/// Every `session_present` of the client's [`spool_mqtt::Event::Connected`] events from now
+/// on, in order.
+fn sessions_present(client: &Client) -> Arc<Mutex<Vec<bool>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut events = client.events();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(spool_mqtt::Event::Connected { session_present }) => {
+                    sink.lock().unwrap().push(session_present);
+                }
+                Ok(spool_mqtt::Event::Closed)
+                | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    });
+    seen
+}
+
+async fn wait_sessions(what: &str, seen: &Arc<Mutex<Vec<bool>>>, done: impl Fn(&[bool]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = seen.lock().unwrap().clone();
+        if done(&now) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {now:?}"
+        );
+        tokio::time::sleep(10 * MS).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_start_never_resumes_the_session_and_loses_nothing() {
+    // Persistence on: the broker keeps sessions across its restart, so only clean start can
+    // make it forget ours.
+    let mut broker = start(BrokerConfig::default());
+    let (watch, _watch_dir, got) = collector(broker.addr(), "clean-sub", "cs/#").await;
+    let proxy = Proxy::start(broker.addr()).unwrap();
+    let mut want = Vec::new();
+    let mut n = 0;
+    let mut publish = async |client: &Client, name: &str, k: usize| {
+        for _ in 0..k {
+            let qos = if n % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            let p = format!("{name}-{n}");
+            client
+                .publish("cs/x", p.clone(), qos, false, 0, None)
+                .await
+                .unwrap();
+            want.push(p);
+            n += 1;
+        }
+    };
+    // For each protocol: a client with clean start (through the proxy) and one without, the
+    // control (straight to the broker).
+    let mut clean = Vec::new();
+    let mut kept = Vec::new();
+    let mut dirs = Vec::new();
+    for (protocol, name) in [(Protocol::V5, "v5"), (Protocol::V311, "v311")] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = started(
+            builder(proxy.addr(), &format!("clean-{name}"), dir.path())
+                .protocol(protocol)
+                .clean_start(true),
+        )
+        .await;
+        let seen = sessions_present(&c);
+        clean.push((c, seen, name));
+        dirs.push(dir);
+        let dir = tempfile::tempdir().unwrap();
+        let c =
+            started(builder(broker.addr(), &format!("kept-{name}"), dir.path()).protocol(protocol))
+                .await;
+        let seen = sessions_present(&c);
+        kept.push((c, seen, name));
+        dirs.push(dir);
+    }
+    for (c, _, _) in clean.iter().chain(&kept) {
+        wait_for(c, "connected", |s| s.state == LinkState::Connected).await;
+    }
+
+    // 1. Records in flight when the link drops (the stalled proxy holds their PUBLISHes) are
+    //    written again after the clean reconnect.
+    proxy.set_stalled(true);
+    for (c, _, name) in &clean {
+        publish(c, name, 6).await;
+        wait_for(c, "six records in flight", |s| s.in_flight == 6).await;
+    }
+    assert!(proxy.drop_connections() >= 2);
+    proxy.set_stalled(false);
+    for (c, seen, name) in &clean {
+        wait_sessions(name, seen, |s| !s.is_empty()).await;
+        let s = delivered(c).await;
+        assert!(s.possible_duplicates >= 6, "{name}: {s:#?}");
+    }
+
+    // 2. Records published while the broker is down go out after it is back, on a session
+    //    the broker did not keep; the control's session was kept.
+    let before: Vec<usize> = clean
+        .iter()
+        .chain(&kept)
+        .map(|(_, seen, _)| seen.lock().unwrap().len())
+        .collect();
+    block(|| broker.stop()).unwrap();
+    for (c, _, name) in clean.iter().chain(&kept) {
+        publish(c, name, 6).await;
+    }
+    block(|| broker.restart()).unwrap();
+    for ((c, seen, name), &before) in clean.iter().chain(&kept).zip(&before) {
+        delivered(c).await;
+        // The connect after the restart, as its event reports it.
+        wait_sessions(name, seen, |s| s.len() > before).await;
+    }
+    for (_, seen, name) in &kept {
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.last(), Some(&true), "{name}: the control: {seen:?}");
+    }
+    for (_, seen, name) in &clean {
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() >= 2, "{name}: {seen:?}");
+        assert!(
+            seen.iter().all(|present| !present),
+            "{name}: a clean start found a session: {seen:?}"
+        );
+    }
+
+    let seen = collected(&got, &want).await;
+    let lost: Vec<&String> = want.iter().filter(|w| !seen.contains(w)).collect();
+    assert!(lost.is_empty(), "lost {lost:?}");
+    for (c, _, _) in clean.iter().chain(&kept) {
+        c.disconnect().await;
+    }
+    watch.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_sync_on_every_write_still_delivers_everything() {
+    let mut broker = start(BrokerConfig::default());
+    let watcher = broker.client().persistent("durability-watcher");
+    block(|| register_subscription(&watcher, "du/#", 1)).unwrap();
+    let mut want = Vec::new();
+    for (durability, name) in [
+        (Durability::Interval(100), "interval"),
+        (Durability::None, "none"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = broker.addr();
+        let b = || builder(addr, &format!("du-{name}"), dir.path()).durability(durability);
+        let client = started(b()).await;
+        for i in 0..5 {
+            let p = format!("{name}-{i}");
+            client
+                .publish("du/x", p.clone(), QoS::AtLeastOnce, false, 0, None)
+                .await
+                .unwrap();
+            want.push(p);
+        }
+        delivered(&client).await;
+        // Published while the broker is down, then the client restarted: the store opens
+        // again with the same durability, and sends what it holds.
+        block(|| broker.stop()).unwrap();
+        for i in 5..10 {
+            let p = format!("{name}-{i}");
+            client
+                .publish("du/x", p.clone(), QoS::ExactlyOnce, false, 0, None)
+                .await
+                .unwrap();
+            want.push(p);
+        }
+        client.disconnect().await;
+        drop(client);
+        let client = started(b()).await;
+        assert_eq!(client.stats().unwrap().outbox.depth, 5);
+        block(|| broker.restart()).unwrap();
+        let s = delivered(&client).await;
+        assert_eq!(s.acked, 5, "{s:#?}");
+        client.disconnect().await;
+    }
+    let got = block(|| subscribe_collect(&watcher, "du/#", 1, want.len(), WAIT)).unwrap();
+    let mut got: Vec<String> = got
+        .into_iter()
+        .map(|(_, p)| String::from_utf8(p).unwrap())
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
 }
 
 /// A local helper the harness lacks: a TCP forwarder that decodes what the broker sends and

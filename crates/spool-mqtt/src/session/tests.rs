@@ -144,6 +144,61 @@ fn connect_asks_for_a_persistent_session_in_both_versions() {
 }
 
 #[test]
+fn clean_start_is_asked_at_every_connect_and_unacked_records_still_go_again() {
+    for protocol in [V311, V5] {
+        let c = Clock::new();
+        let mut cfg = config(protocol);
+        cfg.clean_start = true;
+        cfg.session_expiry_s = 7200;
+        let mut s = Session::new(cfg).unwrap();
+        for round in 0..2 {
+            let Packet::Connect(connect) = s.connect(c.at(round * 10)) else {
+                panic!("not CONNECT")
+            };
+            assert!(connect.clean_start, "{protocol:?} connect {round}");
+            // MQTT 5: expiry 0, so that the broker keeps nothing of ours between connects.
+            let expiry = (protocol == V5).then_some(0);
+            assert_eq!(connect.session_expiry_s, expiry, "{protocol:?}");
+            let out = s.handle_incoming(connack(false), c.at(round * 10)).unwrap();
+            assert_eq!(
+                out[0],
+                Action::Connected {
+                    session_present: false
+                }
+            );
+            if round == 0 {
+                // One QoS 1 record and one QoS 2 record after its PUBREC, both in flight
+                // when the link drops.
+                let id1 = publishes(&offer(&mut s, record(1, QoS::AtLeastOnce), c.at(1)))[0].1;
+                let id2 = publishes(&offer(&mut s, record(2, QoS::ExactlyOnce), c.at(1)))[0].1;
+                s.handle_incoming(Packet::PubRec(Ack::success(id2)), c.at(2))
+                    .unwrap();
+                s.connection_lost();
+                assert!(id1 != 0 && id2 != 0);
+            } else {
+                // Both are written again (the QoS 2 one as a new PUBLISH: the broker has no
+                // transaction to release), counted as possible duplicates, and acked.
+                let p = publishes(&out);
+                assert_eq!(
+                    p.iter().map(|&(seq, _, _)| seq).collect::<Vec<_>>(),
+                    vec![1, 2]
+                );
+                assert_eq!(possible_duplicates(&out), vec![1, 2]);
+                let mut done = acked(&s.handle_incoming(puback(p[0].1), c.at(11)).unwrap());
+                s.handle_incoming(Packet::PubRec(Ack::success(p[1].1)), c.at(11))
+                    .unwrap();
+                done.extend(acked(
+                    &s.handle_incoming(Packet::PubComp(Ack::success(p[1].1)), c.at(11))
+                        .unwrap(),
+                ));
+                assert_eq!(done, vec![1, 2]);
+                assert_eq!(s.held(), 0);
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_configurations_are_refused_with_typed_errors() {
     let mut cfg = config(V5);
     cfg.client_id.clear();
@@ -1061,6 +1116,51 @@ fn message_expiry_carries_the_remaining_ttl_and_late_records_expire() {
     assert_eq!(acked(&out), Vec::<u64>::new());
     assert!(out.contains(&Action::Expired { seq: 3 }));
     assert!(publishes(&out).is_empty());
+}
+
+#[test]
+fn under_send_late_records_are_written_without_a_message_expiry() {
+    for protocol in [V311, V5] {
+        let c = Clock::new();
+        let mut cfg = config(protocol);
+        cfg.expired = ExpiredPolicy::Send;
+        let mut s = Session::new(cfg).unwrap();
+        let mut late = record(1, QoS::AtLeastOnce);
+        late.expires_at = Some(c.at(5_000));
+        let mut in_time = record(2, QoS::AtLeastOnce);
+        in_time.expires_at = Some(c.at(60_500));
+        offer(&mut s, late, c.at(0));
+        offer(&mut s, in_time, c.at(0));
+        // Nothing to wake up for: a TTL drops nothing under this policy.
+        assert_eq!(s.next_deadline(), None);
+        assert!(s.handle_tick(c.at(6_000)).unwrap().is_empty());
+        let out = connect(&mut s, c.at(10_000), false);
+        assert!(!out.iter().any(|a| matches!(a, Action::Expired { .. })));
+        let written: Vec<Publish> = sent(&out)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written.len(), 2, "{protocol:?}: {out:?}");
+        assert_eq!(seq_of(&written[0]), 1);
+        assert_eq!(
+            written[0].message_expiry_s, None,
+            "late: no expiry interval"
+        );
+        let in_time_expiry = (protocol == V5).then_some(51);
+        assert_eq!(written[1].message_expiry_s, in_time_expiry, "50.5 s left");
+        assert_eq!(s.stats().expired, 0);
+        // A resend after the TTL passed goes without one too.
+        s.connection_lost();
+        let out = connect(&mut s, c.at(70_000), true);
+        let Packet::Publish(p) = &sent(&out)[1] else {
+            panic!()
+        };
+        assert_eq!(seq_of(p), 2);
+        assert_eq!(p.message_expiry_s, None);
+    }
 }
 
 #[test]

@@ -135,9 +135,6 @@ impl Agent {
     /// Starts everything the configuration asks for. Must be called within a tokio runtime.
     pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         let client_cfg = upstream::client_config(cfg)?;
-        for w in upstream::unsupported(cfg) {
-            tracing::warn!("{w}");
-        }
         let client = start_client(client_cfg).await?;
         tracing::info!(
             store = %cfg.store.dir.display(),

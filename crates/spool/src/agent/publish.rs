@@ -161,7 +161,10 @@ async fn store_directly(
         priority: req.priority,
         ttl: req.ttl,
     };
-    let seq = Outbox::push(&store, outbox.max_payload(), &msg).await?;
+    // Stored as the agent's client stores it: under `outbox.expired = "send"` the TTL does
+    // not become the engine's (the store would drop the record at its TTL).
+    let policy = super::upstream::expired_policy(cfg.outbox.expired);
+    let seq = Outbox::push_start_with(&store, outbox.max_payload(), &msg, &[], policy)?.await?;
     drop(outbox);
     let dir = store.dir().to_path_buf();
     // Closing flushes and releases the lock before the command exits (the push was durable

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use spool_mqtt::{
-    BulkConfig, BulkFormat, BulkWhen, Client, ClientConfig, Overflow, Protocol, TlsConfig,
+    BulkConfig, BulkFormat, BulkWhen, Client, ClientConfig, ExpiredPolicy, Overflow, Protocol,
+    TlsConfig,
 };
 
 use super::AgentError;
@@ -38,12 +39,15 @@ pub fn client_config(cfg: &AgentConfig) -> Result<ClientConfig, AgentError> {
             config::Protocol::V311 => Protocol::V311,
             config::Protocol::V5 => Protocol::V5,
         })
+        .durability(cfg.store.durability.to_engine())
         .keep_alive(u.keepalive)
         .connect_timeout(u.connect_timeout)
+        .clean_start(u.clean_start)
         .session_expiry(u.session_expiry)
         .window(window)
         .backoff(u.backoff.min, u.backoff.max)
         .reconnect_immediately_on_server_disconnect(u.reconnect_immediately_after_clean_disconnect)
+        .expired(expired_policy(cfg.outbox.expired))
         .capacity(
             cfg.outbox.max_messages,
             cfg.outbox.max_bytes.0,
@@ -101,6 +105,14 @@ fn bulk_config(b: &config::Bulk) -> Option<BulkConfig> {
     })
 }
 
+/// The client's policy for `outbox.expired`.
+pub fn expired_policy(expired: Expired) -> ExpiredPolicy {
+    match expired {
+        Expired::Drop => ExpiredPolicy::Drop,
+        Expired::Send => ExpiredPolicy::Send,
+    }
+}
+
 fn system_ca_bundle() -> Option<PathBuf> {
     SYSTEM_CA_BUNDLES
         .iter()
@@ -109,28 +121,11 @@ fn system_ca_bundle() -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// Settings the configuration accepts that this agent does not act on yet; each is logged as
-/// a warning at start so that nobody relies on them silently.
-pub fn unsupported(cfg: &AgentConfig) -> Vec<String> {
-    let mut w = Vec::new();
-    if cfg.upstream.clean_start {
-        w.push("upstream.clean_start = true is not supported by the client (it always resumes its session, which QoS 2 across restarts needs); ignored".to_owned());
-    }
-    if cfg.store.durability != config::Durability::Sync {
-        w.push(format!(
-            "store.durability = \"{}\" is not passed to the MQTT client yet (it opens the store with \"sync\"); ignored",
-            cfg.store.durability
-        ));
-    }
-    if cfg.outbox.expired == Expired::Send {
-        w.push("outbox.expired = \"send\" is not supported by the client yet (expired messages are dropped and counted); ignored".to_owned());
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use spool_mqtt::Durability;
 
     use super::*;
     use crate::config::Environment;
@@ -150,6 +145,7 @@ mod tests {
             r#"
 [store]
 dir = "/tmp/x"
+durability = "interval:100ms"
 [upstream]
 host = "broker.lan"
 port = 1999
@@ -157,6 +153,7 @@ protocol = "3.1.1"
 username = "dev"
 password = "pw"
 keepalive = "15s"
+clean_start = true
 session_expiry = "1h"
 connect_timeout = "3s"
 window = 17
@@ -167,17 +164,21 @@ max = "9s"
 max_messages = 10
 max_bytes = "1KiB"
 overflow = "evict-lowest-priority"
+expired = "send"
 "#,
         );
         let c = client_config(&cfg).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("broker.lan", 1999));
         assert_eq!(c.store_dir, Path::new("/tmp/x"));
+        assert_eq!(c.durability, Durability::Interval(100));
         assert_eq!(c.session.protocol, Protocol::V311);
         assert_eq!(c.session.client_id, "spool-gw");
         assert_eq!(c.session.username.as_deref(), Some("dev"));
         assert_eq!(c.session.password.as_deref(), Some("pw"));
         assert_eq!(c.session.keep_alive, Duration::from_secs(15));
+        assert!(c.session.clean_start);
         assert_eq!(c.session.session_expiry_s, 3600);
+        assert_eq!(c.session.expired, ExpiredPolicy::Send);
         assert_eq!(c.session.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.session.window, 17);
         assert_eq!(c.backoff_min, Duration::from_millis(200));
@@ -186,7 +187,20 @@ overflow = "evict-lowest-priority"
         assert_eq!(c.outbox.max_bytes, 1024);
         assert_eq!(c.outbox.overflow, Overflow::EvictLowestPriority);
         assert!(c.tls.is_none());
-        assert!(unsupported(&cfg).is_empty());
+    }
+
+    #[test]
+    fn the_defaults_resume_the_session_sync_and_drop_expired_messages() {
+        let c = client_config(&load("[upstream]\nhost = \"h\"\n")).unwrap();
+        assert_eq!(c.durability, Durability::Sync);
+        assert!(!c.session.clean_start);
+        assert_eq!(c.session.session_expiry_s, 24 * 3600);
+        assert_eq!(c.session.expired, ExpiredPolicy::Drop);
+        let c = client_config(&load(
+            "[store]\ndurability = \"none\"\n[upstream]\nhost = \"h\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.durability, Durability::None);
     }
 
     #[test]
@@ -202,16 +216,6 @@ overflow = "evict-lowest-priority"
         let cfg = load("[upstream]\nhost = \"::1\"\n");
         let c = client_config(&cfg).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 1883));
-    }
-
-    #[test]
-    fn settings_the_client_lacks_are_warned_about() {
-        let cfg = load(
-            "[upstream]\nhost = \"h\"\nclean_start = true\n[outbox.bulk]\nmode = \"ndjson\"\n",
-        );
-        let w = unsupported(&cfg);
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("upstream.clean_start"), "{w:?}");
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct PublishArgs {
     /// Ask the broker to retain the message
     #[arg(long)]
     pub retain: bool,
-    /// Drop the message (counted) if not sent within this time, e.g. 30s, 5m [default: outbox.default_ttl]
+    /// Drop the message (counted) if not sent within this time, e.g. 30s, 5m; with outbox.expired = "send" it is sent late instead [default: outbox.default_ttl]
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
     /// The agent's configuration file (store.dir, listener.bind and the outbox defaults)

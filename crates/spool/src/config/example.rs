@@ -39,7 +39,9 @@ pub fn example() -> String {
         }
         for k in KEYS.iter().filter(|k| parent(k) == *section) {
             let value = lookup(&defaults, k.path).filter(|_| !array);
-            let _ = writeln!(out, "# {}", k.doc);
+            for line in k.doc.lines() {
+                let _ = writeln!(out, "# {line}");
+            }
             match (value, k.sample) {
                 // A required key with an empty default: shown with its sample, uncommented.
                 (Some(Value::String(s)), Some(sample)) if s.is_empty() => {

@@ -173,7 +173,7 @@ pub const ARRAY_SECTIONS: &[&str] = &["subscriptions"];
 /// Every key, in file order (a section's own keys before its subsections).
 pub const KEYS: &[KeyDef] = &[
     KeyDef::new("store.dir", Ty::Path, "Store directory, owned by one process (relative: to this file's directory)."),
-    KeyDef::new("store.durability", Ty::Durability, "\"sync\": acknowledged after fdatasync; \"interval:100ms\": fdatasync at most that late; \"none\"."),
+    KeyDef::new("store.durability", Ty::Durability, "\"sync\": a message counts as stored (the listener's PUBACK) after fdatasync;\n\"interval:100ms\": once written, fdatasync at most that late; \"none\": once written.\nNot \"sync\": a PUBACK does not mean \"on disk\" (a power cut can lose up to the interval)."),
     KeyDef::new("upstream.host", Ty::Str, "Broker host name or IP address (required).").sample("\"localhost\""),
     KeyDef::new("upstream.port", Ty::Int { min: 1, max: 65_535 }, "Broker port; default 1883, or 8883 when TLS is enabled.").sample("1883"),
     KeyDef::new("upstream.protocol", Ty::OneOf(&["3.1.1", "5"]), "MQTT version: \"5\" or \"3.1.1\"."),
@@ -182,8 +182,8 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef::new("upstream.password", Ty::Str, "Password (prefer password_file, which keeps it out of this file).").sample("\"secret\"").secret(),
     KeyDef::new("upstream.password_file", Ty::Path, "File holding the password (e.g. a systemd credential); its last line end is ignored.").sample("\"/etc/spool/password\""),
     KeyDef::new("upstream.keepalive", Ty::Duration, "Keep alive, 1s..=65535s in whole seconds: how soon a half-open link is noticed."),
-    KeyDef::new("upstream.clean_start", Ty::Bool, "Start a new session at every connect (loses the broker's QoS 2 state)."),
-    KeyDef::new("upstream.session_expiry", Ty::Duration, "How long the broker keeps our session after a disconnect (MQTT 5)."),
+    KeyDef::new("upstream.clean_start", Ty::Bool, "Start a new session at every connect; the broker keeps none (MQTT 5 session expiry 0).\nNothing stored is lost, but QoS 2 in flight is sent again, and nothing is queued for us offline."),
+    KeyDef::new("upstream.session_expiry", Ty::Duration, "How long the broker keeps our session after a disconnect (MQTT 5; not used with clean_start)."),
     KeyDef::new("upstream.connect_timeout", Ty::Duration, "Time allowed for TCP, TLS and CONNACK together."),
     KeyDef::new("upstream.reconnect_immediately_after_clean_disconnect", Ty::Bool, "Reconnect at once (not after the backoff) when the broker disconnects us normally."),
     KeyDef::new("upstream.window", int(1, WINDOW_MAX as i64), "Messages in flight at most (the broker's Receive Maximum may lower it)."),
@@ -201,7 +201,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef::new("outbox.default_qos", int(0, 2), "QoS of messages that do not say (0, 1 or 2)."),
     KeyDef::new("outbox.default_priority", int(0, 255), "Priority of messages that do not say (0..=255, higher is sent first)."),
     KeyDef::new("outbox.default_ttl", Ty::Duration, "TTL of messages that do not say; 0 = never expire; at most 30d."),
-    KeyDef::new("outbox.expired", Ty::OneOf(&["drop", "send"]), "A message whose TTL passed: \"drop\" (counted) or \"send\" it late."),
+    KeyDef::new("outbox.expired", Ty::OneOf(&["drop", "send"]), "A message whose TTL passed before it was sent: \"drop\" it (counted),\nor \"send\" it late (never dropped; sent without an MQTT 5 message expiry)."),
     KeyDef::new("outbox.bulk.mode", Ty::OneOf(&["off", "json-array", "ndjson"]), "\"off\", \"json-array\" (one JSON array of payloads) or \"ndjson\" (one payload per line)."),
     KeyDef::new("outbox.bulk.max_records", int(2, 10_000), "Records per pack at most."),
     KeyDef::new("outbox.bulk.max_bytes", Ty::Size, "Bytes per pack at most."),

@@ -47,7 +47,9 @@ pub struct StoreConfig {
     /// Store directory (default [`STORE_DIR_DEFAULT`]). Relative paths in the file are relative
     /// to the file's directory; in an environment variable, to the working directory.
     pub dir: PathBuf,
-    /// `sync` (default: acknowledged after fdatasync), `interval:<duration>`, or `none`.
+    /// `sync` (default: acknowledged after fdatasync), `interval:<duration>`, or `none` (both
+    /// acknowledged once written: a power cut can lose what was acknowledged since the last
+    /// fdatasync). The MQTT client opens the store with it.
     pub durability: Durability,
 }
 
@@ -186,10 +188,14 @@ pub struct UpstreamConfig {
     /// Keep alive (whole seconds, 1s..=65535s); also how soon a half-open link is noticed.
     #[serde(with = "units::duration")]
     pub keepalive: Duration,
-    /// Start a new session at every connect (loses the broker's QoS 2 state). Default false.
+    /// Ask for a clean start at every connect (MQTT 5 Clean Start with session expiry 0, MQTT
+    /// 3.1.1 Clean Session): the broker never resumes or keeps our session. Nothing in the
+    /// outbox is lost, but QoS 2 in flight at a disconnect is published again and what the
+    /// broker would have queued for our subscriptions while we were away is not kept. Default
+    /// false.
     pub clean_start: bool,
     /// How long the broker keeps the session after a disconnect (MQTT 5; 3.1.1 brokers keep it
-    /// until the next clean start). Default 1 day.
+    /// until the next clean start; not used with `clean_start`). Default 1 day.
     #[serde(with = "units::duration")]
     pub session_expiry: Duration,
     /// Time allowed for TCP, TLS and CONNACK together.
@@ -357,13 +363,15 @@ pub enum Overflow {
     EvictLowestPriority,
 }
 
-/// What happens to an expired message. Default `drop` (and counted, reason `expired`).
+/// What happens to a message whose TTL passed before it was sent; maps onto
+/// `spool_mqtt::ExpiredPolicy`. Default `drop` (and counted, reason `expired`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Expired {
     #[default]
     Drop,
-    /// Send it anyway, late.
+    /// Send it anyway, late (without an MQTT 5 message expiry interval); nothing is dropped
+    /// for its TTL, in the store or later.
     Send,
 }
 

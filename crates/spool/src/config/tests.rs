@@ -756,7 +756,13 @@ fn durations_need_units_and_sane_values() {
         "[store]\ndurability = \"interval:0ms\"\n",
         &[],
         "store.durability",
-        &["above 0"],
+        &["at least 1ms"],
+    );
+    check_err(
+        "[store]\ndurability = \"interval:500us\"\n",
+        &[],
+        "store.durability",
+        &["at least 1ms"],
     );
     check_err(
         "[outbox]\ndefault_ttl = \"31d\"\n",

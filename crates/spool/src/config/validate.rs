@@ -153,12 +153,13 @@ fn store(c: &mut Checker<'_>, cfg: &mut AgentConfig) {
         s.dir = c.path("store.dir", &s.dir);
     }
     if let super::Durability::Interval(d) = s.durability {
-        if d.is_zero() || d > SYNC_INTERVAL_MAX {
+        // The engine counts the interval in whole milliseconds.
+        if d < Duration::from_millis(1) || d > SYNC_INTERVAL_MAX {
             c.bad(
                 "store.durability",
                 format!("\"{}\"", s.durability),
                 format!(
-                    "the interval must be above 0 and at most {} (use \"sync\" for no window, \"none\" for none at all)",
+                    "the interval must be at least 1ms and at most {} (use \"sync\" for no window, \"none\" for none at all)",
                     format_duration(SYNC_INTERVAL_MAX)
                 ),
             );

@@ -645,6 +645,70 @@ fn broker_down_while_publishing_then_up_everything_arrives() {
     assert!(agent.wait_exit().success(), "{}", setup.log());
 }
 
+#[test]
+fn clean_start_relaxed_durability_and_late_sending_are_acted_on() {
+    let mut broker = broker();
+    let sub = subscriber(&broker, "late/#", 1);
+    let setup = Setup::new(broker.port(), true, "[outbox]\nexpired = \"send\"\n");
+    // `Setup` writes [store] and [upstream]: the settings go into them.
+    let text_of = std::fs::read_to_string(setup.config()).expect("agent.toml");
+    let edited = text_of
+        .replacen(
+            "dir = \"store\"\n",
+            "dir = \"store\"\ndurability = \"interval:50ms\"\n",
+            1,
+        )
+        .replacen("[upstream]\n", "[upstream]\nclean_start = true\n", 1);
+    assert_ne!(edited, text_of);
+    std::fs::write(setup.config(), edited).expect("write agent.toml");
+
+    // No agent yet: written into the store with a TTL that passes before the agent starts.
+    let out = setup.publish("late/x", "stored-late", &["--ttl", "1s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A wait for the TTL to pass, not a timing check.
+    thread::sleep(Duration::from_millis(1500));
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    let got = receive_all(&sub, &["stored-late".into()]);
+    assert!(got.contains_key("stored-late"), "{got:?}\n{}", setup.log());
+    wait_for("connected", || {
+        get(setup.http, "/health/ready").is_some_and(|(c, _)| c == 200)
+    });
+
+    // Through the listener while the broker is down (MQTT 5 message expiry 1 s), kept past
+    // its TTL, then sent.
+    broker.stop().expect("stop the broker");
+    let out = setup.publish("late/x", "listener-late", &["--ttl", "1s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    thread::sleep(Duration::from_millis(1500));
+    let (_, body) = get(setup.http, "/stats").expect("/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["dropped"]["expired"], 0, "{v}");
+    assert_eq!(v["outbox"]["messages"], 1, "{v}");
+    broker.restart().expect("restart the broker");
+    let got = receive_all(&sub, &["listener-late".into()]);
+    assert!(
+        got.contains_key("listener-late"),
+        "{got:?}\n{}",
+        setup.log()
+    );
+
+    // The broker kept its sessions across the restart (persistence), but not ours: every
+    // connect asked for a clean start.
+    wait_for("the reconnect in the log", || {
+        setup.log().contains("reconnected")
+    });
+    let log = setup.log();
+    assert!(!log.contains("session_present=true"), "{log}");
+    assert!(log.contains("session_present=false"), "{log}");
+    // None of the three is reported as ignored any more.
+    for key in ["clean_start", "store.durability", "outbox.expired"] {
+        assert!(!log.contains(key), "{key}:\n{log}");
+    }
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}
+
 /// xorshift64*: the kill moments, replayable from the printed seed.
 struct Rng(u64);
 

@@ -231,6 +231,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The in-flight limit assumed of an MQTT 3.1.1 broker (which cannot announce one).
+    /// Default [`crate::session::V311_RECEIVE_MAXIMUM`], Mosquitto's default; raise it only
+    /// for a broker configured to take more.
+    #[must_use]
+    pub fn v311_receive_maximum(mut self, n: u16) -> Self {
+        self.config.session.v311_receive_maximum = n;
+        self
+    }
+
     /// Reconnect backoff bounds (full jitter between them).
     #[must_use]
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {

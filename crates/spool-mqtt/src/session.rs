@@ -118,6 +118,10 @@ pub struct SessionConfig {
     /// unacknowledged towards us (bounds what waits for `ack_incoming`). Default
     /// [`INBOUND_RECEIVE_MAXIMUM_DEFAULT`].
     pub inbound_receive_maximum: u16,
+    /// The in-flight limit assumed of an MQTT 3.1.1 broker, which cannot announce its Receive
+    /// Maximum. Default [`V311_RECEIVE_MAXIMUM`] (Mosquitto's default); raise it only for a
+    /// broker configured to take more (Mosquitto's `max_inflight_messages`).
+    pub v311_receive_maximum: u16,
     /// What happens to a record whose TTL (`OutRecord::expires_at`) passed before it was
     /// ever written. Default [`ExpiredPolicy::Drop`].
     pub expired: ExpiredPolicy,
@@ -156,6 +160,7 @@ impl SessionConfig {
             session_expiry_s: SESSION_EXPIRY_DEFAULT_S,
             window: WINDOW_DEFAULT,
             inbound_receive_maximum: INBOUND_RECEIVE_MAXIMUM_DEFAULT,
+            v311_receive_maximum: V311_RECEIVE_MAXIMUM,
             expired: ExpiredPolicy::Drop,
             username: None,
             password: None,
@@ -181,7 +186,7 @@ impl SessionConfig {
                 window: self.window,
             });
         }
-        if self.inbound_receive_maximum == 0 {
+        if self.inbound_receive_maximum == 0 || self.v311_receive_maximum == 0 {
             return Err(ConfigError::ZeroReceiveMaximum);
         }
         if !self.keep_alive.is_zero() && self.ping_timeout.is_zero() {
@@ -220,7 +225,9 @@ pub enum ConfigError {
         window: u16,
     },
     /// Receive maximum 0 is a protocol error.
-    #[error("inbound receive maximum is 0; use 1 to 65535")]
+    #[error(
+        "a receive maximum (inbound_receive_maximum or v311_receive_maximum) is 0; use 1 to 65535"
+    )]
     ZeroReceiveMaximum,
     /// With keep alive on, a zero ping timeout would fire at once.
     #[error("ping timeout is 0 while keep alive is on; give the broker time to answer (e.g. 10s)")]
@@ -1399,7 +1406,7 @@ impl Session {
             Protocol::V5 => connack
                 .receive_maximum
                 .unwrap_or(BROKER_RECEIVE_MAXIMUM_DEFAULT),
-            Protocol::V311 => V311_RECEIVE_MAXIMUM,
+            Protocol::V311 => self.config.v311_receive_maximum,
         };
         self.broker_max_packet_bytes = connack.maximum_packet_bytes;
         self.broker_max_qos = connack

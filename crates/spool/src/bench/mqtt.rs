@@ -873,6 +873,9 @@ async fn start_client(dir: &Path, port: u16, cfg: &MqttConfig, id: &str) -> Resu
     Client::builder(format!("127.0.0.1:{port}"), id, dir)
         .protocol(Protocol::V311)
         .window(cfg.window)
+        // The benchmark's broker takes any number in flight (max_inflight_messages 0), as
+        // rumqttc is told too.
+        .v311_receive_maximum(cfg.window)
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
         .start()
         .await

@@ -186,7 +186,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef::new("upstream.session_expiry", Ty::Duration, "How long the broker keeps our session after a disconnect (MQTT 5; not used with clean_start)."),
     KeyDef::new("upstream.connect_timeout", Ty::Duration, "Time allowed for TCP, TLS and CONNACK together."),
     KeyDef::new("upstream.reconnect_immediately_after_clean_disconnect", Ty::Bool, "Reconnect at once (not after the backoff) when the broker disconnects us normally."),
-    KeyDef::new("upstream.window", int(1, WINDOW_MAX as i64), "Messages in flight at most (the broker's Receive Maximum may lower it)."),
+    KeyDef::new("upstream.window", int(1, WINDOW_MAX as i64), "Messages in flight at most (the broker's Receive Maximum may lower it; with protocol 3.1.1, which has none, at most 20: Mosquitto's default)."),
     KeyDef::new("upstream.drain_timeout", Ty::Duration, "On SIGTERM: how long to keep delivering before exiting (nothing is lost either way)."),
     KeyDef::new("upstream.backoff.min", Ty::Duration, "First reconnect delay (upper bound of the jitter)."),
     KeyDef::new("upstream.backoff.max", Ty::Duration, "Largest reconnect delay."),

@@ -46,8 +46,9 @@ use crate::backoff::{Backoff, BACKOFF_MAX_DEFAULT, BACKOFF_MIN_DEFAULT};
 use crate::outbox::{self, OutMessage, Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::packet::{Codec, Packet, Protocol, QoS, SubscribeFilter};
 use crate::session::{
-    Action, ConfigError, ConnectionState, Error as SessionError, ExpiredPolicy, InboundToken,
-    OfferError, OutRecord, Session, SessionConfig, SubscribeError, INCOMING_PACKET_BYTES_DEFAULT,
+    AckRoundTrips, Action, ConfigError, ConnectionState, Error as SessionError, ExpiredPolicy,
+    InboundToken, OfferError, OutRecord, Session, SessionConfig, SubscribeError,
+    INCOMING_PACKET_BYTES_DEFAULT,
 };
 use crate::topic::{topic_matches, validate_topic_filter};
 
@@ -541,6 +542,10 @@ pub struct ClientStats {
     pub dropped: DropCounts,
     /// Outbox depth, bytes and engine counters.
     pub outbox: OutboxStats,
+    /// Ack round trips of QoS 1 records (PUBLISH written to PUBACK), since start.
+    pub ack_qos1: AckRoundTrips,
+    /// Ack round trips of QoS 2 records (PUBLISH written to PUBCOMP), since start.
+    pub ack_qos2: AckRoundTrips,
 }
 
 #[derive(Debug)]
@@ -557,6 +562,8 @@ struct Shared {
     rejected_by_broker: u64,
     malformed: u64,
     counters: outbox::OutboxCounters,
+    ack_qos1: AckRoundTrips,
+    ack_qos2: AckRoundTrips,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -774,6 +781,8 @@ impl Client {
             rejected_by_broker: 0,
             malformed: 0,
             counters: outbox::OutboxCounters::default(),
+            ack_qos1: AckRoundTrips::default(),
+            ack_qos2: AckRoundTrips::default(),
         }));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let max_payload = outbox.max_payload();
@@ -975,6 +984,8 @@ impl Client {
                 malformed: s.malformed,
             },
             outbox,
+            ack_qos1: s.ack_qos1,
+            ack_qos2: s.ack_qos2,
         })
     }
 
@@ -1788,6 +1799,9 @@ impl EventLoop {
         s.held = self.session.held();
         s.counters = self.outbox.counters();
         s.malformed = self.outbox.counters().malformed;
+        let session = self.session.stats();
+        s.ack_qos1 = session.ack_qos1;
+        s.ack_qos2 = session.ack_qos2;
     }
 }
 

@@ -47,9 +47,9 @@ pub use ingress::{
 pub use outbox::{OutMessage, Outbox, OutboxConfig, OutboxError, OutboxStats};
 pub use packet::{Codec, CodecError, Packet, Protocol, Publish, QoS, SubscribeFilter};
 pub use session::{
-    Action, ConfigError, ConnectRefusal, ConnectionState, Error, ExpiredPolicy, InboundToken,
-    IncomingPublish, OfferError, OutRecord, Qos2Restore, Qos2State, RestoreError, Session,
-    SessionConfig, SessionStats, SubscribeError,
+    AckRoundTrips, Action, ConfigError, ConnectRefusal, ConnectionState, Error, ExpiredPolicy,
+    InboundToken, IncomingPublish, OfferError, OutRecord, Qos2Restore, Qos2State, RestoreError,
+    Session, SessionConfig, SessionStats, SubscribeError, ACK_BUCKETS_S,
 };
 pub use spool_engine::{Durability, Overflow};
 pub use topic::{topic_matches, validate_topic_filter, validate_topic_name, TopicError};

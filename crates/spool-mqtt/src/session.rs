@@ -604,6 +604,59 @@ pub struct SessionStats {
     pub inbound_duplicates_suppressed: u64,
     /// Acks for packet ids we have nothing in flight under (ignored).
     pub unexpected_acks: u64,
+    /// Round trips of QoS 1 records: last PUBLISH written to PUBACK.
+    pub ack_qos1: AckRoundTrips,
+    /// Round trips of QoS 2 records: last PUBLISH (or PUBREL, after a reconnect) written to
+    /// PUBCOMP.
+    pub ack_qos2: AckRoundTrips,
+}
+
+/// Upper bounds (seconds) of the ack round-trip histogram's buckets.
+pub const ACK_BUCKETS_S: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A histogram of ack round trips (successful acks of records written on this connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckRoundTrips {
+    /// Observations at most [`ACK_BUCKETS_S`]`[i]` (not cumulative).
+    pub buckets: [u64; ACK_BUCKETS_S.len()],
+    /// Observations above the last bound.
+    pub over: u64,
+    /// Sum of the observations in microseconds.
+    pub sum_us: u64,
+}
+
+impl AckRoundTrips {
+    /// Records one round trip.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        match ACK_BUCKETS_S.iter().position(|&b| s <= b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_us = self
+            .sum_us
+            .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// How many round trips were recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum::<u64>() + self.over
+    }
+
+    /// Cumulative (bound in seconds, observations at most it), as Prometheus writes them.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut n = 0;
+        ACK_BUCKETS_S
+            .iter()
+            .zip(self.buckets)
+            .map(|(&b, c)| {
+                n += c;
+                (b, n)
+            })
+            .collect()
+    }
 }
 
 /// The connection state.
@@ -641,6 +694,8 @@ struct Slot {
     possible_duplicate: bool,
     /// What the caller was last told to record (QoS 2).
     recorded: Option<Qos2State>,
+    /// When its last PUBLISH/PUBREL was written on the current connection.
+    written_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -850,6 +905,7 @@ impl Session {
                     on_wire: false,
                     possible_duplicate: false,
                     recorded: Some(r.state),
+                    written_at: None,
                 },
             );
         }
@@ -1048,6 +1104,7 @@ impl Session {
                 on_wire: false,
                 possible_duplicate: false,
                 recorded: None,
+                written_at: None,
             },
         );
         let mut out = Vec::new();
@@ -1146,6 +1203,7 @@ impl Session {
             // PUBREC was received (and recorded) on an earlier connection of this session.
             slot.written = true;
             slot.on_wire = true;
+            slot.written_at = Some(now);
             self.in_flight += 1;
             self.stats.resent += 1;
             self.send(out, now, Packet::PubRel(Ack::success(packet_id)));
@@ -1240,6 +1298,7 @@ impl Session {
         }
         slot.written = true;
         slot.on_wire = qos != QoS::AtMostOnce;
+        slot.written_at = Some(now);
         self.send(out, now, packet);
         if qos == QoS::AtMostOnce {
             self.slots.remove(&ord);
@@ -1266,13 +1325,21 @@ impl Session {
         self.slots.get(&ord)?.on_wire.then_some(ord)
     }
 
-    fn finish(&mut self, ord: u64, ack: Ack, out: &mut Vec<Action>) {
+    fn finish(&mut self, ord: u64, ack: Ack, out: &mut Vec<Action>, now: Instant) {
         let Some(slot) = self.remove_slot(ord) else {
             return;
         };
         let seq = slot.record.seq;
         if ack.reason < reason::FIRST_FAILURE {
             self.stats.acked += 1;
+            if let Some(t) = slot.written_at {
+                let rtt = now.saturating_duration_since(t);
+                match slot.record.qos {
+                    QoS::AtLeastOnce => self.stats.ack_qos1.observe(rtt),
+                    QoS::ExactlyOnce => self.stats.ack_qos2.observe(rtt),
+                    QoS::AtMostOnce => {}
+                }
+            }
             out.push(Action::Acked { seq });
         } else {
             self.stats.rejected += 1;
@@ -1317,7 +1384,7 @@ impl Session {
                     if self.slots[&ord].record.qos == QoS::AtLeastOnce
                         && self.slots[&ord].stage == Stage::Publish =>
                 {
-                    self.finish(ord, ack, &mut out);
+                    self.finish(ord, ack, &mut out, now);
                     self.pump(&mut out, now);
                 }
                 _ => self.stats.unexpected_acks += 1,
@@ -1334,7 +1401,7 @@ impl Session {
                         reason: reason::SUCCESS,
                         ..ack
                     };
-                    self.finish(ord, ack, &mut out);
+                    self.finish(ord, ack, &mut out, now);
                     self.pump(&mut out, now);
                 }
                 _ => self.stats.unexpected_acks += 1,
@@ -1491,7 +1558,7 @@ impl Session {
         }
         if ack.reason >= reason::FIRST_FAILURE {
             // A failed PUBREC ends the transaction (MQTT 5 4.3.3): no PUBREL.
-            self.finish(ord, ack, out);
+            self.finish(ord, ack, out, now);
             self.pump(out, now);
             return;
         }

@@ -182,6 +182,8 @@ async fn qos1_and_qos2_reach_a_real_subscriber_with_both_protocols() {
         let s = delivered(&client).await;
         assert_eq!(s.acked, 12, "{s:#?}");
         assert_eq!(s.published, 12);
+        // Every QoS 1/2 ack's round trip is in the histograms (QoS 0 has none).
+        assert_eq!((s.ack_qos1.count(), s.ack_qos2.count()), (5, 5), "{s:#?}");
         assert_eq!(s.state, LinkState::Connected);
         let mut got = block(|| sub.collect(12, WAIT));
         let mut want: Vec<(String, Vec<u8>)> = (0..12)

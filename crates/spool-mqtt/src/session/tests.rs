@@ -1706,3 +1706,40 @@ fn an_invalid_incoming_topic_is_a_protocol_error() {
         Err(Error::Protocol { .. })
     ));
 }
+
+#[test]
+fn ack_round_trips_are_measured_from_the_write_per_qos() {
+    let c = Clock::new();
+    let mut s = Session::new(config(V5)).unwrap();
+    connect(&mut s, c.at(0), false);
+    let out = offer(&mut s, record(1, QoS::AtLeastOnce), c.at(0));
+    let (_, pid1, _) = publishes(&out)[0];
+    let out = offer(&mut s, record(2, QoS::ExactlyOnce), c.at(10));
+    let (_, pid2, _) = publishes(&out)[0];
+    let out = s.handle_incoming(puback(pid1), c.at(30)).unwrap();
+    assert_eq!(acked(&out), vec![1]);
+    let _ = s
+        .handle_incoming(Packet::PubRec(Ack::success(pid2)), c.at(12))
+        .unwrap();
+    let out = s
+        .handle_incoming(Packet::PubComp(Ack::success(pid2)), c.at(2010))
+        .unwrap();
+    assert_eq!(acked(&out), vec![2]);
+    let st = s.stats();
+    // 30 ms: the 0.05 s bucket; 2 s: the 2.5 s bucket.
+    let i = |b: f64| {
+        crate::session::ACK_BUCKETS_S
+            .iter()
+            .position(|&x| (x - b).abs() < 1e-9)
+            .unwrap()
+    };
+    assert_eq!(st.ack_qos1.count(), 1);
+    assert_eq!(st.ack_qos1.buckets[i(0.05)], 1);
+    assert_eq!(st.ack_qos1.sum_us, 30_000);
+    assert_eq!(st.ack_qos2.count(), 1);
+    assert_eq!(st.ack_qos2.buckets[i(2.5)], 1);
+    assert_eq!(st.ack_qos2.sum_us, 2_000_000);
+    let cum = st.ack_qos2.cumulative();
+    assert_eq!(cum.last(), Some(&(10.0, 1)));
+    assert_eq!(cum[i(1.0)], (1.0, 0));
+}

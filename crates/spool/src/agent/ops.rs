@@ -298,6 +298,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "spool_mqtt_acked_total",
     "spool_mqtt_possible_duplicates_total",
     "spool_mqtt_dropped_total",
+    "spool_mqtt_ack_round_trip_seconds",
     "spool_outbox_messages",
     "spool_outbox_bytes",
     "spool_outbox_oldest_age_seconds",
@@ -437,6 +438,16 @@ impl OpsSource for AgentOps {
                 "Messages dropped or refused, by reason.",
                 &[("reason", reason)],
                 n,
+            );
+        }
+        for (qos, h) in [("1", &stats.ack_qos1), ("2", &stats.ack_qos2)] {
+            out.histogram(
+                "spool_mqtt_ack_round_trip_seconds",
+                "From a PUBLISH written to the broker to its PUBACK (QoS 1) or PUBCOMP (QoS 2).",
+                &[("qos", qos)],
+                &h.cumulative(),
+                h.sum_us as f64 / 1e6,
+                h.count(),
             );
         }
         let o = &stats.outbox;

@@ -114,6 +114,9 @@ pub struct IngressConfig {
     /// Upstream QoS of a local **QoS 0** PUBLISH (QoS 1 and 2 keep theirs). The ingress stores
     /// QoS 0 durably too; the default 1 keeps that guarantee up to the broker. Default 1.
     pub default_qos: QoS,
+    /// TTL of a local PUBLISH that carries no MQTT 5 message expiry (every 3.1.1 one).
+    /// Default `None`: such messages never expire.
+    pub default_ttl: Option<Duration>,
     /// Upstream subscriptions whose messages local clients may SUBSCRIBE to.
     pub subscriptions: Vec<DownlinkSubscription>,
 }
@@ -127,6 +130,7 @@ impl IngressConfig {
             max_packet_size: 1 << 20,
             default_priority: 0,
             default_qos: QoS::AtLeastOnce,
+            default_ttl: None,
             subscriptions: Vec::new(),
         }
     }
@@ -379,6 +383,7 @@ impl Ingress {
                 default_priority: config.default_priority,
                 qos0_upstream: config.default_qos,
                 max_packet_bytes: config.max_packet_size,
+                default_ttl: config.default_ttl,
             },
             max_connections: config.max_connections,
             counters: Arc::clone(&counters),

@@ -40,6 +40,8 @@ pub(crate) struct ConnSettings {
     pub default_priority: u8,
     pub qos0_upstream: QoS,
     pub max_packet_bytes: u32,
+    /// TTL of a PUBLISH without an MQTT 5 message expiry (3.1.1 ones included).
+    pub default_ttl: Option<Duration>,
 }
 
 /// Why a store failed, as far as the client is told.
@@ -301,7 +303,8 @@ impl Conn {
             ttl: p
                 .message_expiry_s
                 .filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(u64::from(s))),
+                .map(|s| Duration::from_secs(u64::from(s)))
+                .or(self.settings.default_ttl),
         };
         vec![ConnAction::Store {
             msg,
@@ -555,6 +558,7 @@ mod tests {
             default_priority: 3,
             qos0_upstream: QoS::AtLeastOnce,
             max_packet_bytes: 1024,
+            default_ttl: None,
         }
     }
 
@@ -600,6 +604,34 @@ mod tests {
             Ok([other]) => panic!("{other:?}"),
             Err(out) => panic!("{out:?}"),
         }
+    }
+
+    #[test]
+    fn a_publish_without_message_expiry_takes_the_default_ttl() {
+        let mut settings = settings();
+        settings.default_ttl = Some(Duration::from_secs(30));
+        let mut c = Conn::new(Protocol::V311, settings, 1);
+        let _ = c.handle(Packet::Connect(Connect {
+            protocol: Protocol::V311,
+            client_id: "x".into(),
+            keep_alive_s: 10,
+            clean_start: true,
+            session_expiry_s: None,
+            receive_maximum: None,
+            username: None,
+            password: None,
+        }));
+        let mut p = publish(QoS::AtLeastOnce, 1, false);
+        if let Packet::Publish(p) = &mut p {
+            p.message_expiry_s = None;
+        }
+        let (msg, _) = store_of(c.handle(p));
+        assert_eq!(msg.ttl, Some(Duration::from_secs(30)));
+        // A message expiry of its own wins.
+        let mut c = connected(Protocol::V5);
+        c.settings.default_ttl = Some(Duration::from_secs(30));
+        let (msg, _) = store_of(c.handle(publish(QoS::AtLeastOnce, 2, false)));
+        assert_eq!(msg.ttl, Some(Duration::from_secs(60)));
     }
 
     #[test]

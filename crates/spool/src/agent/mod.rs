@@ -330,6 +330,8 @@ impl ListenerHandle {
         ic.default_priority = cfg.outbox.default_priority;
         // The upstream QoS of a local QoS 0 PUBLISH ("messages that do not say").
         ic.default_qos = QoS::from_u8(cfg.outbox.default_qos).unwrap_or(QoS::AtLeastOnce);
+        // "TTL of messages that do not say": a local PUBLISH without a message expiry.
+        ic.default_ttl = (!cfg.outbox.default_ttl.is_zero()).then_some(cfg.outbox.default_ttl);
         for s in &cfg.subscriptions {
             ic = ic.subscribe(
                 s.filter.clone(),

@@ -200,7 +200,7 @@ pub const KEYS: &[KeyDef] = &[
     KeyDef::new("outbox.overflow", Ty::OneOf(&["reject", "evict-lowest-priority"]), "When full: \"reject\" new messages, or \"evict-lowest-priority\" (counted)."),
     KeyDef::new("outbox.default_qos", int(0, 2), "QoS of messages that do not say (0, 1 or 2)."),
     KeyDef::new("outbox.default_priority", int(0, 255), "Priority of messages that do not say (0..=255, higher is sent first)."),
-    KeyDef::new("outbox.default_ttl", Ty::Duration, "TTL of messages that do not say; 0 = never expire; at most 30d."),
+    KeyDef::new("outbox.default_ttl", Ty::Duration, "TTL of messages that do not say (spool publish without --ttl, a local PUBLISH without an MQTT 5 message expiry); 0 = never expire; at most 30d."),
     KeyDef::new("outbox.expired", Ty::OneOf(&["drop", "send"]), "A message whose TTL passed before it was sent: \"drop\" it (counted),\nor \"send\" it late (never dropped; sent without an MQTT 5 message expiry)."),
     KeyDef::new("outbox.bulk.mode", Ty::OneOf(&["off", "json-array", "ndjson"]), "\"off\", \"json-array\" (one JSON array of payloads) or \"ndjson\" (one payload per line)."),
     KeyDef::new("outbox.bulk.max_records", int(2, 10_000), "Records per pack at most."),

@@ -109,6 +109,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The file system holding the store has less free space than the store keeps in
+    /// reserve (`Options::min_free_bytes`) for the writes that free space: acks, checkpoints,
+    /// compaction. Nothing was written; the store stays usable.
+    #[error("the file system of store {dir:?} has {free} bytes free, less than the {reserve} bytes (plus this write) spool keeps for acks and checkpoints; nothing was stored. Free space on it (consuming messages frees theirs), or lower min_free_bytes")]
+    DiskFull {
+        dir: PathBuf,
+        free: u64,
+        reserve: u64,
+    },
+
     /// The store was closed.
     #[error("store is closed")]
     Closed,

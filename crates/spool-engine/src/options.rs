@@ -99,7 +99,15 @@ pub struct Options {
     /// [`Store::push_stream`](crate::Store::push_stream), or moved there by `push`). Default
     /// 1 MiB.
     pub blob_threshold: usize,
+    /// Free space kept on the store's file system for the writes that free space (acks,
+    /// checkpoints, compaction, segment deletion): a push or publish that would leave less
+    /// fails with [`crate::Error::DiskFull`] and writes nothing, so a full disk never poisons
+    /// the store and a backlog can still drain. 0 turns the check off. Default 16 MiB.
+    pub min_free_bytes: u64,
 }
+
+/// Default [`Options::min_free_bytes`]: room for many checkpoints and a compaction round.
+pub const MIN_FREE_BYTES_DEFAULT: u64 = 16 << 20;
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,6 +137,7 @@ impl Default for Options {
             checkpoint_bytes: 32 << 20,
             checkpoint_interval: Duration::from_secs(10),
             blob_threshold: 1 << 20,
+            min_free_bytes: MIN_FREE_BYTES_DEFAULT,
         }
     }
 }

@@ -440,6 +440,10 @@ impl Store {
     /// Streams `reader` into a new blob file (durable when this returns).
     fn write_blob(&self, reader: &mut dyn Read, limit: usize, queue: &str) -> Result<(u64, u64)> {
         let sh = self.shared();
+        // The reserve, before the blob file takes any space (its size is known only once it
+        // is written: a blob that fills the disk fails with an I/O error and is removed).
+        sh.lock_core()
+            .check_space(sh.options.blob_threshold as u64)?;
         let id = sh
             .next_blob
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1108,6 +1112,9 @@ fn push_txn(
             });
         }
     }
+    // The free-space reserve, before anything is emitted (a blob's file is checked before it
+    // is written, in `push_stream`).
+    txn.core.check_space(encoded as u64)?;
     // Headroom for the queue definition and evictions sharing the frame.
     let limit = TXN_BYTES_MAX - (1 << 20);
     if encoded > limit {

@@ -218,6 +218,12 @@ impl Store {
                 maint_wanted: false,
                 pending_seal: None,
                 back_closed: false,
+                roll_early: false,
+                disk: crate::writer::DiskSpace::new(
+                    vfs.clone(),
+                    dir.clone(),
+                    options.min_free_bytes,
+                ),
             }),
             reader: LogReader::new(vfs.clone(), &log_dir),
             vfs: vfs.clone(),

@@ -138,6 +138,7 @@ fn publish_txn(
             max: limit,
         });
     }
+    txn.core.check_space(total as u64)?;
     let tid = ensure_topic(txn, topic, &config);
     let now = txn.now;
     log_trim(txn, tid);

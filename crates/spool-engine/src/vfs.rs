@@ -92,6 +92,12 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Takes the exclusive lock of a store (`LOCK` file), writing our pid into it.
     fn lock(&self, path: &Path) -> Result<Box<dyn VfsLock>, LockError>;
+    /// Bytes an unprivileged writer can still use on the file system holding `path`;
+    /// `None` when unknown (the free-space reserve is then not enforced).
+    fn free_bytes(&self, path: &Path) -> io::Result<Option<u64>> {
+        let _ = path;
+        Ok(None)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +176,11 @@ impl Vfs for OsVfs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+    fn free_bytes(&self, path: &Path) -> io::Result<Option<u64>> {
+        // statvfs(3) through rustix's safe wrapper: std has no free-space call.
+        let s = rustix::fs::statvfs(path)?;
+        Ok(Some(s.f_bavail.saturating_mul(s.f_frsize)))
     }
     fn lock(&self, path: &Path) -> Result<Box<dyn VfsLock>, LockError> {
         let mut file = OpenOptions::new()

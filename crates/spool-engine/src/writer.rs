@@ -73,6 +73,97 @@ pub(crate) struct Core {
     pub pending_seal: Option<(u64, u64, u64)>,
     /// The last pending frame takes no more transactions (a checkpoint ends with it).
     pub back_closed: bool,
+    /// Free space on the store's file system, for the reserve check of pushes.
+    pub disk: DiskSpace,
+    /// The next frame starts a new segment even though this one is not full (set when a push
+    /// was refused for lack of space: a full segment of consumed messages can only be deleted
+    /// once sealed, and on a disk smaller than a few segments it would never fill).
+    pub roll_early: bool,
+}
+
+/// An early roll ([`Core::roll_early`]) only seals a segment at least this long, so that
+/// refusals in a row do not leave a trail of tiny segments.
+const ROLL_EARLY_MIN: u64 = 1 << 20;
+
+/// How often the free space is read again (by the writer after a group, or by a push that
+/// the estimate would refuse).
+const DISK_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Free space on the store's file system, probed now and then and lowered by what the log
+/// grew since: a push that would leave less than `reserve` is refused before anything is
+/// applied (`Error::DiskFull`), so a full disk never fails a write halfway and poisons the
+/// store, and acks (which free space) still find room.
+#[derive(Debug)]
+pub(crate) struct DiskSpace {
+    vfs: Arc<dyn crate::vfs::Vfs>,
+    dir: std::path::PathBuf,
+    reserve: u64,
+    /// Free bytes at the last probe; `None` when unknown (no check).
+    free: Option<u64>,
+    /// Bytes written to the log since that probe.
+    used_since: u64,
+    probed: Instant,
+}
+
+impl DiskSpace {
+    pub fn new(vfs: Arc<dyn crate::vfs::Vfs>, dir: std::path::PathBuf, reserve: u64) -> DiskSpace {
+        let mut d = DiskSpace {
+            vfs,
+            dir,
+            reserve,
+            free: None,
+            used_since: 0,
+            probed: Instant::now(),
+        };
+        d.probe();
+        d
+    }
+
+    /// Reads the free space again (a failed read turns the check off until the next one).
+    pub fn probe(&mut self) {
+        if self.reserve == 0 {
+            return;
+        }
+        self.free = self.vfs.free_bytes(&self.dir).ok().flatten();
+        self.used_since = 0;
+        self.probed = Instant::now();
+    }
+
+    /// The writer wrote `bytes` more to the log; probes again when the last probe is old.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.used_since = self.used_since.saturating_add(bytes);
+        if self.probed.elapsed() >= DISK_PROBE_INTERVAL {
+            self.probe();
+        }
+    }
+
+    fn estimate(&self) -> Option<u64> {
+        self.free.map(|f| f.saturating_sub(self.used_since))
+    }
+
+    /// Whether `bytes` more may be written by a push: `Err(DiskFull)` when that would leave
+    /// less than the reserve (after a fresh probe, if the last one is old).
+    pub fn check(&mut self, bytes: u64) -> Result<()> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        let need = self.reserve.saturating_add(bytes);
+        let fits = |e: Option<u64>| e.is_none_or(|f| f >= need);
+        if fits(self.estimate()) {
+            return Ok(());
+        }
+        if self.probed.elapsed() >= DISK_PROBE_INTERVAL {
+            self.probe();
+            if fits(self.estimate()) {
+                return Ok(());
+            }
+        }
+        Err(Error::DiskFull {
+            dir: self.dir.clone(),
+            free: self.estimate().unwrap_or(0),
+            reserve: self.reserve,
+        })
+    }
 }
 
 impl Core {
@@ -92,6 +183,7 @@ impl Core {
             // The previous segment is full: once a transaction writes into this frame, it is
             // sealed (nothing more goes into it) and its index can be written to a file.
             self.pending_seal = Some((prev_end.0, prev_end.1, at.lsn - 1));
+            self.roll_early = false;
         }
         self.next_lsn += 1;
         self.back_closed = false;
@@ -103,6 +195,16 @@ impl Core {
         });
     }
 
+    /// The free-space reserve check of a push of `bytes`; a refusal also asks for an early
+    /// segment roll, so that the space of consumed messages can be given back.
+    pub fn check_space(&mut self, bytes: u64) -> Result<()> {
+        let r = self.disk.check(bytes);
+        if r.is_err() {
+            self.roll_early = true;
+        }
+        r
+    }
+
     /// Where a frame opened now would go.
     pub fn next_placement(&self) -> Placement {
         let (seg, off) = match self.pending.back() {
@@ -110,7 +212,8 @@ impl Core {
             None => self.tail,
         };
         let header = crate::frame::SEGMENT_HEADER_LEN as u64;
-        let (seg, off) = if off >= self.segment_bytes && off > header {
+        let full = off >= self.segment_bytes || (self.roll_early && off >= ROLL_EARLY_MIN);
+        let (seg, off) = if full && off > header {
             (seg + 1, header)
         } else {
             (seg, off)
@@ -465,6 +568,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
                 // by this commit that reads right away must find its records readable.
                 core = shared.lock_core();
                 core.committed_pos = group_pos;
+                core.disk.wrote(bytes as u64);
                 let done: Vec<(u64, std::thread::Thread)> =
                     if core.waiting.iter().any(|(t, _)| *t <= group_end) {
                         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut core.waiting)

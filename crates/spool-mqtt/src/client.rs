@@ -129,6 +129,12 @@ pub struct ClientConfig {
     /// (or a kernel crash) can lose what was published in the last interval (with `None`,
     /// everything since the last segment was sealed).
     pub durability: Durability,
+    /// Free space the store keeps on its file system for acks and checkpoints: a publish that
+    /// would leave less fails with a clear error ([`spool_engine::Error::DiskFull`] inside
+    /// [`OutboxError::Store`]) and nothing is written, so a full disk never stops the outbox
+    /// from draining. 0 turns the check off. Default
+    /// [`spool_engine::options::MIN_FREE_BYTES_DEFAULT`] (16 MiB).
+    pub min_free_bytes: u64,
     /// The session's settings: protocol, client id, keep alive, clean start, credentials,
     /// session expiry, window, what happens to expired records (see [`SessionConfig`] for the
     /// defaults).
@@ -222,6 +228,13 @@ impl ClientBuilder {
     #[must_use]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.config.durability = durability;
+        self
+    }
+
+    /// Free space kept for acks and checkpoints (see [`ClientConfig::min_free_bytes`]).
+    #[must_use]
+    pub fn min_free_bytes(mut self, bytes: u64) -> Self {
+        self.config.min_free_bytes = bytes;
         self
     }
 
@@ -717,6 +730,7 @@ impl Client {
                 port: 0,
                 store_dir: store_dir.as_ref().to_path_buf(),
                 durability: Durability::Sync,
+                min_free_bytes: spool_engine::options::MIN_FREE_BYTES_DEFAULT,
                 session: SessionConfig::new(Protocol::V5, client_id),
                 backoff_min: BACKOFF_MIN_DEFAULT,
                 backoff_max: BACKOFF_MAX_DEFAULT,
@@ -743,6 +757,7 @@ impl Client {
         let dir = config.store_dir.clone();
         let options = Options {
             durability: config.durability,
+            min_free_bytes: config.min_free_bytes,
             ..Options::default()
         };
         let store = tokio::task::spawn_blocking(move || Store::open(dir, options))

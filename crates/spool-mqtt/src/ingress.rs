@@ -813,7 +813,7 @@ async fn serve(
                     Err(e) => {
                         bump(&counters.store_failures);
                         tracing::warn!(conn = id, error = %e, "a local PUBLISH could not be stored");
-                        Err(store_failure(&e))
+                        Err((store_failure(&e), e.to_string()))
                     }
                 };
                 // Its consequences come before everything that was behind it.
@@ -912,9 +912,11 @@ async fn sleep_until_or_forever(t: Option<tokio::time::Instant>) {
 
 fn store_failure(e: &ClientError) -> StoreFailure {
     match e {
-        ClientError::Outbox(OutboxError::Full { .. } | OutboxError::PayloadTooLarge { .. }) => {
-            StoreFailure::Quota
-        }
+        ClientError::Outbox(
+            OutboxError::Full { .. }
+            | OutboxError::PayloadTooLarge { .. }
+            | OutboxError::Store(spool_engine::Error::DiskFull { .. }),
+        ) => StoreFailure::Quota,
         _ => StoreFailure::Other,
     }
 }

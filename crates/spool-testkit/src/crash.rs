@@ -2983,6 +2983,10 @@ impl Sim {
             // Housekeeping only as a step of the workload: every file operation happens in an
             // order the seed decides, so that a crash point replays exactly.
             maintenance: Maintenance::Manual,
+            // No free-space reserve: the simulation's full disks (space limits of a few KiB)
+            // test what ENOSPC in the middle of a write does (poison, then recovery); the
+            // reserve that keeps pushes from getting there has its own tests.
+            min_free_bytes: 0,
             // Topics keep everything for the run: the checker wants every acknowledged
             // publish retained (30 days is the longest retention allowed).
             default_topic: TopicConfig {

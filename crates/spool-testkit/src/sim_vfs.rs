@@ -1264,6 +1264,11 @@ impl Vfs for SimVfs {
         Ok(())
     }
 
+    /// With a space limit: what is left under it (unknown without one).
+    fn free_bytes(&self, _path: &Path) -> io::Result<Option<u64>> {
+        let fs = self.fs();
+        Ok(fs.space_limit.map(|l| l.saturating_sub(fs.live_bytes())))
+    }
     fn lock(&self, path: &Path) -> Result<Box<dyn VfsLock>, LockError> {
         let path = norm(path);
         let mut fs = self.fs();

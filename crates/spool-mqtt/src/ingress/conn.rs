@@ -321,7 +321,7 @@ impl Conn {
     pub(crate) fn stored(
         &mut self,
         then: AfterStore,
-        result: Result<(), StoreFailure>,
+        result: Result<(), (StoreFailure, String)>,
     ) -> Vec<ConnAction> {
         match (then.qos, result) {
             (QoS::AtMostOnce, _) => Vec::new(),
@@ -336,7 +336,7 @@ impl Conn {
                     then.packet_id,
                 )))]
             }
-            (qos, Err(failure)) => {
+            (qos, Err((failure, why))) => {
                 if qos == QoS::ExactlyOnce {
                     // A refused QoS 2 exchange ends here: a resend is a new attempt.
                     self.qos2_in.remove(&then.packet_id);
@@ -351,6 +351,9 @@ impl Conn {
                     StoreFailure::Quota => QUOTA_EXCEEDED,
                     StoreFailure::Other => reason::UNSPECIFIED_ERROR,
                 };
+                // What went wrong, for the publisher's log (the store's own message: "the
+                // outbox is full ...", "the file system ... has N bytes free ...").
+                ack.reason_string = (!why.is_empty()).then_some(why);
                 vec![ConnAction::Send(if qos == QoS::ExactlyOnce {
                     Packet::PubRec(ack)
                 } else {
@@ -679,12 +682,12 @@ mod tests {
     fn store_failures_refuse_on_v5_and_close_on_v311() {
         let mut c = connected(Protocol::V5);
         let (_, then) = store_of(c.handle(publish(QoS::AtLeastOnce, 1, false)));
-        let out = c.stored(then, Err(StoreFailure::Quota));
+        let out = c.stored(then, Err((StoreFailure::Quota, String::new())));
         assert!(
             matches!(out.as_slice(), [ConnAction::Send(Packet::PubAck(a))] if a.reason == QUOTA_EXCEEDED)
         );
         let (_, then) = store_of(c.handle(publish(QoS::ExactlyOnce, 2, false)));
-        let out = c.stored(then, Err(StoreFailure::Other));
+        let out = c.stored(then, Err((StoreFailure::Other, String::new())));
         assert!(
             matches!(out.as_slice(), [ConnAction::Send(Packet::PubRec(a))] if a.reason == 0x80)
         );
@@ -693,7 +696,7 @@ mod tests {
 
         let mut c = connected(Protocol::V311);
         let (_, then) = store_of(c.handle(publish(QoS::AtLeastOnce, 1, false)));
-        let out = c.stored(then, Err(StoreFailure::Quota));
+        let out = c.stored(then, Err((StoreFailure::Quota, String::new())));
         assert!(matches!(
             out.as_slice(),
             [ConnAction::Close(CloseReason::StoreFailed)]
@@ -942,7 +945,7 @@ mod tests {
                         }
                         Op::Finish(ok) => match running.pop_front() {
                             Some(then) => {
-                                let r = if ok { Ok(()) } else { Err(StoreFailure::Quota) };
+                                let r = if ok { Ok(()) } else { Err((StoreFailure::Quota, String::new())) };
                                 (c.stored(then, r), Some((then, ok)))
                             }
                             None => (Vec::new(), None),

@@ -98,9 +98,16 @@ pub enum PublishError {
 pub async fn publish(cfg: &AgentConfig, req: &Request) -> Result<Published, PublishError> {
     let dir = cfg.store.dir.clone();
     let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
+    // Straight into the store: always synced (a one-shot command has no later fsync), with
+    // the agent's free-space reserve.
+    let options = Options {
+        min_free_bytes: cfg.store.min_free.bytes(),
+        ..Options::default()
+    };
     loop {
         let d = dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Store::open(d, Options::default()))
+        let o = options.clone();
+        let opened = tokio::task::spawn_blocking(move || Store::open(d, o))
             .await
             .map_err(|e| OutboxError::Task(e.to_string()))?;
         let locked = match opened {

@@ -40,6 +40,7 @@ pub fn client_config(cfg: &AgentConfig) -> Result<ClientConfig, AgentError> {
             config::Protocol::V5 => Protocol::V5,
         })
         .durability(cfg.store.durability.to_engine())
+        .min_free_bytes(cfg.store.min_free.bytes())
         .keep_alive(u.keepalive)
         .connect_timeout(u.connect_timeout)
         .clean_start(u.clean_start)

@@ -173,6 +173,7 @@ pub const ARRAY_SECTIONS: &[&str] = &["subscriptions"];
 /// Every key, in file order (a section's own keys before its subsections).
 pub const KEYS: &[KeyDef] = &[
     KeyDef::new("store.dir", Ty::Path, "Store directory, owned by one process (relative: to this file's directory)."),
+    KeyDef::new("store.min_free", Ty::Size, "Free space kept on the store's file system for acks and checkpoints: a publish that would\nleave less is refused (v5 clients: PUBACK \"quota exceeded\"), so the backlog can always drain; 0 = off."),
     KeyDef::new("store.durability", Ty::Durability, "\"sync\": a message counts as stored (the listener's PUBACK) after fdatasync;\n\"interval:100ms\": once written, fdatasync at most that late; \"none\": once written.\nNot \"sync\": a PUBACK does not mean \"on disk\" (a power cut can lose up to the interval)."),
     KeyDef::new("upstream.host", Ty::Str, "Broker host name or IP address (required).").sample("\"localhost\""),
     KeyDef::new("upstream.port", Ty::Int { min: 1, max: 65_535 }, "Broker port; default 1883, or 8883 when TLS is enabled.").sample("1883"),

@@ -51,6 +51,9 @@ pub struct StoreConfig {
     /// acknowledged once written: a power cut can lose what was acknowledged since the last
     /// fdatasync). The MQTT client opens the store with it.
     pub durability: Durability,
+    /// Free space kept on the store's file system for acks and checkpoints: a publish that
+    /// would leave less is refused (nothing stored), so the outbox can always drain. 0 = off.
+    pub min_free: ByteSize,
 }
 
 impl Default for StoreConfig {
@@ -58,6 +61,7 @@ impl Default for StoreConfig {
         Self {
             dir: PathBuf::from(STORE_DIR_DEFAULT),
             durability: Durability::Sync,
+            min_free: ByteSize::mib(16),
         }
     }
 }

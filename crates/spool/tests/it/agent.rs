@@ -964,3 +964,121 @@ fn a_second_agent_on_the_same_store_exits_3_naming_the_holder() {
     agent.signal(15);
     assert!(agent.wait_exit().success(), "{}", setup.log());
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "24m") on `at`; `None` when not root (the test is then
+    /// skipped, loudly): mounting needs root, which the test command's apt-get needs anyway.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let uid = Command::new("id").arg("-u").output().expect("run id -u");
+        if text(&uid.stdout).trim() != "0" {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount a tmpfs: {}", text(&out.stderr));
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// A full disk: the store on a 24 MiB tmpfs, 8 MiB kept free (`store.min_free`), the broker
+/// down. Publishes are stored until the reserve is reached, then refused with the reason (the
+/// store's "N bytes free" message, through the listener's MQTT 5 PUBACK); the agent stays up;
+/// everything acknowledged arrives once the broker is back; and publishes are accepted again
+/// once the delivered messages' space is given back (the refusal sealed the segment early, so
+/// that the next checkpoint lets it be deleted).
+#[test]
+fn a_full_disk_refuses_publishes_clearly_and_loses_nothing() {
+    let mut broker = broker();
+    let sub = subscriber(&broker, "full/#", 1);
+    let setup = Setup::new(broker.port(), true, "");
+    let Some(_tmpfs) = Tmpfs::mount(&setup.dir.path().join("store"), "24m") else {
+        return;
+    };
+    let cfg = std::fs::read_to_string(setup.config()).expect("agent.toml");
+    let cfg = cfg.replacen(
+        "dir = \"store\"\n",
+        "dir = \"store\"\nmin_free = \"8MiB\"\n",
+        1,
+    );
+    std::fs::write(setup.config(), cfg).expect("agent.toml");
+    let mut agent = setup.start();
+    agent.wait_live(&setup);
+    wait_for("connected", || {
+        get(setup.http, "/health/ready").is_some_and(|(c, _)| c == 200)
+    });
+    broker.stop().expect("stop the broker");
+
+    // One argument holds at most 128 KiB.
+    let filler = "x".repeat(100_000);
+    let mut want = Vec::new();
+    let mut refusal = None;
+    for i in 0..400 {
+        let p = format!("{i:04}-{filler}");
+        let out = setup.publish("full/x", &p, &[]);
+        if out.status.success() {
+            want.push(p);
+        } else {
+            refusal = Some(text(&out.stderr));
+            break;
+        }
+    }
+    let refusal = refusal.expect("a 24 MiB disk never refused 40 MB");
+    assert!(
+        want.len() >= 40,
+        "only {} stored before the refusal",
+        want.len()
+    );
+    assert!(
+        refusal.contains("bytes free") && refusal.contains("min_free"),
+        "{refusal}"
+    );
+    assert_eq!(
+        get(setup.http, "/health/live").map(|(c, _)| c),
+        Some(200),
+        "the agent stays up"
+    );
+    let (_, body) = get(setup.http, "/stats").expect("/stats");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["outbox"]["messages"], want.len() as u64, "{v}");
+
+    broker.restart().expect("restart the broker");
+    let got = receive_all(&sub, &want);
+    let missing: Vec<&str> = want
+        .iter()
+        .filter(|w| !got.contains_key(*w))
+        .map(|w| &w[..4])
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{}", setup.log());
+
+    // Delivered, checkpointed, the sealed segment deleted: room again (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = setup.publish("full/again", &format!("again-{filler}"), &[]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused a minute after the backlog was delivered: {}\n{}",
+            text(&out.stderr),
+            setup.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    agent.signal(15);
+    assert!(agent.wait_exit().success(), "{}", setup.log());
+}

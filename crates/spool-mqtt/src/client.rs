@@ -57,6 +57,9 @@ pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// Events kept for a slow [`Client::events`] receiver before it starts missing some.
 const EVENT_CAPACITY: usize = 256;
+/// How long a record the broker turned away with "quota exceeded" (PUBACK/PUBREC 0x97) waits
+/// in the outbox before it is offered again.
+pub const DEFER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Bytes read from the socket at once (grows for a larger packet).
 const READ_BUFFER_BYTES: usize = 16 << 10;
@@ -555,6 +558,9 @@ pub struct ClientStats {
     pub dropped: DropCounts,
     /// Outbox depth, bytes and engine counters.
     pub outbox: OutboxStats,
+    /// Records the broker turned away for now ("quota exceeded") and that were offered again
+    /// after [`DEFER_PAUSE`] (not drops: they are still in the outbox), since start.
+    pub deferred_by_broker: u64,
     /// Ack round trips of QoS 1 records (PUBLISH written to PUBACK), since start.
     pub ack_qos1: AckRoundTrips,
     /// Ack round trips of QoS 2 records (PUBLISH written to PUBCOMP), since start.
@@ -573,6 +579,7 @@ struct Shared {
     possible_duplicates: u64,
     session_expired: u64,
     rejected_by_broker: u64,
+    deferred_by_broker: u64,
     malformed: u64,
     counters: outbox::OutboxCounters,
     ack_qos1: AckRoundTrips,
@@ -794,6 +801,7 @@ impl Client {
             possible_duplicates: 0,
             session_expired: 0,
             rejected_by_broker: 0,
+            deferred_by_broker: 0,
             malformed: 0,
             counters: outbox::OutboxCounters::default(),
             ack_qos1: AckRoundTrips::default(),
@@ -822,6 +830,7 @@ impl Client {
             shutdown: None,
             closed: false,
             ever_connected: false,
+            retry_at: None,
         };
         let task = tokio::spawn(ev.run());
         Ok(Client {
@@ -999,6 +1008,7 @@ impl Client {
                 malformed: s.malformed,
             },
             outbox,
+            deferred_by_broker: s.deferred_by_broker,
             ack_qos1: s.ack_qos1,
             ack_qos2: s.ack_qos2,
         })
@@ -1162,6 +1172,9 @@ struct EventLoop {
     shutdown: Option<(Instant, oneshot::Sender<bool>)>,
     closed: bool,
     ever_connected: bool,
+    /// Records the broker turned away for now ("quota exceeded") are back in the outbox,
+    /// visible again from then: lease again at that time.
+    retry_at: Option<Instant>,
 }
 
 /// What a batch of actions needs done after its packets were encoded.
@@ -1172,6 +1185,7 @@ struct Batch {
     acked: Vec<u64>,
     rejected: Vec<(u64, u8)>,
     expired: Vec<u64>,
+    deferred: Vec<u64>,
 }
 
 impl EventLoop {
@@ -1255,7 +1269,10 @@ impl EventLoop {
 
     /// Whether a graceful stop has nothing left to deliver.
     fn drained(&self) -> bool {
-        self.session.held() == 0 && self.backlog.is_empty() && !self.outbox.maybe_more()
+        self.session.held() == 0
+            && self.backlog.is_empty()
+            && !self.outbox.maybe_more()
+            && self.retry_at.is_none()
     }
 
     async fn finish(&mut self) {
@@ -1445,6 +1462,7 @@ impl EventLoop {
                 () = sleep_opt(deadline) => Wake::Tick,
                 () = self.wake.notified() => Wake::Outbox,
                 () = sleep_opt(shutdown_at) => Wake::Timer,
+                () = sleep_opt(self.retry_at) => Wake::Timer,
             };
             match w {
                 Wake::Cmd(None) => return self.abort_now(),
@@ -1573,6 +1591,11 @@ impl EventLoop {
     /// keeps them in order for the next connection).
     async fn fill_into(&mut self, batch: &mut Batch) -> Result<(), ConnectionError> {
         let now = std::time::Instant::now();
+        if self.retry_at.is_some_and(|t| t.into_std() <= now) {
+            // Deferred records are visible again.
+            self.retry_at = None;
+            self.outbox.more();
+        }
         while let Some(record) = self.backlog.pop_front() {
             if self.session.free_slots() == 0 {
                 self.backlog.push_front(record);
@@ -1660,6 +1683,7 @@ impl EventLoop {
                     batch.rejected.push((seq, reason));
                 }
                 Action::Expired { seq } => batch.expired.push(seq),
+                Action::Deferred { seq } => batch.deferred.push(seq),
                 Action::PossibleDuplicate { seq, qos } => {
                     tracing::debug!(seq, ?qos, "possible duplicate");
                     let n = self.outbox.record_count(&[seq]) as u64;
@@ -1791,6 +1815,19 @@ impl EventLoop {
                     reason: DropReason::Expired,
                 });
             }
+        }
+        for seq in std::mem::take(&mut batch.deferred) {
+            let n = self
+                .outbox
+                .deferred(seq, DEFER_PAUSE)
+                .await
+                .map_err(store_err)?;
+            lock(&self.shared).deferred_by_broker += n as u64;
+            tracing::debug!(
+                seq,
+                "the broker's quota is exceeded: the record waits and goes again"
+            );
+            self.retry_at = Some(after(DEFER_PAUSE));
         }
         for (seq, reason) in std::mem::take(&mut batch.rejected) {
             for seq in self.outbox.rejected(seq, reason).await.map_err(store_err)? {

@@ -767,12 +767,23 @@ impl Outbox {
         let gone: Vec<u64> = gone.iter().map(|m| m.seq).collect();
         self.counters.expired += gone.len() as u64;
         self.remove(&gone).await?;
-        self.release(keep.iter().map(|m| m.seq).collect()).await?;
+        self.release(keep.iter().map(|m| m.seq).collect(), Duration::ZERO)
+            .await?;
         Ok(gone)
     }
 
-    /// Hands leased records back to the outbox at once (visible again, for the next lease).
-    async fn release(&mut self, seqs: Vec<u64>) -> Result<(), OutboxError> {
+    /// Hands a record the broker turned away for now (a pack: its members) back to the
+    /// outbox, visible again after `pause`. Returns how many records.
+    pub async fn deferred(&mut self, seq: u64, pause: Duration) -> Result<usize, OutboxError> {
+        let all = self.expand(&[seq]);
+        let n = all.len();
+        self.release(all, pause).await?;
+        Ok(n)
+    }
+
+    /// Hands leased records back to the outbox (visible again after `delay`, for a later
+    /// lease).
+    async fn release(&mut self, seqs: Vec<u64>, delay: Duration) -> Result<(), OutboxError> {
         let mut receipts = Vec::with_capacity(seqs.len());
         for seq in seqs {
             self.held.remove(&seq);
@@ -790,7 +801,7 @@ impl Outbox {
         let store = self.store.clone();
         blocking(move || {
             for r in receipts {
-                match store.nack(OUTBOX_QUEUE, r, Duration::ZERO, None) {
+                match store.nack(OUTBOX_QUEUE, r, delay, None) {
                     Ok(()) | Err(EngineError::NotFound { .. } | EngineError::LeaseLost { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }

@@ -64,6 +64,9 @@ pub mod reason {
     pub const UNSPECIFIED_ERROR: u8 = 0x80;
     /// PUBREL/PUBCOMP: the packet identifier is not known.
     pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    /// PUBACK/PUBREC: an implementation or administrative limit was exceeded (a full queue
+    /// on the broker, a rate limit): a condition that passes.
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
     /// PUBACK/PUBREC or DISCONNECT: the packet is larger than allowed.
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     /// The broker does not accept retained messages.

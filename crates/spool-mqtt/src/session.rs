@@ -374,6 +374,14 @@ pub enum Action {
         /// Broker's reason string, if any.
         reason_string: Option<String>,
     },
+    /// The broker turned the record away for now (PUBACK/PUBREC 0x97 "quota exceeded": a
+    /// limit of the broker's that passes, such as a full queue): hand it back to the outbox
+    /// to be offered again after a pause, and count it. Not a refusal: nothing is
+    /// dead-lettered for a condition that passes.
+    Deferred {
+        /// Record.
+        seq: u64,
+    },
     /// The record's TTL ran out before it was ever written: drop it and count it (only under
     /// [`ExpiredPolicy::Drop`], the default).
     Expired {
@@ -592,6 +600,8 @@ pub struct SessionStats {
     pub acked: u64,
     /// Records reported [`Action::Rejected`].
     pub rejected: u64,
+    /// Records reported [`Action::Deferred`].
+    pub deferred: u64,
     /// Records reported [`Action::Expired`].
     pub expired: u64,
     /// Records reported [`Action::PossibleDuplicate`].
@@ -1341,6 +1351,9 @@ impl Session {
                 }
             }
             out.push(Action::Acked { seq });
+        } else if ack.reason == reason::QUOTA_EXCEEDED {
+            self.stats.deferred += 1;
+            out.push(Action::Deferred { seq });
         } else {
             self.stats.rejected += 1;
             out.push(Action::Rejected {

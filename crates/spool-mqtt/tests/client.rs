@@ -1362,3 +1362,90 @@ async fn bulk_mode_packs_a_backlog_in_order_with_both_protocols() {
         sub.disconnect().await;
     }
 }
+
+/// A forwarder that turns the broker's first `n` PUBACKs into "quota exceeded" (0x97), as a
+/// broker with a full queue answers.
+async fn quota_exceeder(upstream: std::net::SocketAddr, n: usize) -> std::net::SocketAddr {
+    use spool_mqtt::{Codec, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(broker) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut client_rd, mut client_wr) = client.into_split();
+            let (mut broker_rd, mut broker_wr) = broker.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
+            });
+            let left = left.clone();
+            tokio::spawn(async move {
+                let codec = Codec::new(Protocol::V5, 1 << 20);
+                let mut buf = bytes::BytesMut::new();
+                let mut out = bytes::BytesMut::new();
+                loop {
+                    match broker_rd.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    while let Ok(Some(mut packet)) = codec.decode(&mut buf) {
+                        if let Packet::PubAck(a) = &mut packet {
+                            let take = left
+                                .fetch_update(
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    |l| l.checked_sub(1),
+                                )
+                                .is_ok();
+                            if take {
+                                a.reason = 0x97;
+                                a.reason_string = Some("queue full".into());
+                            }
+                        }
+                        codec.encode(&packet, &mut out).unwrap();
+                    }
+                    if client_wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A broker that answers "quota exceeded" (PUBACK 0x97): the record is not dead-lettered but
+/// waits in the outbox and goes again after a pause; every record is delivered, nothing is
+/// dropped, and the deferrals are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exceeded_is_retried_after_a_pause_not_dead_lettered() {
+    let broker = start(BrokerConfig::default().persistence(false));
+    let (watch, _watch_dir, got) = collector(broker.addr(), "quota-sub", "quota/#").await;
+    let front = quota_exceeder(broker.addr(), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = started(builder(front, "quota-pub", dir.path())).await;
+    let want: Vec<String> = (0..10).map(|i| format!("quota-{i}")).collect();
+    for p in &want {
+        client
+            .publish("quota/x", p.clone(), QoS::AtLeastOnce, false, 0, None)
+            .await
+            .unwrap();
+    }
+    let s = delivered(&client).await;
+    assert_eq!(s.acked, 10, "{s:#?}");
+    assert_eq!(s.deferred_by_broker, 3, "{s:#?}");
+    assert_eq!(s.dropped.rejected_by_broker, 0, "{s:#?}");
+    assert_eq!(s.outbox.dead, 0, "{s:#?}");
+    // The broker got the turned-away ones too (the forwarder only changed its answers), so
+    // those arrive twice: at least once, like any QoS 1 resend.
+    let have = collected(&got, &want).await;
+    for w in &want {
+        assert!(have.contains(w), "lost {w}: {have:?}");
+    }
+    client.disconnect().await;
+    watch.disconnect().await;
+}

@@ -1062,7 +1062,7 @@ fn a_failed_pubrec_ends_the_qos2_transaction() {
         .handle_incoming(
             Packet::PubRec(Ack {
                 packet_id: id,
-                reason: 0x97,
+                reason: 0x87,
                 reason_string: None,
             }),
             c.at(1),
@@ -1073,10 +1073,44 @@ fn a_failed_pubrec_ends_the_qos2_transaction() {
         out[..],
         [Action::Rejected {
             seq: 1,
-            reason: 0x97,
+            reason: 0x87,
             ..
         }]
     ));
+}
+
+#[test]
+fn quota_exceeded_defers_the_record_instead_of_refusing_it() {
+    let c = Clock::new();
+    let mut s = Session::new(config(V5)).unwrap();
+    connect(&mut s, c.at(0), false);
+    let out = offer(&mut s, record(1, QoS::AtLeastOnce), c.at(0));
+    let id1 = publishes(&out)[0].1;
+    let out = offer(&mut s, record(2, QoS::ExactlyOnce), c.at(0));
+    let id2 = publishes(&out)[0].1;
+    let quota = |packet_id| Ack {
+        packet_id,
+        reason: 0x97,
+        reason_string: Some("queue full".into()),
+    };
+    let out = s
+        .handle_incoming(Packet::PubAck(quota(id1)), c.at(1))
+        .unwrap();
+    assert_eq!(out, vec![Action::Deferred { seq: 1 }]);
+    let out = s
+        .handle_incoming(Packet::PubRec(quota(id2)), c.at(1))
+        .unwrap();
+    assert!(sent(&out).is_empty(), "no PUBREL after a failed PUBREC");
+    assert_eq!(out, vec![Action::Deferred { seq: 2 }]);
+    let st = s.stats();
+    assert_eq!((st.deferred, st.rejected, st.acked), (2, 0, 0));
+    assert_eq!(s.held(), 0, "handed back to the caller");
+    // Offered again later, they go as new messages (new packet ids are fine).
+    let out = offer(&mut s, record(1, QoS::AtLeastOnce), c.at(1000));
+    let p = publishes(&out);
+    assert_eq!(p.len(), 1);
+    let out = s.handle_incoming(puback(p[0].1), c.at(1001)).unwrap();
+    assert_eq!(acked(&out), vec![1]);
 }
 
 #[test]

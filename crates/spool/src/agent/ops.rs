@@ -297,6 +297,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "spool_mqtt_published_total",
     "spool_mqtt_acked_total",
     "spool_mqtt_possible_duplicates_total",
+    "spool_mqtt_deferred_total",
     "spool_mqtt_dropped_total",
     "spool_mqtt_ack_round_trip_seconds",
     "spool_outbox_messages",
@@ -424,6 +425,12 @@ impl OpsSource for AgentOps {
             "Messages sent again after they may already have reached subscribers.",
             &[],
             stats.possible_duplicates,
+        );
+        out.counter(
+            "spool_mqtt_deferred_total",
+            "Messages the broker turned away for now (quota exceeded), kept and sent again.",
+            &[],
+            stats.deferred_by_broker,
         );
         let d = stats.dropped;
         for (reason, n) in [

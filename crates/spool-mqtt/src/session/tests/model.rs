@@ -186,6 +186,7 @@ impl World {
                     self.recorded.remove(&seq);
                 }
                 Action::Rejected { seq, .. } => panic!("{seq} rejected"),
+                Action::Deferred { seq } => panic!("{seq} deferred"),
                 Action::Expired { seq } => panic!("{seq} expired"),
                 Action::PossibleDuplicate { .. }
                 | Action::Connected { .. }

@@ -84,6 +84,20 @@ async fn collector(
     id: &str,
     filter: &str,
 ) -> (Client, tempfile::TempDir, Arc<Mutex<Vec<String>>>) {
+    collector_of(addr, id, filter, |d| {
+        String::from_utf8_lossy(&d.payload).into_owned()
+    })
+    .await
+}
+
+/// Our own client subscribed at QoS 2 with a persistent session, keeping `keep` of every
+/// delivery in arrival order; returns once the broker acked the subscription.
+async fn collector_of<T: Send + 'static>(
+    addr: impl std::fmt::Display,
+    id: &str,
+    filter: &str,
+    keep: impl Fn(&spool_mqtt::Delivery) -> T + Send + Sync + 'static,
+) -> (Client, tempfile::TempDir, Arc<Mutex<Vec<T>>>) {
     let dir = tempfile::tempdir().unwrap();
     let client = started(builder(addr, id, dir.path())).await;
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -91,9 +105,7 @@ async fn collector(
     let mut events = client.events();
     client
         .subscribe_with(filter, QoS::ExactlyOnce, move |d| {
-            sink.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&d.payload).into_owned());
+            sink.lock().unwrap().push(keep(d));
         })
         .await
         .unwrap();
@@ -1111,12 +1123,17 @@ async fn a_store_without_sync_on_every_write_still_delivers_everything() {
 }
 
 /// A local helper the harness lacks: a TCP forwarder that decodes what the broker sends and
-/// swallows every PUBCOMP, so a QoS 2 transaction stops after our PUBREL went out.
-async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    use spool_mqtt::{Codec, Packet};
+/// passes each packet through `rewrite` (`None`: swallowed); what the client sends goes
+/// through as it is.
+async fn broker_rewriter(
+    upstream: std::net::SocketAddr,
+    rewrite: impl Fn(spool_mqtt::Packet) -> Option<spool_mqtt::Packet> + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use spool_mqtt::Codec;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let rewrite = Arc::new(rewrite);
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(broker) = tokio::net::TcpStream::connect(upstream).await else {
@@ -1127,6 +1144,7 @@ async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAd
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
             });
+            let rewrite = rewrite.clone();
             tokio::spawn(async move {
                 let codec = Codec::new(Protocol::V5, 1 << 20);
                 let mut buf = bytes::BytesMut::new();
@@ -1137,10 +1155,9 @@ async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAd
                         Ok(_) => {}
                     }
                     while let Ok(Some(packet)) = codec.decode(&mut buf) {
-                        if matches!(packet, Packet::PubComp(_)) {
-                            continue;
+                        if let Some(packet) = rewrite(packet) {
+                            codec.encode(&packet, &mut out).unwrap();
                         }
-                        codec.encode(&packet, &mut out).unwrap();
                     }
                     if client_wr.write_all(&out).await.is_err() {
                         return;
@@ -1151,6 +1168,14 @@ async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAd
         }
     });
     addr
+}
+
+/// Swallows every PUBCOMP, so a QoS 2 transaction stops after our PUBREL went out.
+async fn pubcomp_swallower(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    broker_rewriter(upstream, |p| {
+        (!matches!(p, spool_mqtt::Packet::PubComp(_))).then_some(p)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1213,35 +1238,14 @@ async fn full_collector(
     id: &str,
     filter: &str,
 ) -> (Client, tempfile::TempDir, Got) {
-    let dir = tempfile::tempdir().unwrap();
-    let client = started(builder(addr, id, dir.path())).await;
-    let got: Got = Arc::new(Mutex::new(Vec::new()));
-    let sink = got.clone();
-    let mut events = client.events();
-    client
-        .subscribe_with(filter, QoS::ExactlyOnce, move |d| {
-            sink.lock().unwrap().push((
-                d.topic.clone(),
-                String::from_utf8_lossy(&d.payload).into_owned(),
-                d.user_properties.clone(),
-            ));
-        })
-        .await
-        .unwrap();
-    with_timeout("the broker acked the subscription", async {
-        loop {
-            match events.recv().await {
-                Ok(spool_mqtt::Event::Subscribed { result, .. }) => {
-                    assert!(result.is_ok(), "{result:?}");
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+    collector_of(addr, id, filter, |d| {
+        (
+            d.topic.clone(),
+            String::from_utf8_lossy(&d.payload).into_owned(),
+            d.user_properties.clone(),
+        )
     })
-    .await;
-    (client, dir, got)
+    .await
 }
 
 /// Bulk mode against a real broker: a backlog built while the link is down goes out in
@@ -1363,59 +1367,27 @@ async fn bulk_mode_packs_a_backlog_in_order_with_both_protocols() {
     }
 }
 
-/// A forwarder that turns the broker's first `n` PUBACKs into "quota exceeded" (0x97), as a
-/// broker with a full queue answers.
+/// Turns the broker's first `n` PUBACKs into "quota exceeded" (0x97), as a broker with a full
+/// queue answers.
 async fn quota_exceeder(upstream: std::net::SocketAddr, n: usize) -> std::net::SocketAddr {
-    use spool_mqtt::{Codec, Packet};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(broker) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let (mut client_rd, mut client_wr) = client.into_split();
-            let (mut broker_rd, mut broker_wr) = broker.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
-            });
-            let left = left.clone();
-            tokio::spawn(async move {
-                let codec = Codec::new(Protocol::V5, 1 << 20);
-                let mut buf = bytes::BytesMut::new();
-                let mut out = bytes::BytesMut::new();
-                loop {
-                    match broker_rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    while let Ok(Some(mut packet)) = codec.decode(&mut buf) {
-                        if let Packet::PubAck(a) = &mut packet {
-                            let take = left
-                                .fetch_update(
-                                    std::sync::atomic::Ordering::SeqCst,
-                                    std::sync::atomic::Ordering::SeqCst,
-                                    |l| l.checked_sub(1),
-                                )
-                                .is_ok();
-                            if take {
-                                a.reason = 0x97;
-                                a.reason_string = Some("queue full".into());
-                            }
-                        }
-                        codec.encode(&packet, &mut out).unwrap();
-                    }
-                    if client_wr.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
-                }
-            });
+    let left = std::sync::atomic::AtomicUsize::new(n);
+    broker_rewriter(upstream, move |mut p| {
+        if let spool_mqtt::Packet::PubAck(a) = &mut p {
+            let take = left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |l| l.checked_sub(1),
+                )
+                .is_ok();
+            if take {
+                a.reason = 0x97;
+                a.reason_string = Some("queue full".into());
+            }
         }
-    });
-    addr
+        Some(p)
+    })
+    .await
 }
 
 /// A broker that answers "quota exceeded" (PUBACK 0x97): the record is not dead-lettered but

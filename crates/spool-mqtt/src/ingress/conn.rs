@@ -611,19 +611,8 @@ mod tests {
 
     #[test]
     fn a_publish_without_message_expiry_takes_the_default_ttl() {
-        let mut settings = settings();
-        settings.default_ttl = Some(Duration::from_secs(30));
-        let mut c = Conn::new(Protocol::V311, settings, 1);
-        let _ = c.handle(Packet::Connect(Connect {
-            protocol: Protocol::V311,
-            client_id: "x".into(),
-            keep_alive_s: 10,
-            clean_start: true,
-            session_expiry_s: None,
-            receive_maximum: None,
-            username: None,
-            password: None,
-        }));
+        let mut c = connected(Protocol::V311);
+        c.settings.default_ttl = Some(Duration::from_secs(30));
         let mut p = publish(QoS::AtLeastOnce, 1, false);
         if let Packet::Publish(p) = &mut p {
             p.message_expiry_s = None;

@@ -222,6 +222,7 @@ impl Store {
                 disk: crate::writer::DiskSpace::new(
                     vfs.clone(),
                     dir.clone(),
+                    options.clock.clone(),
                     options.min_free_bytes,
                 ),
             }),

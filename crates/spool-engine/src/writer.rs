@@ -85,9 +85,10 @@ pub(crate) struct Core {
 /// refusals in a row do not leave a trail of tiny segments.
 const ROLL_EARLY_MIN: u64 = 1 << 20;
 
-/// How often the free space is read again (by the writer after a group, or by a push that
-/// the estimate would refuse).
-const DISK_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// How often (ms of the store's clock) the free space is read again, by the writer after a
+/// group or by a push that the estimate would refuse. The store's clock, so that simulations
+/// replay exactly.
+const DISK_PROBE_INTERVAL_MS: u64 = 200;
 
 /// Free space on the store's file system, probed now and then and lowered by what the log
 /// grew since: a push that would leave less than `reserve` is refused before anything is
@@ -97,26 +98,38 @@ const DISK_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 pub(crate) struct DiskSpace {
     vfs: Arc<dyn crate::vfs::Vfs>,
     dir: std::path::PathBuf,
+    clock: Arc<dyn crate::clock::Clock>,
     reserve: u64,
     /// Free bytes at the last probe; `None` when unknown (no check).
     free: Option<u64>,
     /// Bytes written to the log since that probe.
     used_since: u64,
-    probed: Instant,
+    probed_ms: u64,
 }
 
 impl DiskSpace {
-    pub fn new(vfs: Arc<dyn crate::vfs::Vfs>, dir: std::path::PathBuf, reserve: u64) -> DiskSpace {
+    pub fn new(
+        vfs: Arc<dyn crate::vfs::Vfs>,
+        dir: std::path::PathBuf,
+        clock: Arc<dyn crate::clock::Clock>,
+        reserve: u64,
+    ) -> DiskSpace {
         let mut d = DiskSpace {
             vfs,
             dir,
+            clock,
             reserve,
             free: None,
             used_since: 0,
-            probed: Instant::now(),
+            probed_ms: 0,
         };
         d.probe();
         d
+    }
+
+    /// Whether the last probe is old (either way: a clock set back must not stop probes).
+    fn stale(&self) -> bool {
+        self.clock.now_ms().abs_diff(self.probed_ms) >= DISK_PROBE_INTERVAL_MS
     }
 
     /// Reads the free space again (a failed read turns the check off until the next one).
@@ -126,13 +139,13 @@ impl DiskSpace {
         }
         self.free = self.vfs.free_bytes(&self.dir).ok().flatten();
         self.used_since = 0;
-        self.probed = Instant::now();
+        self.probed_ms = self.clock.now_ms();
     }
 
     /// The writer wrote `bytes` more to the log; probes again when the last probe is old.
     pub fn wrote(&mut self, bytes: u64) {
         self.used_since = self.used_since.saturating_add(bytes);
-        if self.probed.elapsed() >= DISK_PROBE_INTERVAL {
+        if self.reserve != 0 && self.stale() {
             self.probe();
         }
     }
@@ -152,7 +165,7 @@ impl DiskSpace {
         if fits(self.estimate()) {
             return Ok(());
         }
-        if self.probed.elapsed() >= DISK_PROBE_INTERVAL {
+        if self.stale() {
             self.probe();
             if fits(self.estimate()) {
                 return Ok(());

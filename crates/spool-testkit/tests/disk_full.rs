@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spool_engine::{Error, Maintenance, Options, Push, Store};
+use spool_engine::{Error, Maintenance, ManualClock, Options, Push, Store};
 use spool_testkit::SimVfs;
 
 const DIR: &str = "/d/store";
@@ -20,11 +20,13 @@ fn fresh() -> SimVfs {
     vfs
 }
 
-fn open(vfs: &SimVfs, segment_bytes: u64) -> Store {
+/// The store's clock: the free space is probed again once 200 ms of it passed.
+fn open(vfs: &SimVfs, clock: &ManualClock, segment_bytes: u64) -> Store {
     Store::open_with_vfs(
         Arc::new(vfs.clone()),
         DIR,
         Options {
+            clock: Arc::new(clock.clone()),
             segment_bytes,
             checkpoint_bytes: 512 << 10,
             min_free_bytes: RESERVE,
@@ -69,7 +71,8 @@ fn a_disk_smaller_than_a_segment_gets_its_space_back_too() {
 fn full_then_consumed(segment_bytes: u64) {
     let vfs = fresh();
     vfs.set_space_limit(LIMIT);
-    let s = open(&vfs, segment_bytes);
+    let clock = ManualClock::new(1_000_000);
+    let s = open(&vfs, &clock, segment_bytes);
     let (stored, err) = fill(&s, 0);
     assert!(stored > 1000, "{stored} stored before the refusal");
     let Error::DiskFull { free, reserve, .. } = &err else {
@@ -112,7 +115,7 @@ fn full_then_consumed(segment_bytes: u64) {
     s.maintain().unwrap();
     s.checkpoint().unwrap();
     s.maintain().unwrap();
-    std::thread::sleep(Duration::from_millis(250));
+    clock.advance(250);
     let (again, err) = fill(&s, 1_000_000);
     assert!(again > 1000, "{again} stored after consuming");
     assert!(matches!(err, Error::DiskFull { .. }), "{err:?}");
@@ -120,7 +123,7 @@ fn full_then_consumed(segment_bytes: u64) {
 
     // A reopen finds exactly what was acknowledged since.
     vfs.clear_space_limit();
-    let s = open(&vfs, segment_bytes);
+    let s = open(&vfs, &clock, segment_bytes);
     assert_eq!(s.stats("q").unwrap().messages, again as u64);
 }
 

@@ -1,0 +1,224 @@
+//! The command layer: one request (the arguments of a RESP array) in, one reply frame out.
+//! No sockets here: the listener (`server.rs`) decodes, calls [`execute`], encodes. Engine
+//! calls that write are awaited through the engine's `*_async` futures (the reply to a push
+//! is made only once the push is durable) or, for calls with no async form (nack, pop, peek,
+//! a blocking `WAIT`), run on tokio's blocking pool, so no executor thread waits on the disk.
+//!
+//! Error replies carry the codes of the queue-semantics research, section 8.5 (`-BADNAME`,
+//! `-NOQUEUE`, `-TOOBIG`, `-BADARG`, `-NOTFOUND`, `-LEASELOST`, `-FULL`, ...), followed by the
+//! engine's message; connection commands answer as Redis does, word for word, because client
+//! libraries match on those words (a `HELLO` fallback, an `AUTH` check).
+
+mod conn;
+mod queue;
+
+use bytes::Bytes;
+use spool_engine::{Error as EngineError, Store};
+use spool_resp::{Frame, Protocol};
+
+/// What a connection remembers between requests.
+#[derive(Debug, Clone)]
+pub struct ConnState {
+    /// The connection's id (`CLIENT ID`, `HELLO`'s `id`).
+    pub id: u64,
+    /// The protocol its replies are encoded in: RESP2 until `HELLO 3`.
+    pub protocol: Protocol,
+    /// `CLIENT SETNAME` / `HELLO ... SETNAME`.
+    pub name: Option<Bytes>,
+    /// Set by `QUIT`: the listener sends the reply, then closes.
+    pub closing: bool,
+}
+
+impl ConnState {
+    /// A new connection, speaking RESP2.
+    pub fn new(id: u64) -> ConnState {
+        ConnState {
+            id,
+            protocol: Protocol::Resp2,
+            name: None,
+            closing: false,
+        }
+    }
+}
+
+/// The reply to one request.
+pub type Reply = Frame;
+
+/// Runs one request: `args[0]` is the command name (any case), the rest its arguments (bulk
+/// strings; an [`Frame::Oversize`] argument is answered `-TOOBIG` without running anything).
+pub async fn execute(store: &Store, conn: &mut ConnState, args: Vec<Frame>) -> Reply {
+    if let Some(len) = args.iter().find_map(|a| match a {
+        Frame::Oversize { len } => Some(*len),
+        _ => None,
+    }) {
+        return err(
+            "TOOBIG",
+            &format!(
+                "an argument of {len} bytes is larger than the server's limit; nothing was done"
+            ),
+        );
+    }
+    let Some(Frame::Bulk(name)) = args.first() else {
+        return err("ERR", "Protocol error: expected an array of bulk strings");
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let mut a = Args::new(&args[1..]);
+    match name.as_str() {
+        "PING" => conn::ping(&mut a),
+        "ECHO" => conn::echo(&mut a),
+        "HELLO" => conn::hello(conn, &mut a),
+        "AUTH" => conn::auth(&mut a),
+        "SELECT" => conn::select(&mut a),
+        "CLIENT" => conn::client(conn, &mut a),
+        "COMMAND" => conn::command(&mut a),
+        "QUIT" => {
+            conn.closing = true;
+            ok()
+        }
+        "QPUSH" => queue::push(store, &mut a).await,
+        "QPUSHMANY" => queue::push_many(store, &mut a).await,
+        "QGET" => queue::get(store, &mut a).await,
+        "QACK" | "QDEL" => queue::ack(store, &mut a).await,
+        "QNACK" => queue::nack(store, &mut a).await,
+        "QPOP" => queue::pop(store, &mut a).await,
+        "QPEEK" => queue::peek(store, &mut a).await,
+        "QSTATS" => queue::stats(store, &mut a),
+        "QLIST" => queue::list(store, &mut a),
+        _ => unknown_command(&args),
+    }
+}
+
+/// Redis's exact wording (`server.c`, `processCommand`): the name and the first arguments,
+/// each quoted and followed by a space, cut at about 128 bytes.
+fn unknown_command(args: &[Frame]) -> Reply {
+    let text = |f: &Frame| match f {
+        Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    let name: String = args.first().map(text).unwrap_or_default();
+    let name: String = name.chars().take(128).collect();
+    let mut list = String::new();
+    for a in &args[1..] {
+        if list.len() >= 128 {
+            break;
+        }
+        let room = 128 - list.len();
+        let t: String = text(a).chars().take(room).collect();
+        list.push('\'');
+        list.push_str(&t);
+        list.push_str("' ");
+    }
+    err(
+        "ERR",
+        &format!("unknown command '{name}', with args beginning with: {list}"),
+    )
+}
+
+/// `+OK`.
+fn ok() -> Reply {
+    Frame::Simple(Bytes::from_static(b"OK"))
+}
+
+/// `-CODE message`.
+fn err(code: &str, msg: &str) -> Reply {
+    Frame::Error(Bytes::from(format!("{code} {msg}")))
+}
+
+/// The error code of the research's section 8.5 for an engine error, with its message.
+fn engine_err(e: &EngineError) -> Reply {
+    let code = match e {
+        EngineError::InvalidName { .. } => "BADNAME",
+        EngineError::PayloadTooLarge { .. } => "TOOBIG",
+        EngineError::EmptyBatch
+        | EngineError::BatchTooLarge { .. }
+        | EngineError::InvalidArgument(_) => "BADARG",
+        EngineError::UnknownQueue { .. } => "NOQUEUE",
+        EngineError::UnknownTopic { .. } => "NOTOPIC",
+        EngineError::Exists { .. } => "EXISTS",
+        EngineError::LeaseLost { .. } => "LEASELOST",
+        EngineError::NotFound { .. } => "NOTFOUND",
+        EngineError::Full { .. }
+        | EngineError::InFlightLimit { .. }
+        | EngineError::DiskFull { .. } => "FULL",
+        EngineError::NoDeadLetterQueue { .. } => "NODLQ",
+        _ => "ERR",
+    };
+    err(code, &e.to_string())
+}
+
+/// A `-BADARG` reply.
+fn badarg(msg: &str) -> Reply {
+    err("BADARG", msg)
+}
+
+/// The arguments of one request, consumed front to back.
+#[derive(Debug)]
+struct Args<'a> {
+    rest: &'a [Frame],
+}
+
+impl<'a> Args<'a> {
+    fn new(rest: &'a [Frame]) -> Args<'a> {
+        Args { rest }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.rest.len()
+    }
+
+    /// The next argument's bytes (arguments are bulk strings: `execute` checked them).
+    fn next(&mut self) -> Option<Bytes> {
+        let (first, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        match first {
+            Frame::Bulk(b) => Some(b.clone()),
+            _ => Some(Bytes::new()),
+        }
+    }
+
+    /// The next argument, required, named `what` in the error.
+    fn required(&mut self, what: &str) -> Result<Bytes, Reply> {
+        self.next()
+            .ok_or_else(|| badarg(&format!("missing {what}")))
+    }
+
+    /// The next argument as upper-case text, not consumed.
+    fn peek_keyword(&self) -> Option<String> {
+        match self.rest.first()? {
+            Frame::Bulk(b) => Some(String::from_utf8_lossy(b).to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    /// The next argument as upper-case text (an option keyword).
+    fn keyword(&mut self) -> Option<String> {
+        self.next()
+            .map(|b| String::from_utf8_lossy(&b).to_ascii_uppercase())
+    }
+}
+
+/// A decimal number in `min..=max`, named `what` in the error (`-BADARG`).
+fn number(b: &[u8], what: &str, min: u64, max: u64) -> Result<u64, Reply> {
+    let n = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| {
+            badarg(&format!(
+                "{what} {:?} is not a whole number",
+                String::from_utf8_lossy(b)
+            ))
+        })?;
+    if n < min || n > max {
+        return Err(badarg(&format!(
+            "{what} {n} is out of range: use {min} to {max}"
+        )));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,473 @@
+//! Work-queue commands (queue-semantics research, section 8.3): `QPUSH`, `QPUSHMANY`, `QGET`,
+//! `QACK`, `QNACK`, `QPOP`, `QPEEK`, `QSTATS`, `QLIST`.
+//!
+//! Every read replies with message records, `[id, receipt|nil, payload, priority,
+//! enqueued_at_ms, first_received_at_ms|nil, receive_count, visible_at_ms]`. What the engine
+//! does not keep: the time a *ready* message became visible, so `visible_at_ms` of a ready
+//! message (`QPEEK`, `QPOP`) is its `enqueued_at_ms`; of a leased one it is the lease's end.
+//! Priorities are the engine's 0-255 (higher first), not the research's i32.
+//!
+//! Reads of a queue that does not exist yet answer an empty array (queues are created on the
+//! first push, and a worker may start before its producer); a bad name is still `-BADNAME`.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_engine::{name, Error as EngineError, Message, MessageState, Push, Receipt, Store};
+use spool_resp::Frame;
+
+use super::{badarg, engine_err, err, number, Args, Reply};
+
+/// Visibility timeout of a lease, ms: 1 ms to 12 h (research, section 8.2).
+const VT_MS_MAX: u64 = 12 * 3600 * 1000;
+/// Delay of a push or nack, ms: up to 7 days.
+const DELAY_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Blocking wait of `QGET ... WAIT`, ms: up to 60 s (a longer wait is a client loop).
+const WAIT_MS_MAX: u64 = 60_000;
+/// Messages per read: up to 1000 (bounds one reply).
+const COUNT_MAX: u64 = 1000;
+/// TTL of a message, ms: 1 ms to 30 days (the engine's longest duration).
+const TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+/// Receipts per `QACK`: bounds one transaction.
+const ACK_RECEIPTS_MAX: usize = 1000;
+
+/// The queue name argument, checked against the name rule (`-BADNAME`).
+fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
+    let q = a.required("queue name")?;
+    let q = String::from_utf8(q.to_vec()).map_err(|_| {
+        err(
+            "BADNAME",
+            "queue names are 1-128 characters of A-Z a-z 0-9 . _ - and start with a letter or digit",
+        )
+    })?;
+    name::validate(&q).map_err(|e| engine_err(&e))?;
+    Ok(q)
+}
+
+fn receipt(b: &[u8]) -> Result<Receipt, Reply> {
+    std::str::from_utf8(b)
+        .map_err(|_| badarg("a receipt is <id>:<generation>, e.g. 42:1"))?
+        .parse::<Receipt>()
+        .map_err(|e| engine_err(&e))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `PRI p` and `DELAY ms` (shared by `QPUSH` and `QPUSHMANY`), `TTL ms` when `ttl` is allowed.
+#[derive(Debug, Default)]
+struct PushOpts {
+    priority: u8,
+    delay: Option<Duration>,
+    ttl: Option<Duration>,
+}
+
+impl PushOpts {
+    /// Parses options until the arguments end, or `--` when `until_dashes`.
+    fn parse(a: &mut Args<'_>, ttl: bool, until_dashes: bool) -> Result<PushOpts, Reply> {
+        let mut o = PushOpts::default();
+        loop {
+            let Some(k) = a.keyword() else {
+                if until_dashes {
+                    return Err(badarg("missing '--' before the payloads"));
+                }
+                return Ok(o);
+            };
+            match k.as_str() {
+                "--" if until_dashes => return Ok(o),
+                "PRI" => o.priority = number(&a.required("PRI value")?, "PRI", 0, 255)? as u8,
+                "DELAY" => {
+                    o.delay = Some(ms(number(
+                        &a.required("DELAY value")?,
+                        "DELAY",
+                        0,
+                        DELAY_MS_MAX,
+                    )?));
+                }
+                "TTL" if ttl => {
+                    o.ttl = Some(ms(number(&a.required("TTL value")?, "TTL", 1, TTL_MS_MAX)?));
+                }
+                _ => return Err(badarg(&format!("unknown option {k:?}"))),
+            }
+        }
+    }
+
+    fn apply(&self, payload: Bytes) -> Push {
+        let mut p = Push::new(payload).priority(self.priority);
+        p.delay = self.delay;
+        p.ttl = self.ttl;
+        p
+    }
+}
+
+fn id_frame(id: u64) -> Frame {
+    Frame::Bulk(Bytes::from(id.to_string()))
+}
+
+/// `QPUSH q payload [PRI p] [DELAY ms] [TTL ms]` -> the id, once the message is durable.
+pub(super) async fn push(store: &Store, a: &mut Args<'_>) -> Reply {
+    match push_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn push_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let payload = a.required("payload")?;
+    let opts = PushOpts::parse(a, true, false)?;
+    let ids = store
+        .push_async(&q, opts.apply(payload))
+        .await
+        .map_err(|e| engine_err(&e))?;
+    let id = ids
+        .first()
+        .copied()
+        .ok_or_else(|| err("ERR", "the engine returned no id"))?;
+    Ok(id_frame(id))
+}
+
+/// `QPUSHMANY q [PRI p] [DELAY ms] -- payload...` -> the ids; all or none are stored.
+pub(super) async fn push_many(store: &Store, a: &mut Args<'_>) -> Reply {
+    match push_many_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn push_many_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let opts = PushOpts::parse(a, false, true)?;
+    let mut msgs = Vec::with_capacity(a.len());
+    while let Some(p) = a.next() {
+        msgs.push(opts.apply(p));
+    }
+    if msgs.is_empty() {
+        return Err(badarg("no payloads after '--'"));
+    }
+    let ids = store
+        .push_batch_async(&q, msgs)
+        .await
+        .map_err(|e| engine_err(&e))?;
+    Ok(Frame::Array(ids.into_iter().map(id_frame).collect()))
+}
+
+/// `QGET q [VT ms] [COUNT n] [WAIT ms]` -> leased records (an empty array when none).
+pub(super) async fn get(store: &Store, a: &mut Args<'_>) -> Reply {
+    match get_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn get_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let mut vt = None;
+    let mut count = 1;
+    let mut wait = 0;
+    while let Some(k) = a.keyword() {
+        match k.as_str() {
+            "VT" => vt = Some(ms(number(&a.required("VT value")?, "VT", 1, VT_MS_MAX)?)),
+            "COUNT" => {
+                count = number(&a.required("COUNT value")?, "COUNT", 1, COUNT_MAX)? as usize;
+            }
+            "WAIT" => wait = number(&a.required("WAIT value")?, "WAIT", 0, WAIT_MS_MAX)?,
+            _ => return Err(badarg(&format!("unknown option {k:?}"))),
+        }
+    }
+    let leased = if wait == 0 {
+        store.lease_async(&q, count, vt).await
+    } else {
+        // The engine's blocking wait (woken by pushes, expiring delays and leases; no
+        // polling), on the blocking pool.
+        let s = store.clone();
+        blocking(move || s.lease_wait(&q, count, vt, ms(wait))).await
+    };
+    let msgs = empty_if_unknown(leased)?;
+    records(store, msgs).await
+}
+
+/// A read of a queue that does not exist yet is empty.
+fn empty_if_unknown(r: Result<Vec<Message>, EngineError>) -> Result<Vec<Message>, Reply> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(EngineError::UnknownQueue { .. }) => Ok(Vec::new()),
+        Err(e) => Err(engine_err(&e)),
+    }
+}
+
+/// Runs a blocking engine call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(EngineError::InvalidArgument(format!(
+            "engine task failed: {e}"
+        )))
+    })
+}
+
+/// `QACK q receipt [receipt ...]` -> `:1` (one receipt), or one result per receipt.
+pub(super) async fn ack(store: &Store, a: &mut Args<'_>) -> Reply {
+    match ack_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn ack_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    if a.is_empty() {
+        return Err(badarg("missing receipt"));
+    }
+    if a.len() > ACK_RECEIPTS_MAX {
+        return Err(badarg(&format!(
+            "{} receipts in one QACK: at most {ACK_RECEIPTS_MAX}",
+            a.len()
+        )));
+    }
+    // Malformed receipts are answered in place; the well-formed ones go in one commit.
+    let parsed: Vec<Result<Receipt, Reply>> = std::iter::from_fn(|| a.next())
+        .map(|b| receipt(&b))
+        .collect();
+    let good: Vec<Receipt> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .copied()
+        .collect();
+    let mut results = if good.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .ack_batch_async(&q, &good)
+            .await
+            .map_err(|e| engine_err(&e))?
+    }
+    .into_iter();
+    let replies: Vec<Reply> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Err(r) => r,
+            Ok(_) => match results.next() {
+                Some(Ok(())) => Frame::Integer(1),
+                Some(Err(e)) => engine_err(&e),
+                None => err("ERR", "the engine returned fewer results than receipts"),
+            },
+        })
+        .collect();
+    if replies.len() == 1 {
+        return Ok(replies.into_iter().next().unwrap_or(Frame::Null));
+    }
+    Ok(Frame::Array(replies))
+}
+
+/// `QNACK q receipt [DELAY ms] [PRI p]` -> `:1`.
+pub(super) async fn nack(store: &Store, a: &mut Args<'_>) -> Reply {
+    match nack_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn nack_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let r = receipt(&a.required("receipt")?)?;
+    let mut delay = Duration::ZERO;
+    let mut pri = None;
+    while let Some(k) = a.keyword() {
+        match k.as_str() {
+            "DELAY" => {
+                delay = ms(number(
+                    &a.required("DELAY value")?,
+                    "DELAY",
+                    0,
+                    DELAY_MS_MAX,
+                )?);
+            }
+            "PRI" => pri = Some(number(&a.required("PRI value")?, "PRI", 0, 255)? as u8),
+            _ => return Err(badarg(&format!("unknown option {k:?}"))),
+        }
+    }
+    let s = store.clone();
+    blocking(move || s.nack(&q, r, delay, pri))
+        .await
+        .map_err(|e| engine_err(&e))?;
+    Ok(Frame::Integer(1))
+}
+
+/// `COUNT n`, the only option of `QPOP` and `QPEEK`.
+fn count_only(a: &mut Args<'_>, cmd: &str) -> Result<usize, Reply> {
+    let mut count = 1;
+    while let Some(k) = a.keyword() {
+        match k.as_str() {
+            "COUNT" => {
+                count = number(&a.required("COUNT value")?, "COUNT", 1, COUNT_MAX)? as usize;
+            }
+            "WAIT" if cmd == "QPOP" => {
+                return Err(badarg(
+                    "QPOP does not take WAIT yet; use QGET ... WAIT and QACK",
+                ))
+            }
+            _ => return Err(badarg(&format!("unknown option {k:?}"))),
+        }
+    }
+    Ok(count)
+}
+
+/// `QPOP q [COUNT n]` -> records without receipts, removed (at-most-once).
+pub(super) async fn pop(store: &Store, a: &mut Args<'_>) -> Reply {
+    match pop_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn pop_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let count = count_only(a, "QPOP")?;
+    let s = store.clone();
+    let msgs = empty_if_unknown(blocking(move || s.pop(&q, count)).await)?;
+    records(store, msgs).await
+}
+
+/// `QPEEK q [COUNT n]` -> the next visible records, unchanged; `QPEEK q ID id` -> that
+/// message in any state, or `-NOTFOUND`.
+pub(super) async fn peek(store: &Store, a: &mut Args<'_>) -> Reply {
+    match peek_inner(store, a).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn peek_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let q = queue_name(a)?;
+    let s = store.clone();
+    if a.peek_keyword().as_deref() == Some("ID") {
+        a.next();
+        let id = number(&a.required("ID value")?, "ID", 0, u64::MAX)?;
+        if !a.is_empty() {
+            return Err(badarg("QPEEK q ID id takes no other option"));
+        }
+        let m = blocking(move || s.get(&q, id))
+            .await
+            .map_err(|e| engine_err(&e))?;
+        let mut r = records(store, vec![m]).await?;
+        if let Frame::Array(v) = &mut r {
+            return Ok(v.pop().unwrap_or(Frame::Null));
+        }
+        return Ok(r);
+    }
+    let count = count_only(a, "QPEEK")?;
+    let msgs = empty_if_unknown(blocking(move || s.peek(&q, count)).await)?;
+    records(store, msgs).await
+}
+
+/// `QSTATS q` -> a map (a flat array on RESP2) of the queue's counts.
+pub(super) fn stats(store: &Store, a: &mut Args<'_>) -> Reply {
+    let q = match queue_name(a) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    if !a.is_empty() {
+        return badarg("QSTATS takes one queue name");
+    }
+    let s = match store.stats(&q) {
+        Ok(s) => s,
+        Err(e) => return engine_err(&e),
+    };
+    let int = |n: u64| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let key = |k: &'static str| Frame::Bulk(Bytes::from_static(k.as_bytes()));
+    Frame::Map(vec![
+        (key("visible"), int(s.visible)),
+        (key("delayed"), int(s.delayed)),
+        (key("leased"), int(s.leased)),
+        (key("dead"), int(s.dead)),
+        (key("messages"), int(s.messages)),
+        (key("bytes"), int(s.bytes)),
+        (key("total_pushed"), int(s.counters.pushed)),
+        (key("total_acked"), int(s.counters.acked)),
+        (key("total_dead"), int(s.counters.dead_lettered)),
+        (key("oldest_age_ms"), int(s.oldest_age_ms)),
+    ])
+}
+
+/// `QLIST [pattern]` -> queue names, sorted; the pattern is a glob with `*` and `?`.
+pub(super) fn list(store: &Store, a: &mut Args<'_>) -> Reply {
+    let pattern = a.next();
+    if !a.is_empty() {
+        return badarg("QLIST takes at most one pattern");
+    }
+    Frame::Array(
+        store
+            .queues()
+            .into_iter()
+            .filter(|n| pattern.as_deref().is_none_or(|p| glob(p, n.as_bytes())))
+            .map(|n| Frame::Bulk(Bytes::from(n)))
+            .collect(),
+    )
+}
+
+/// Whether `text` matches `pattern` (`*` any run, `?` one byte, everything else itself).
+pub(super) fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Message records; payloads kept in blob files are read on the blocking pool.
+async fn records(store: &Store, mut msgs: Vec<Message>) -> Result<Reply, Reply> {
+    if msgs.iter().any(|m| m.blob.is_some()) {
+        let s = store.clone();
+        msgs = blocking(move || {
+            for m in &mut msgs {
+                if m.blob.is_some() {
+                    let mut buf = Vec::new();
+                    s.open_payload(m)?.read_to_end(&mut buf).map_err(|e| {
+                        EngineError::InvalidArgument(format!("reading a payload: {e}"))
+                    })?;
+                    m.payload = Bytes::from(buf);
+                }
+            }
+            Ok(msgs)
+        })
+        .await
+        .map_err(|e| engine_err(&e))?;
+    }
+    Ok(Frame::Array(msgs.iter().map(record).collect()))
+}
+
+/// `[id, receipt|nil, payload, priority, enqueued_at_ms, first_received_at_ms|nil,
+/// receive_count, visible_at_ms]`.
+fn record(m: &Message) -> Frame {
+    let int = |n: u64| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let visible_at = match m.state {
+        MessageState::Leased(t) | MessageState::Delayed(t) => t,
+        MessageState::Ready => m.enqueued_at,
+    };
+    Frame::Array(vec![
+        id_frame(m.id),
+        m.receipt
+            .map_or(Frame::Null, |r| Frame::Bulk(Bytes::from(r.to_string()))),
+        Frame::Bulk(m.payload.clone()),
+        Frame::Integer(i64::from(m.priority)),
+        int(m.enqueued_at),
+        m.first_received_at.map_or(Frame::Null, int),
+        Frame::Integer(i64::from(m.receive_count)),
+        int(visible_at),
+    ])
+}

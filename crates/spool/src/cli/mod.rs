@@ -8,6 +8,7 @@ mod demo;
 pub mod inspect;
 mod output;
 mod queue;
+pub mod serve;
 mod topic;
 
 use std::path::PathBuf;
@@ -85,6 +86,11 @@ pub enum Command {
         after_help = "With an agent running (the store is locked), the message goes through its local listener (listener.bind), which acknowledges once it is durable; with no agent running, it is written into the store's outbox and sent when the agent starts.\n\nExamples:\n  spool publish sensors/t1 '{\"c\":21.5}' --qos 1 --config /etc/spool/agent.toml\n  cat report.json | spool publish reports/daily --priority 9 --ttl 1h"
     )]
     Publish(agent::PublishArgs),
+    /// Run the queue server: the store's queues over the Redis protocol (redis-cli works)
+    #[command(
+        after_help = "Listens on 127.0.0.1:7411 by default. There is no authentication yet: a non-loopback --bind is refused unless --allow-unauthenticated is given. Replies to pushes are sent once the message is durable. Stops on SIGTERM/SIGINT. Commands so far: PING, HELLO, QPUSH, QPUSHMANY, QGET, QACK, QNACK, QPOP, QPEEK, QSTATS, QLIST (README, \"The queue server\").\n\nExamples:\n  spool serve --dir /var/lib/spool\n  redis-cli -p 7411 QPUSH jobs 'resize photo 17'\n  redis-cli -p 7411 QGET jobs VT 30000"
+    )]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +199,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Config(c) => config::run(c),
         Command::Agent(a) => agent::run_agent(a),
         Command::Publish(a) => agent::run_publish(a),
+        Command::Serve(a) => serve::run(cli, a),
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod inspect;
 mod kill9;
+mod serve;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,263 @@
+//! `spool serve` as a user runs it: the real binary on a free port, driven by the real
+//! `redis-cli` (Debian's `redis-tools`) and, for a malformed frame, a plain socket. No test
+//! asserts a timing: every wait is "until this holds", bounded only so that a broken build
+//! fails instead of hanging.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Bound of every wait below (a failing build, not a slow machine, reaches it).
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A running `spool serve` on a store in a temp directory; SIGKILLed when dropped.
+struct Serve {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start() -> Serve {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = super::spool(&dir.path().join("store"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spool serve");
+        let s = Serve { dir, child, port };
+        let deadline = Instant::now() + WAIT;
+        while s.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "spool serve did not answer PING");
+            thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    /// `redis-cli -p PORT args...`: stdout and stderr, trimmed (raw output: one value a line).
+    fn cli(&self, args: &[&str]) -> String {
+        self.cli_with(&[], args, None)
+    }
+
+    fn cli_with(&self, opts: &[&str], args: &[&str], stdin: Option<&[u8]>) -> String {
+        let mut c = Command::new("redis-cli");
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(opts)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .expect("redis-cli (apt-get install redis-tools; scripts/test installs it)");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input)
+                .expect("write redis-cli stdin");
+        }
+        let out = child.wait_with_output().expect("wait redis-cli");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        text.trim().to_string()
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        self.cli(args).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request as RESP (what `redis-cli --pipe` sends as is).
+fn resp(words: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        v.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        v.extend_from_slice(w);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}
+
+#[test]
+fn push_lease_ack_and_a_stale_receipt_is_leaselost() {
+    let s = Serve::start();
+    assert_eq!(
+        s.cli(&["QPUSH", "jobs", "resize photo 17", "PRI", "5"]),
+        "1"
+    );
+    // [id, receipt, payload, priority, enqueued_at_ms, first_received_at_ms, receive_count,
+    //  visible_at_ms]
+    let rec = s.lines(&["QGET", "jobs", "VT", "60000"]);
+    assert_eq!(rec.len(), 8, "{rec:?}");
+    assert_eq!(rec[0], "1");
+    assert_eq!(rec[1], "1:1");
+    assert_eq!(rec[2], "resize photo 17");
+    assert_eq!(rec[3], "5");
+    assert_eq!(rec[6], "1");
+    let enqueued: u64 = rec[4].parse().expect("enqueued_at_ms");
+    let visible: u64 = rec[7].parse().expect("visible_at_ms");
+    assert!(visible >= enqueued + 60_000, "{rec:?}");
+    // Hidden while leased.
+    assert_eq!(s.cli(&["QGET", "jobs"]), "");
+    assert_eq!(s.cli(&["QACK", "jobs", "1:1"]), "1");
+    assert!(s.cli(&["QACK", "jobs", "1:1"]).starts_with("NOTFOUND"));
+
+    // A lease that runs out: the message comes back with receive_count 2 and a new receipt;
+    // the old receipt is stale.
+    assert_eq!(s.cli(&["QPUSH", "jobs", "again"]), "2");
+    let first = s.lines(&["QGET", "jobs", "VT", "1"]);
+    assert_eq!(first[1], "2:1");
+    let deadline = Instant::now() + WAIT;
+    let second = loop {
+        let r = s.lines(&["QGET", "jobs", "VT", "60000"]);
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(second[1], "2:2");
+    assert_eq!(second[6], "2");
+    let stale = s.cli(&["QACK", "jobs", "2:1"]);
+    assert!(stale.starts_with("LEASELOST "), "{stale}");
+    assert_eq!(s.cli(&["QACK", "jobs", "2:2"]), "1");
+}
+
+#[test]
+fn errors_use_the_documented_codes_and_redis_wording() {
+    let s = Serve::start();
+    assert_eq!(
+        s.cli(&["NOSUCH", "a", "b"]),
+        "ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b'"
+    );
+    assert!(s.cli(&["QPUSH", "bad name", "x"]).starts_with("BADNAME "));
+    assert!(s.cli(&["QGET", "jobs", "VT", "0"]).starts_with("BADARG "));
+    assert!(s.cli(&["QSTATS", "missing"]).starts_with("NOQUEUE "));
+    assert_eq!(s.cli(&["QGET", "not.created.yet"]), "");
+    assert_eq!(s.cli(&["SELECT", "0"]), "OK");
+}
+
+#[test]
+fn pipelined_requests_all_get_replies_in_order() {
+    let s = Serve::start();
+    let mut input = Vec::new();
+    for i in 0..200 {
+        input.extend(resp(&[b"QPUSH", b"bulk", format!("m{i}").as_bytes()]));
+    }
+    let out = s.cli_with(&["--pipe"], &[], Some(&input));
+    assert!(out.contains("errors: 0, replies: 200"), "{out}");
+    let popped = s.lines(&["QPOP", "bulk", "COUNT", "1000"]);
+    assert_eq!(popped.len(), 200 * 8);
+    let payloads: Vec<&str> = popped.chunks(8).map(|r| r[2].as_str()).collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected, "FIFO within a priority");
+}
+
+#[test]
+fn an_oversize_payload_is_toobig_and_the_connection_goes_on() {
+    let s = Serve::start();
+    let big = vec![b'x'; (1 << 20) + 1];
+    let mut input = resp(&[b"QPUSH", b"q", &big]);
+    input.extend(resp(&[b"QPUSH", b"q", b"small"]));
+    let out = s.cli_with(&["--pipe"], &[], Some(&input));
+    assert!(out.contains("TOOBIG"), "{out}");
+    assert!(out.contains("errors: 1, replies: 2"), "{out}");
+    assert_eq!(s.lines(&["QPEEK", "q"])[2], "small");
+}
+
+#[test]
+fn a_protocol_error_closes_that_connection_only() {
+    let s = Serve::start();
+    let mut bad = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    bad.set_read_timeout(Some(WAIT)).expect("timeout");
+    bad.write_all(b"*1\r\n$x\r\n").expect("write");
+    let mut reply = String::new();
+    bad.read_to_string(&mut reply)
+        .expect("the server closes the connection");
+    assert!(reply.starts_with("-ERR Protocol error: "), "{reply:?}");
+    assert_eq!(s.cli(&["PING"]), "PONG");
+}
+
+#[test]
+fn hello_3_switches_to_resp3_replies() {
+    let s = Serve::start();
+    let hello = s.cli(&["-3", "HELLO", "3"]);
+    assert!(hello.contains("proto") && hello.contains('3'), "{hello}");
+    // A raw RESP3 exchange: HELLO's map, then QSTATS as a map too.
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    c.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut req = resp(&[b"HELLO", b"3"]);
+    req.extend(resp(&[b"QPUSH", b"q", b"x"]));
+    req.extend(resp(&[b"QSTATS", b"q"]));
+    req.extend(resp(&[b"QUIT"]));
+    c.write_all(&req).expect("write");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read until QUIT closes");
+    assert!(out.starts_with("%7\r\n"), "{out:?}");
+    assert!(out.contains("$5\r\nproto\r\n:3\r\n"), "{out:?}");
+    assert!(out.contains("%10\r\n$7\r\nvisible\r\n:1\r\n"), "{out:?}");
+    assert!(out.ends_with("+OK\r\n"), "{out:?}");
+}
+
+#[test]
+fn sigterm_stops_it_and_the_messages_stay() {
+    let mut s = Serve::start();
+    assert_eq!(s.cli(&["QPUSH", "kept", "durable"]), "1");
+    let pid = s.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(st) = s.child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "spool serve ignored SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "{code:?}");
+    let store = s.dir.path().join("store");
+    let out = super::ok(&store, &["peek", "kept"]);
+    assert!(out.contains("durable"), "{out}");
+}
+
+#[test]
+fn a_non_loopback_bind_is_refused_without_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = super::run(
+        dir.path(),
+        &["serve", "--bind", &format!("0.0.0.0:{}", free_port())],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no authentication yet"), "{err}");
+    assert!(err.contains("--allow-unauthenticated"), "{err}");
+}

@@ -15,5 +15,5 @@
 mod cmd;
 mod server;
 
-pub use cmd::{execute, ConnState, Reply};
+pub use cmd::{execute, start, ConnState, Durable, Reply};
 pub use server::{Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT};

@@ -7,6 +7,7 @@
 //! that connection alone is closed. Over `max_connections`, a new connection gets Redis's
 //! `-ERR max number of clients reached` and is closed.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,13 +20,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::cmd::{execute, ConnState};
+use crate::cmd::{execute, start, ConnState, Durable};
 
 /// Default [`ServerConfig::max_connections`]: far above what a host's workers open, far
 /// below the file descriptors a process gets.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 /// Bytes read from a socket at a time (and the read buffer's initial size).
 const READ_CHUNK: usize = 16 << 10;
+/// Writes of one connection started and not yet answered: bounds what a pipelining client
+/// holds in memory (and in one group commit's wait).
+const PENDING_MAX: usize = 1024;
+/// Replies gathered before they are written out mid-burst: bounds the reply buffer of a
+/// pipelined burst of large reads.
+const OUT_FLUSH_BYTES: usize = 1 << 20;
 
 /// What [`Server::start`] needs.
 #[derive(Debug, Clone)]
@@ -168,20 +175,33 @@ async fn serve(
     let mut decoder = Decoder::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::new();
+    // Writes started (applied) and not yet answered, in request order: a pipelined burst of
+    // pushes is applied at once and shares one group commit; their replies follow in order.
+    let mut pending: VecDeque<Durable> = VecDeque::new();
     loop {
         let mut close = false;
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => match request_args(frame) {
                     Ok(args) => {
-                        let reply = execute(&store, &mut conn, args).await;
-                        encode(&reply, conn.protocol, &mut out);
-                        if conn.closing {
-                            close = true;
-                            break;
+                        if let Some(d) = start(&store, &args) {
+                            pending.push_back(d);
+                            if pending.len() >= PENDING_MAX {
+                                answer(&mut pending, conn.protocol, &mut out).await;
+                            }
+                        } else {
+                            // Everything else runs after the writes before it are durable.
+                            answer(&mut pending, conn.protocol, &mut out).await;
+                            let reply = execute(&store, &mut conn, args).await;
+                            encode(&reply, conn.protocol, &mut out);
+                            if conn.closing {
+                                close = true;
+                                break;
+                            }
                         }
                     }
                     Err(e) => {
+                        answer(&mut pending, conn.protocol, &mut out).await;
                         protocol_error(&e, conn.protocol, &mut out);
                         close = true;
                         break;
@@ -189,12 +209,18 @@ async fn serve(
                 },
                 Ok(None) => break,
                 Err(e) => {
+                    answer(&mut pending, conn.protocol, &mut out).await;
                     protocol_error(&e, conn.protocol, &mut out);
                     close = true;
                     break;
                 }
             }
+            if out.len() >= OUT_FLUSH_BYTES {
+                socket.write_all(&out).await?;
+                out.clear();
+            }
         }
+        answer(&mut pending, conn.protocol, &mut out).await;
         if !out.is_empty() {
             socket.write_all(&out).await?;
             out.clear();
@@ -213,7 +239,99 @@ async fn serve(
     }
 }
 
+/// Waits for the started writes, in order, and encodes their replies.
+async fn answer(pending: &mut VecDeque<Durable>, proto: Protocol, out: &mut BytesMut) {
+    while let Some(d) = pending.pop_front() {
+        let reply = d.await;
+        encode(&reply, proto, out);
+    }
+}
+
 fn protocol_error(e: &spool_resp::RespError, proto: Protocol, out: &mut BytesMut) {
     let reply = Frame::Error(Bytes::from(format!("ERR {e}")));
     encode(&reply, proto, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn req(words: &[&str]) -> Vec<u8> {
+        let mut v = format!("*{}\r\n", words.len()).into_bytes();
+        for w in words {
+            v.extend_from_slice(format!("${}\r\n{w}\r\n", w.len()).as_bytes());
+        }
+        v
+    }
+
+    async fn server(max_connections: usize) -> Server {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+        config.max_connections = max_connections;
+        let store = Store::in_memory().expect("store");
+        Server::start(config, store).await.expect("start")
+    }
+
+    /// Reads `n` replies (RESP2).
+    async fn replies(c: &mut TcpStream, n: usize) -> Vec<Frame> {
+        let mut d = Decoder::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < n {
+            while let Some(f) = d.decode(&mut buf).expect("valid RESP") {
+                got.push(f);
+            }
+            if got.len() < n {
+                let k = c.read_buf(&mut buf).await.expect("read");
+                assert!(k > 0, "closed after {} replies: {got:?}", got.len());
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_burst_is_answered_in_order() {
+        let s = server(10).await;
+        let mut c = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let mut burst = Vec::new();
+        for i in 0..100 {
+            burst.extend(req(&["QPUSH", "q", &format!("m{i}")]));
+        }
+        burst.extend(req(&["QGET", "q", "COUNT", "1000"]));
+        burst.extend(req(&["PING"]));
+        c.write_all(&burst).await.expect("write");
+        let got = replies(&mut c, 102).await;
+        for (i, r) in got[..100].iter().enumerate() {
+            assert_eq!(*r, Frame::Bulk(Bytes::from((i + 1).to_string())));
+        }
+        let Frame::Array(leased) = &got[100] else {
+            panic!("QGET: {:?}", got[100]);
+        };
+        assert_eq!(
+            leased.len(),
+            100,
+            "every push before the QGET is visible to it"
+        );
+        assert_eq!(got[101], Frame::Simple(Bytes::from_static(b"PONG")));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused_with_redis_wording() {
+        let s = server(1).await;
+        let mut first = TcpStream::connect(s.local_addr()).await.expect("connect");
+        first.write_all(&req(&["PING"])).await.expect("write");
+        replies(&mut first, 1).await;
+        let mut second = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let mut text = String::new();
+        second.read_to_string(&mut text).await.expect("read");
+        assert_eq!(text, "-ERR max number of clients reached\r\n");
+        // The first one is still served.
+        first.write_all(&req(&["PING"])).await.expect("write");
+        assert_eq!(
+            replies(&mut first, 1).await,
+            vec![Frame::Simple(Bytes::from_static(b"PONG"))]
+        );
+        s.shutdown().await;
+    }
 }

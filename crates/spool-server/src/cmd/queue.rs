@@ -17,7 +17,7 @@ use bytes::Bytes;
 use spool_engine::{name, Error as EngineError, Message, MessageState, Push, Receipt, Store};
 use spool_resp::Frame;
 
-use super::{badarg, engine_err, err, number, Args, Reply};
+use super::{badarg, engine_err, err, number, ready, Args, Durable, Reply};
 
 /// Visibility timeout of a lease, ms: 1 ms to 12 h (research, section 8.2).
 const VT_MS_MAX: u64 = 12 * 3600 * 1000;
@@ -107,49 +107,51 @@ fn id_frame(id: u64) -> Frame {
 }
 
 /// `QPUSH q payload [PRI p] [DELAY ms] [TTL ms]` -> the id, once the message is durable.
-pub(super) async fn push(store: &Store, a: &mut Args<'_>) -> Reply {
-    match push_inner(store, a).await {
-        Ok(r) | Err(r) => r,
+/// The push is applied when this is called; the returned future waits for its commit.
+pub(super) fn push(store: &Store, a: &mut Args<'_>) -> Durable {
+    let parsed = (|| {
+        let q = queue_name(a)?;
+        let payload = a.required("payload")?;
+        let opts = PushOpts::parse(a, true, false)?;
+        Ok::<_, Reply>(store.push_async(&q, opts.apply(payload)))
+    })();
+    match parsed {
+        Err(r) => ready(r),
+        Ok(committed) => Box::pin(async move {
+            match committed.await {
+                Ok(ids) => ids
+                    .first()
+                    .copied()
+                    .map_or_else(|| err("ERR", "the engine returned no id"), id_frame),
+                Err(e) => engine_err(&e),
+            }
+        }),
     }
-}
-
-async fn push_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
-    let q = queue_name(a)?;
-    let payload = a.required("payload")?;
-    let opts = PushOpts::parse(a, true, false)?;
-    let ids = store
-        .push_async(&q, opts.apply(payload))
-        .await
-        .map_err(|e| engine_err(&e))?;
-    let id = ids
-        .first()
-        .copied()
-        .ok_or_else(|| err("ERR", "the engine returned no id"))?;
-    Ok(id_frame(id))
 }
 
 /// `QPUSHMANY q [PRI p] [DELAY ms] -- payload...` -> the ids; all or none are stored.
-pub(super) async fn push_many(store: &Store, a: &mut Args<'_>) -> Reply {
-    match push_many_inner(store, a).await {
-        Ok(r) | Err(r) => r,
+pub(super) fn push_many(store: &Store, a: &mut Args<'_>) -> Durable {
+    let parsed = (|| {
+        let q = queue_name(a)?;
+        let opts = PushOpts::parse(a, false, true)?;
+        let mut msgs = Vec::with_capacity(a.len());
+        while let Some(p) = a.next() {
+            msgs.push(opts.apply(p));
+        }
+        if msgs.is_empty() {
+            return Err(badarg("no payloads after '--'"));
+        }
+        Ok(store.push_batch_async(&q, msgs))
+    })();
+    match parsed {
+        Err(r) => ready(r),
+        Ok(committed) => Box::pin(async move {
+            match committed.await {
+                Ok(ids) => Frame::Array(ids.into_iter().map(id_frame).collect()),
+                Err(e) => engine_err(&e),
+            }
+        }),
     }
-}
-
-async fn push_many_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
-    let q = queue_name(a)?;
-    let opts = PushOpts::parse(a, false, true)?;
-    let mut msgs = Vec::with_capacity(a.len());
-    while let Some(p) = a.next() {
-        msgs.push(opts.apply(p));
-    }
-    if msgs.is_empty() {
-        return Err(badarg("no payloads after '--'"));
-    }
-    let ids = store
-        .push_batch_async(&q, msgs)
-        .await
-        .map_err(|e| engine_err(&e))?;
-    Ok(Frame::Array(ids.into_iter().map(id_frame).collect()))
 }
 
 /// `QGET q [VT ms] [COUNT n] [WAIT ms]` -> leased records (an empty array when none).
@@ -206,20 +208,18 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// `QACK q receipt [receipt ...]` -> `:1` (one receipt), or one result per receipt.
-pub(super) async fn ack(store: &Store, a: &mut Args<'_>) -> Reply {
-    match ack_inner(store, a).await {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-async fn ack_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
-    let q = queue_name(a)?;
+/// `QACK q receipt [receipt ...]` -> `:1` (one receipt), or one result per receipt. The
+/// acks are applied when this is called; the returned future waits for their commit.
+pub(super) fn ack(store: &Store, a: &mut Args<'_>) -> Durable {
+    let q = match queue_name(a) {
+        Ok(q) => q,
+        Err(r) => return ready(r),
+    };
     if a.is_empty() {
-        return Err(badarg("missing receipt"));
+        return ready(badarg("missing receipt"));
     }
     if a.len() > ACK_RECEIPTS_MAX {
-        return Err(badarg(&format!(
+        return ready(badarg(&format!(
             "{} receipts in one QACK: at most {ACK_RECEIPTS_MAX}",
             a.len()
         )));
@@ -233,30 +233,32 @@ async fn ack_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
         .filter_map(|r| r.as_ref().ok())
         .copied()
         .collect();
-    let mut results = if good.is_empty() {
-        Vec::new()
-    } else {
-        store
-            .ack_batch_async(&q, &good)
-            .await
-            .map_err(|e| engine_err(&e))?
-    }
-    .into_iter();
-    let replies: Vec<Reply> = parsed
-        .into_iter()
-        .map(|p| match p {
-            Err(r) => r,
-            Ok(_) => match results.next() {
-                Some(Ok(())) => Frame::Integer(1),
-                Some(Err(e)) => engine_err(&e),
-                None => err("ERR", "the engine returned fewer results than receipts"),
+    let committed = (!good.is_empty()).then(|| store.ack_batch_async(&q, &good));
+    Box::pin(async move {
+        let results = match committed {
+            None => Vec::new(),
+            Some(c) => match c.await {
+                Ok(r) => r,
+                Err(e) => return engine_err(&e),
             },
-        })
-        .collect();
-    if replies.len() == 1 {
-        return Ok(replies.into_iter().next().unwrap_or(Frame::Null));
-    }
-    Ok(Frame::Array(replies))
+        };
+        let mut results = results.into_iter();
+        let mut replies: Vec<Reply> = parsed
+            .into_iter()
+            .map(|p| match p {
+                Err(r) => r,
+                Ok(_) => match results.next() {
+                    Some(Ok(())) => Frame::Integer(1),
+                    Some(Err(e)) => engine_err(&e),
+                    None => err("ERR", "the engine returned fewer results than receipts"),
+                },
+            })
+            .collect();
+        if replies.len() == 1 {
+            return replies.pop().unwrap_or(Frame::Null);
+        }
+        Frame::Array(replies)
+    })
 }
 
 /// `QNACK q receipt [DELAY ms] [PRI p]` -> `:1`.

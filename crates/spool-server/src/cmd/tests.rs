@@ -306,3 +306,19 @@ fn glob_matches_stars_and_question_marks() {
         assert_eq!(glob(p.as_bytes(), t.as_bytes()), m, "{p:?} {t:?}");
     }
 }
+
+#[tokio::test]
+async fn start_applies_a_push_before_its_reply_is_awaited() {
+    let t = Fixture::new();
+    let args = vec![bulk("QPUSH"), bulk("q"), bulk("x")];
+    let first = super::start(&t.store, &args).expect("QPUSH is started");
+    let second = super::start(&t.store, &args).expect("QPUSH is started");
+    // Both applied in request order before either reply was awaited: one group commit.
+    assert_eq!(t.store.queues(), vec!["q".to_string()]);
+    assert_eq!(second.await, bulk("2"));
+    assert_eq!(first.await, bulk("1"));
+    assert!(super::start(&t.store, &[bulk("QGET"), bulk("q")]).is_none());
+    let bad =
+        super::start(&t.store, &[bulk("QPUSH"), bulk("bad name"), bulk("x")]).expect("started");
+    assert_eq!(code(&bad.await), "BADNAME");
+}

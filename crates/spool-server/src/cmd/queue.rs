@@ -31,6 +31,11 @@ const COUNT_MAX: u64 = 1000;
 const TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
 /// Receipts per `QACK`: bounds one transaction.
 const ACK_RECEIPTS_MAX: usize = 1000;
+/// `QGET ... WAIT` calls blocked in the engine at once (process-wide). Each holds a thread of
+/// tokio's blocking pool (512 by default); this leaves room for the other blocking calls
+/// (nack, pop, peek), which must never queue behind minute-long waits.
+const WAITING_MAX: usize = 256;
+static WAITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WAITING_MAX);
 
 /// The queue name argument, checked against the name rule (`-BADNAME`).
 fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
@@ -180,9 +185,18 @@ async fn get_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
         store.lease_async(&q, count, vt).await
     } else {
         // The engine's blocking wait (woken by pushes, expiring delays and leases; no
-        // polling), on the blocking pool.
-        let s = store.clone();
-        blocking(move || s.lease_wait(&q, count, vt, ms(wait))).await
+        // polling) holds a blocking-pool thread, so at most WAITING_MAX run at once; a wait
+        // beyond them queues for a slot (asynchronously) until its own time is up, then
+        // takes what is there without waiting further.
+        match tokio::time::timeout(ms(wait), WAITERS.acquire()).await {
+            Ok(Ok(permit)) => {
+                let s = store.clone();
+                let r = blocking(move || s.lease_wait(&q, count, vt, ms(wait))).await;
+                drop(permit);
+                r
+            }
+            _ => store.lease_async(&q, count, vt).await,
+        }
     };
     let msgs = empty_if_unknown(leased)?;
     records(store, msgs).await

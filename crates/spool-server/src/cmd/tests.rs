@@ -322,3 +322,23 @@ async fn start_applies_a_push_before_its_reply_is_awaited() {
         super::start(&t.store, &[bulk("QPUSH"), bulk("bad name"), bulk("x")]).expect("started");
     assert_eq!(code(&bad.await), "BADNAME");
 }
+
+#[tokio::test]
+async fn qget_wait_is_woken_by_a_push() {
+    let t = Fixture::new();
+    let store = t.store.clone();
+    let waiter = tokio::spawn(async move {
+        let mut conn = ConnState::new(1);
+        let args = ["QGET", "later", "WAIT", "60000"]
+            .iter()
+            .map(|w| bulk(w))
+            .collect();
+        execute(&store, &mut conn, args).await
+    });
+    let mut conn = ConnState::new(2);
+    let push = vec![bulk("QPUSH"), bulk("later"), bulk("wake up")];
+    assert_eq!(execute(&t.store, &mut conn, push).await, bulk("1"));
+    let got = items(waiter.await.expect("the waiter task"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(items(got[0].clone())[2], bulk("wake up"));
+}

@@ -149,6 +149,25 @@ fn push_lease_ack_and_a_stale_receipt_is_leaselost() {
 }
 
 #[test]
+fn qget_wait_blocks_until_a_push_arrives() {
+    let s = Serve::start();
+    let waiter = Command::new("redis-cli")
+        .args(["-p", &s.port.to_string(), "QGET", "inbox", "WAIT", "30000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    assert_eq!(s.cli(&["QPUSH", "inbox", "news"]), "1");
+    let out = waiter.wait_with_output().expect("wait redis-cli");
+    let rec: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rec.len(), 8, "{rec:?}");
+    assert_eq!(rec[2], "news");
+}
+
+#[test]
 fn errors_use_the_documented_codes_and_redis_wording() {
     let s = Serve::start();
     assert_eq!(

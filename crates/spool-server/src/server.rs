@@ -27,6 +27,8 @@ use crate::cmd::{execute, start, ConnState, Durable};
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 /// Bytes read from a socket at a time (and the read buffer's initial size).
 const READ_CHUNK: usize = 16 << 10;
+/// How long [`Server::shutdown`] lets connections finish the request they are running.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Writes of one connection started and not yet answered: bounds what a pipelining client
 /// holds in memory (and in one group commit's wait).
 const PENDING_MAX: usize = 1024;
@@ -105,8 +107,8 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting, closes every connection (a request being run finishes first: a push
-    /// being made durable is not cut in half) and waits for the tasks to end.
+    /// Stops accepting and closes every connection: idle ones at once, one running a request
+    /// after it answered, or after a grace of 2 s (a `QGET ... WAIT`); then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -154,7 +156,20 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    while conns.join_next().await.is_some() {}
+    // Idle connections end at once; one running a request gets a grace period to answer
+    // (a push being made durable). A `QGET ... WAIT` may block for up to a minute: it is
+    // cut off after the grace (its lease, if it takes one, expires after its VT).
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            "{} connection(s) still busy after the grace: closed",
+            conns.len()
+        );
+        conns.shutdown().await;
+    }
 }
 
 async fn refuse(mut socket: TcpStream) {
@@ -172,6 +187,7 @@ async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut conn = ConnState::new(id);
+    conn.arg_max = limits.bulk_max;
     let mut decoder = Decoder::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::new();

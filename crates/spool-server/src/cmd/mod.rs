@@ -30,6 +30,8 @@ pub struct ConnState {
     pub name: Option<Bytes>,
     /// Set by `QUIT`: the listener sends the reply, then closes.
     pub closing: bool,
+    /// The longest argument the decoder keeps (named in `-TOOBIG` replies).
+    pub arg_max: usize,
 }
 
 impl ConnState {
@@ -40,6 +42,7 @@ impl ConnState {
             protocol: Protocol::Resp2,
             name: None,
             closing: false,
+            arg_max: spool_resp::Limits::default().bulk_max,
         }
     }
 }
@@ -57,7 +60,8 @@ pub async fn execute(store: &Store, conn: &mut ConnState, args: Vec<Frame>) -> R
         return err(
             "TOOBIG",
             &format!(
-                "an argument of {len} bytes is larger than the server's limit; nothing was done"
+                "an argument of {len} bytes is larger than the limit of {} bytes; nothing was done",
+                conn.arg_max
             ),
         );
     }

@@ -16,4 +16,6 @@ mod cmd;
 mod server;
 
 pub use cmd::{execute, start, ConnState, Durable, Reply};
-pub use server::{Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT};
+pub use server::{
+    Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT, WRITE_TIMEOUT_DEFAULT,
+};

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spool_engine::Store;
@@ -25,10 +26,13 @@ use crate::cmd::{execute, start, ConnState, Durable};
 /// Default [`ServerConfig::max_connections`]: far above what a host's workers open, far
 /// below the file descriptors a process gets.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// Default [`ServerConfig::write_timeout`]: far longer than any healthy client needs to take
+/// a reply, short enough that a stuck one frees its slot.
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Bytes read from a socket at a time (and the read buffer's initial size).
 const READ_CHUNK: usize = 16 << 10;
 /// How long [`Server::shutdown`] lets connections finish the request they are running.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Writes of one connection started and not yet answered: bounds what a pipelining client
 /// holds in memory (and in one group commit's wait).
 const PENDING_MAX: usize = 1024;
@@ -45,6 +49,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// What a peer may send (the largest payload is `limits.bulk_max`).
     pub limits: Limits,
+    /// How long a reply may take to be written: a client that stops reading (its socket
+    /// buffer full) is disconnected after this, so it cannot hold a connection slot and its
+    /// replies' memory forever. Default 30 s.
+    pub write_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -54,6 +62,7 @@ impl ServerConfig {
             bind,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             limits: Limits::default(),
+            write_timeout: WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -148,8 +157,9 @@ async fn accept_loop(
         let store = store.clone();
         let stopped = stopped.clone();
         let limits = config.limits;
+        let write_timeout = config.write_timeout;
         conns.spawn(async move {
-            if let Err(e) = serve(socket, store, id, limits, stopped).await {
+            if let Err(e) = serve(socket, store, id, limits, write_timeout, stopped).await {
                 tracing::debug!("connection {id} from {peer}: {e}");
             }
             drop(permit);
@@ -184,6 +194,7 @@ async fn serve(
     store: Store,
     id: u64,
     limits: Limits,
+    write_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut conn = ConnState::new(id);
@@ -232,13 +243,13 @@ async fn serve(
                 }
             }
             if out.len() >= OUT_FLUSH_BYTES {
-                socket.write_all(&out).await?;
+                write(&mut socket, &out, write_timeout).await?;
                 out.clear();
             }
         }
         answer(&mut pending, conn.protocol, &mut out).await;
         if !out.is_empty() {
-            socket.write_all(&out).await?;
+            write(&mut socket, &out, write_timeout).await?;
             out.clear();
         }
         if close {
@@ -253,6 +264,18 @@ async fn serve(
             return Ok(());
         }
     }
+}
+
+/// Writes `out`, or fails once `timeout` passes (a client that does not read).
+async fn write(socket: &mut TcpStream, out: &[u8], timeout: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, socket.write_all(out))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its replies within the write timeout",
+            )
+        })?
 }
 
 /// Waits for the started writes, in order, and encodes their replies.
@@ -282,8 +305,13 @@ mod tests {
     }
 
     async fn server(max_connections: usize) -> Server {
+        server_with(max_connections, WRITE_TIMEOUT_DEFAULT).await
+    }
+
+    async fn server_with(max_connections: usize, write_timeout: Duration) -> Server {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
         config.max_connections = max_connections;
+        config.write_timeout = write_timeout;
         let store = Store::in_memory().expect("store");
         Server::start(config, store).await.expect("start")
     }
@@ -348,6 +376,42 @@ mod tests {
             replies(&mut first, 1).await,
             vec![Frame::Simple(Bytes::from_static(b"PONG"))]
         );
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
+        let s = server_with(1, Duration::from_millis(200)).await;
+        let mut c = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let big = "x".repeat(1 << 20);
+        c.write_all(&req(&["QPUSH", "big", &big]))
+            .await
+            .expect("write");
+        replies(&mut c, 1).await;
+        // 64 MiB of replies asked for and never read: more than any socket buffers hold.
+        let mut peeks = Vec::new();
+        for _ in 0..64 {
+            peeks.extend(req(&["QPEEK", "big"]));
+        }
+        c.write_all(&peeks).await.expect("write");
+        // The slot comes back: a new client is served (not refused) once the server gave up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut d = TcpStream::connect(s.local_addr()).await.expect("connect");
+            d.write_all(&req(&["PING"])).await.expect("write");
+            let mut buf = BytesMut::new();
+            let _ = d.read_buf(&mut buf).await;
+            if &buf[..] == b"+PONG\r\n" {
+                break;
+            }
+            assert_eq!(&buf[..], b"-ERR max number of clients reached\r\n");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stuck client kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(c);
         s.shutdown().await;
     }
 }

@@ -3,7 +3,7 @@
 //! baseline and the target from the issue. Sync-bound scenarios run right after the sync-bound
 //! baselines and before anything bulky (see `bench/mod.rs` for why).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -377,38 +377,18 @@ fn progress(cfg: &BenchConfig, what: &str) {
     super::progress_fn(cfg)(what);
 }
 
-/// A scratch directory, removed (best effort) when dropped.
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `spool bench engine`: baselines and engine in one run, printed as a table or JSON.
 pub fn run_engine_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()> {
-    let parent = match (&args.bench_dir, store_dir) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => d
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        (None, None) => PathBuf::from("."),
-    };
-    let dir = parent.join(format!(".spool-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _scratch = Scratch(dir.clone());
+    let scratch = super::Scratch::for_command(store_dir, args, "engine")?;
     let mut cfg = if args.quick {
         BenchConfig::quick()
     } else {
         BenchConfig::full()
     };
     cfg.progress = !args.json;
-    let report = run_all(&dir, &cfg)?;
-    if args.json {
-        println!("{}", report.to_json_string());
-    } else {
-        println!("{report}");
-    }
+    let report = run_all(&scratch.0, &cfg)?;
+    drop(scratch);
+    super::print_report(&report, args.json);
     Ok(())
 }
 

@@ -228,6 +228,52 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// The scratch directory of one benchmark command (`tag`: engine, scale, mqtt), removed (best
+/// effort) when dropped, error or not: under `--bench-dir`, else under the parent of `--dir`,
+/// else the current directory. Cleared first if a run of the same process left it.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    pub(crate) fn for_command(
+        store_dir: Option<&Path>,
+        args: &crate::cli::BenchArgs,
+        tag: &str,
+    ) -> Result<Self> {
+        let parent = match (&args.bench_dir, store_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            (None, None) => PathBuf::from("."),
+        };
+        Scratch::create(parent.join(format!(".spool-bench-{tag}-{}", std::process::id())))
+    }
+
+    /// `path`, emptied if it exists, created if not.
+    pub(crate) fn create(path: PathBuf) -> Result<Self> {
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints a benchmark's report: a table, or one JSON object with `--json`.
+pub(crate) fn print_report(report: &Report, json: bool) {
+    if json {
+        println!("{}", report.to_json_string());
+    } else {
+        println!("{report}");
+    }
+}
+
 /// A scratch directory under the benchmark directory, removed (best effort) when dropped.
 struct WorkDir(PathBuf);
 

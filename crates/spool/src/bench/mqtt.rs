@@ -159,15 +159,7 @@ impl MqttConfig {
 /// `spool bench mqtt`: every scenario in a scratch directory under `--bench-dir` (else under the
 /// parent of `--dir`, else the current directory), printed as a table or JSON.
 pub fn run_mqtt_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()> {
-    let parent = match (&args.bench_dir, store_dir) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => d
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        (None, None) => PathBuf::from("."),
-    };
-    let scratch =
-        Scratch::create(parent.join(format!(".spool-bench-mqtt-{}", std::process::id())))?;
+    let scratch = super::Scratch::for_command(store_dir, args, "mqtt")?;
     let mut cfg = if args.quick {
         MqttConfig::quick()
     } else {
@@ -177,11 +169,7 @@ pub fn run_mqtt_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()
     let exe = std::env::current_exe().context("finding this executable to run probes")?;
     let report = run_mqtt(&scratch.0, &cfg, &exe)?;
     drop(scratch);
-    if args.json {
-        println!("{}", report.to_json_string());
-    } else {
-        println!("{report}");
-    }
+    super::print_report(&report, args.json);
     Ok(())
 }
 
@@ -1443,22 +1431,6 @@ async fn python_client(
 }
 
 // ---------------------------------------------------------------------------------------------
-
-/// A scratch directory removed (best effort) when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn create(path: PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Scratch(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[cfg(test)]
 mod tests {

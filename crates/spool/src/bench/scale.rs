@@ -40,7 +40,8 @@ use spool_engine::{
 };
 
 use super::{
-    baseline, names, payload, procio, BenchConfig, Figure, IoCounters, MemoryUsage, Report, Target,
+    baseline, names, payload, procio, BenchConfig, Figure, IoCounters, MemoryUsage, Report,
+    Scratch, Target,
 };
 use crate::cli::BenchArgs;
 
@@ -184,38 +185,10 @@ impl ScaleConfig {
     }
 }
 
-/// A scratch directory, removed (best effort) when dropped, error or not.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn create(path: PathBuf) -> Result<Self> {
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("clearing {}", path.display()))?;
-        }
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Scratch(path))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `spool bench scale`: the four scenarios in a scratch directory under `--bench-dir` (else
 /// under the parent of `--dir`, else the current directory), printed as a table or JSON.
 pub fn run_scale_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<()> {
-    let parent = match (&args.bench_dir, store_dir) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => d
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        (None, None) => PathBuf::from("."),
-    };
-    let scratch =
-        Scratch::create(parent.join(format!(".spool-bench-scale-{}", std::process::id())))?;
+    let scratch = Scratch::for_command(store_dir, args, "scale")?;
     let mut cfg = if args.quick {
         ScaleConfig::quick()
     } else {
@@ -225,11 +198,7 @@ pub fn run_scale_command(store_dir: Option<&Path>, args: &BenchArgs) -> Result<(
     let exe = std::env::current_exe().context("finding this executable to run probes")?;
     let report = run_scale(&scratch.0, &cfg, &exe)?;
     drop(scratch);
-    if args.json {
-        println!("{}", report.to_json_string());
-    } else {
-        println!("{report}");
-    }
+    super::print_report(&report, args.json);
     Ok(())
 }
 

@@ -12,10 +12,15 @@
 //! `QPUSHMANY`, `QGET`, `QACK`, `QNACK`, `QPOP`, `QPEEK`, `QSTATS`, `QLIST`). Topics, queue
 //! management, authentication, TLS and the HTTP front end come next.
 
+pub mod auth;
 mod cmd;
+pub mod error;
+pub mod limits;
 mod server;
+mod service;
 
 pub use cmd::{execute, start, ConnState, Durable, Reply};
 pub use server::{
     Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT, WRITE_TIMEOUT_DEFAULT,
 };
+pub use service::{Policy, Service};

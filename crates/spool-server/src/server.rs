@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use spool_engine::Store;
 use spool_resp::{encode, request_args, Decoder, Frame, Limits, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cmd::{execute, start, ConnState, Durable};
+use crate::service::Service;
 
 /// Default [`ServerConfig::max_connections`]: far above what a host's workers open, far
 /// below the file descriptors a process gets.
@@ -89,8 +89,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.bind` and starts serving `store` (on the current tokio runtime).
-    pub async fn start(config: ServerConfig, store: Store) -> Result<Server, ServerError> {
+    /// Binds `config.bind` and starts serving `svc` (on the current tokio runtime).
+    pub async fn start(config: ServerConfig, svc: Service) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind(config.bind)
                 .await
@@ -103,7 +103,7 @@ impl Server {
             source,
         })?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, config, store, stopped));
+        let task = tokio::spawn(accept_loop(listener, config, svc, stopped));
         Ok(Server {
             local_addr,
             stop,
@@ -127,7 +127,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     config: ServerConfig,
-    store: Store,
+    svc: Service,
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -154,12 +154,12 @@ async fn accept_loop(
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        let store = store.clone();
+        let svc = svc.clone();
         let stopped = stopped.clone();
         let limits = config.limits;
         let write_timeout = config.write_timeout;
         conns.spawn(async move {
-            if let Err(e) = serve(socket, store, id, limits, write_timeout, stopped).await {
+            if let Err(e) = serve(socket, svc, id, limits, write_timeout, stopped).await {
                 tracing::debug!("connection {id} from {peer}: {e}");
             }
             drop(permit);
@@ -191,7 +191,7 @@ async fn refuse(mut socket: TcpStream) {
 /// One connection: read, decode every complete request, run them, write the replies.
 async fn serve(
     mut socket: TcpStream,
-    store: Store,
+    svc: Service,
     id: u64,
     limits: Limits,
     write_timeout: Duration,
@@ -211,7 +211,7 @@ async fn serve(
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => match request_args(frame) {
                     Ok(args) => {
-                        if let Some(d) = start(&store, &args) {
+                        if let Some(d) = start(&svc, &conn, &args) {
                             pending.push_back(d);
                             if pending.len() >= PENDING_MAX {
                                 answer(&mut pending, conn.protocol, &mut out).await;
@@ -219,7 +219,7 @@ async fn serve(
                         } else {
                             // Everything else runs after the writes before it are durable.
                             answer(&mut pending, conn.protocol, &mut out).await;
-                            let reply = execute(&store, &mut conn, args).await;
+                            let reply = execute(&svc, &mut conn, args).await;
                             encode(&reply, conn.protocol, &mut out);
                             if conn.closing {
                                 close = true;
@@ -312,8 +312,10 @@ mod tests {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
         config.max_connections = max_connections;
         config.write_timeout = write_timeout;
-        let store = Store::in_memory().expect("store");
-        Server::start(config, store).await.expect("start")
+        let store = spool_engine::Store::in_memory().expect("store");
+        Server::start(config, Service::open(store))
+            .await
+            .expect("start")
     }
 
     /// Reads `n` replies (RESP2).

@@ -16,8 +16,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use spool_engine::{Error as EngineError, Store};
+use spool_engine::Error as EngineError;
 use spool_resp::{Frame, Protocol};
+
+use crate::auth::Identity;
+use crate::service::Service;
 
 /// What a connection remembers between requests.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct ConnState {
     pub closing: bool,
     /// The longest argument the decoder keeps (named in `-TOOBIG` replies).
     pub arg_max: usize,
+    /// Who the connection is authenticated as (`AUTH`, `HELLO ... AUTH`).
+    pub identity: Identity,
 }
 
 impl ConnState {
@@ -43,6 +48,7 @@ impl ConnState {
             name: None,
             closing: false,
             arg_max: spool_resp::Limits::default().bulk_max,
+            identity: Identity::anonymous(),
         }
     }
 }
@@ -52,7 +58,8 @@ pub type Reply = Frame;
 
 /// Runs one request: `args[0]` is the command name (any case), the rest its arguments (bulk
 /// strings; an [`Frame::Oversize`] argument is answered `-TOOBIG` without running anything).
-pub async fn execute(store: &Store, conn: &mut ConnState, args: Vec<Frame>) -> Reply {
+pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> Reply {
+    let store = svc.store();
     if let Some(len) = args.iter().find_map(|a| match a {
         Frame::Oversize { len } => Some(*len),
         _ => None,
@@ -104,7 +111,9 @@ pub type Durable = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// it with [`execute`]). A connection that starts a pipelined burst of pushes this way and
 /// awaits the replies afterwards lets them share one group commit, where awaiting each in
 /// turn would cost one `fdatasync` per push. Requests started in order are applied in order.
-pub fn start(store: &Store, args: &[Frame]) -> Option<Durable> {
+pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable> {
+    let _ = conn;
+    let store = svc.store();
     if args.iter().any(|a| matches!(a, Frame::Oversize { .. })) {
         return None;
     }
@@ -166,24 +175,7 @@ fn err(code: &str, msg: &str) -> Reply {
 
 /// The error code of the research's section 8.5 for an engine error, with its message.
 fn engine_err(e: &EngineError) -> Reply {
-    let code = match e {
-        EngineError::InvalidName { .. } => "BADNAME",
-        EngineError::PayloadTooLarge { .. } => "TOOBIG",
-        EngineError::EmptyBatch
-        | EngineError::BatchTooLarge { .. }
-        | EngineError::InvalidArgument(_) => "BADARG",
-        EngineError::UnknownQueue { .. } => "NOQUEUE",
-        EngineError::UnknownTopic { .. } => "NOTOPIC",
-        EngineError::Exists { .. } => "EXISTS",
-        EngineError::LeaseLost { .. } => "LEASELOST",
-        EngineError::NotFound { .. } => "NOTFOUND",
-        EngineError::Full { .. }
-        | EngineError::InFlightLimit { .. }
-        | EngineError::DiskFull { .. } => "FULL",
-        EngineError::NoDeadLetterQueue { .. } => "NODLQ",
-        _ => "ERR",
-    };
-    err(code, &e.to_string())
+    err(crate::error::code(e), &e.to_string())
 }
 
 /// A `-BADARG` reply.

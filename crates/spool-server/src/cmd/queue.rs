@@ -17,20 +17,12 @@ use bytes::Bytes;
 use spool_engine::{name, Error as EngineError, Message, MessageState, Push, Receipt, Store};
 use spool_resp::Frame;
 
+use crate::limits::{
+    ACK_RECEIPTS_MAX, COUNT_MAX, DELAY_MS_MAX, TTL_MS_MAX, VT_MS_MAX, WAIT_MS_MAX,
+};
+
 use super::{badarg, engine_err, err, number, ready, Args, Durable, Reply};
 
-/// Visibility timeout of a lease, ms: 1 ms to 12 h (research, section 8.2).
-const VT_MS_MAX: u64 = 12 * 3600 * 1000;
-/// Delay of a push or nack, ms: up to 7 days.
-const DELAY_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
-/// Blocking wait of `QGET ... WAIT`, ms: up to 60 s (a longer wait is a client loop).
-const WAIT_MS_MAX: u64 = 60_000;
-/// Messages per read: up to 1000 (bounds one reply).
-const COUNT_MAX: u64 = 1000;
-/// TTL of a message, ms: 1 ms to 30 days (the engine's longest duration).
-const TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
-/// Receipts per `QACK`: bounds one transaction.
-const ACK_RECEIPTS_MAX: usize = 1000;
 /// `QGET ... WAIT` calls blocked in the engine at once (process-wide). Each holds a thread of
 /// tokio's blocking pool (512 by default); this leaves room for the other blocking calls
 /// (nack, pop, peek), which must never queue behind minute-long waits.

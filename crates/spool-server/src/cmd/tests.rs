@@ -6,16 +6,17 @@ use spool_engine::Store;
 use spool_resp::{Frame, Protocol};
 
 use super::{execute, ConnState};
+use crate::service::Service;
 
 struct Fixture {
-    store: Store,
+    svc: Service,
     conn: ConnState,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         Fixture {
-            store: Store::in_memory().expect("in-memory store"),
+            svc: Service::open(Store::in_memory().expect("in-memory store")),
             conn: ConnState::new(7),
         }
     }
@@ -25,7 +26,7 @@ impl Fixture {
             .iter()
             .map(|w| Frame::Bulk(Bytes::copy_from_slice(w.as_bytes())))
             .collect();
-        execute(&self.store, &mut self.conn, args).await
+        execute(&self.svc, &mut self.conn, args).await
     }
 }
 
@@ -231,9 +232,13 @@ async fn qlist_filters_with_a_glob() {
 async fn an_oversize_argument_is_toobig() {
     let mut t = Fixture::new();
     let args = vec![bulk("QPUSH"), bulk("q"), Frame::Oversize { len: 3 << 20 }];
-    let reply = execute(&t.store, &mut t.conn, args).await;
+    let reply = execute(&t.svc, &mut t.conn, args).await;
     assert_eq!(code(&reply), "TOOBIG");
-    assert_eq!(t.store.queues(), Vec::<String>::new(), "nothing was pushed");
+    assert_eq!(
+        t.svc.store().queues(),
+        Vec::<String>::new(),
+        "nothing was pushed"
+    );
 }
 
 #[tokio::test]
@@ -311,33 +316,37 @@ fn glob_matches_stars_and_question_marks() {
 async fn start_applies_a_push_before_its_reply_is_awaited() {
     let t = Fixture::new();
     let args = vec![bulk("QPUSH"), bulk("q"), bulk("x")];
-    let first = super::start(&t.store, &args).expect("QPUSH is started");
-    let second = super::start(&t.store, &args).expect("QPUSH is started");
+    let first = super::start(&t.svc, &t.conn, &args).expect("QPUSH is started");
+    let second = super::start(&t.svc, &t.conn, &args).expect("QPUSH is started");
     // Both applied in request order before either reply was awaited: one group commit.
-    assert_eq!(t.store.queues(), vec!["q".to_string()]);
+    assert_eq!(t.svc.store().queues(), vec!["q".to_string()]);
     assert_eq!(second.await, bulk("2"));
     assert_eq!(first.await, bulk("1"));
-    assert!(super::start(&t.store, &[bulk("QGET"), bulk("q")]).is_none());
-    let bad =
-        super::start(&t.store, &[bulk("QPUSH"), bulk("bad name"), bulk("x")]).expect("started");
+    assert!(super::start(&t.svc, &t.conn, &[bulk("QGET"), bulk("q")]).is_none());
+    let bad = super::start(
+        &t.svc,
+        &t.conn,
+        &[bulk("QPUSH"), bulk("bad name"), bulk("x")],
+    )
+    .expect("started");
     assert_eq!(code(&bad.await), "BADNAME");
 }
 
 #[tokio::test]
 async fn qget_wait_is_woken_by_a_push() {
     let t = Fixture::new();
-    let store = t.store.clone();
+    let svc = t.svc.clone();
     let waiter = tokio::spawn(async move {
         let mut conn = ConnState::new(1);
         let args = ["QGET", "later", "WAIT", "60000"]
             .iter()
             .map(|w| bulk(w))
             .collect();
-        execute(&store, &mut conn, args).await
+        execute(&svc, &mut conn, args).await
     });
     let mut conn = ConnState::new(2);
     let push = vec![bulk("QPUSH"), bulk("later"), bulk("wake up")];
-    assert_eq!(execute(&t.store, &mut conn, push).await, bulk("1"));
+    assert_eq!(execute(&t.svc, &mut conn, push).await, bulk("1"));
     let got = items(waiter.await.expect("the waiter task"));
     assert_eq!(got.len(), 1);
     assert_eq!(items(got[0].clone())[2], bulk("wake up"));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use spool_server::{Server, ServerConfig};
+use spool_server::{Server, ServerConfig, Service};
 
 use super::agent::{runtime, Signals};
 use super::Cli;
@@ -53,7 +53,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new()?;
-        let server = Server::start(config, store)
+        let server = Server::start(config, Service::open(store))
             .await
             .context("cannot start the queue server")?;
         tracing::info!(

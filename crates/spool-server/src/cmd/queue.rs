@@ -20,14 +20,9 @@ use spool_resp::Frame;
 use crate::limits::{
     ACK_RECEIPTS_MAX, COUNT_MAX, DELAY_MS_MAX, TTL_MS_MAX, VT_MS_MAX, WAIT_MS_MAX,
 };
+use crate::wait::blocking;
 
 use super::{badarg, engine_err, err, number, ready, Args, Durable, Reply};
-
-/// `QGET ... WAIT` calls blocked in the engine at once (process-wide). Each holds a thread of
-/// tokio's blocking pool (512 by default); this leaves room for the other blocking calls
-/// (nack, pop, peek), which must never queue behind minute-long waits.
-const WAITING_MAX: usize = 256;
-static WAITERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WAITING_MAX);
 
 /// The queue name argument, checked against the name rule (`-BADNAME`).
 fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
@@ -173,23 +168,7 @@ async fn get_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
             _ => return Err(badarg(&format!("unknown option {k:?}"))),
         }
     }
-    let leased = if wait == 0 {
-        store.lease_async(&q, count, vt).await
-    } else {
-        // The engine's blocking wait (woken by pushes, expiring delays and leases; no
-        // polling) holds a blocking-pool thread, so at most WAITING_MAX run at once; a wait
-        // beyond them queues for a slot (asynchronously) until its own time is up, then
-        // takes what is there without waiting further.
-        match tokio::time::timeout(ms(wait), WAITERS.acquire()).await {
-            Ok(Ok(permit)) => {
-                let s = store.clone();
-                let r = blocking(move || s.lease_wait(&q, count, vt, ms(wait))).await;
-                drop(permit);
-                r
-            }
-            _ => store.lease_async(&q, count, vt).await,
-        }
-    };
+    let leased = crate::wait::lease(store, &q, count, vt, ms(wait)).await;
     let msgs = empty_if_unknown(leased)?;
     records(store, msgs).await
 }
@@ -201,17 +180,6 @@ fn empty_if_unknown(r: Result<Vec<Message>, EngineError>) -> Result<Vec<Message>
         Err(EngineError::UnknownQueue { .. }) => Ok(Vec::new()),
         Err(e) => Err(engine_err(&e)),
     }
-}
-
-/// Runs a blocking engine call on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(EngineError::InvalidArgument(format!(
-            "engine task failed: {e}"
-        )))
-    })
 }
 
 /// `QACK q receipt [receipt ...]` -> `:1` (one receipt), or one result per receipt. The

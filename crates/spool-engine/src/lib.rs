@@ -51,6 +51,7 @@ mod topic;
 #[doc(hidden)]
 pub mod verify;
 pub mod vfs;
+mod watch;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -66,3 +67,4 @@ pub use recovery::{DamagedRange, RecoveryReport, TornTail};
 pub use state::{MessageState, QueueCounters, TopicCounters};
 pub use store::{Committed, Store};
 pub use topic::{Cursor, CursorStart, TopicMessage, TopicStats};
+pub use watch::{Changed, Watch};

@@ -4,7 +4,7 @@
 //! store lock after finding nothing, so a commit that lands in between cannot be missed.
 
 use std::sync::{Condvar, Mutex};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 #[derive(Debug, Default)]
@@ -60,5 +60,29 @@ impl Signal {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Ready once the version differs from `seen`; otherwise registers the task's waker
+    /// (once per task) and is pending.
+    pub(crate) fn poll_changed(&self, seen: u64, cx: &Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.version != seen {
+            return Poll::Ready(());
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            s.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Forgets a waker registered by [`Signal::poll_changed`] (a wait given up before the
+    /// signal fired), so that waits that time out on a quiet queue do not pile up wakers.
+    pub(crate) fn forget(&self, waker: &Waker) {
+        self.lock().wakers.retain(|w| !w.will_wake(waker));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn wakers(&self) -> usize {
+        self.lock().wakers.len()
     }
 }

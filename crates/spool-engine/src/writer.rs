@@ -593,14 +593,16 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
                         Vec::new()
                     };
                 drop(core);
-                shared.complete(group_end);
-                for (_, t) in done {
-                    t.unpark();
-                }
+                // Waiters first, then the committers: once a push has returned, every wait
+                // on its queue has been woken (a caller never sees its push ahead of that).
                 for f in &batch {
                     for s in &f.signals {
                         s.notify();
                     }
+                }
+                shared.complete(group_end);
+                for (_, t) in done {
+                    t.unpark();
                 }
             }
             Err(e) => {

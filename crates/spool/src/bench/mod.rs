@@ -37,6 +37,7 @@ pub mod mqtt;
 pub mod procio;
 pub mod report;
 pub mod scale;
+pub mod server;
 pub mod sqlite;
 
 use std::fs;

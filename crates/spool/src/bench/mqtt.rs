@@ -591,7 +591,7 @@ impl Drop for Mosquitto {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     let l = TcpListener::bind(("127.0.0.1", 0)).context("looking for a free port")?;
     Ok(l.local_addr()?.port())
 }

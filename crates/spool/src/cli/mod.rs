@@ -106,6 +106,10 @@ pub enum BenchCommand {
     /// outbox against bare rumqttc, latency, backlog drain, memory, PersistMQ and robmqtt
     #[command(after_help = "Examples:\n  spool bench mqtt\n  spool bench mqtt --quick --json")]
     Mqtt(BenchArgs),
+    /// The queue server against a real Redis, both driven by redis-benchmark: QPUSH with 50
+    /// clients and pipelined, QGET+QACK round trip p99 beside Redis RPOP
+    #[command(after_help = "Examples:\n  spool bench server\n  spool bench server --quick --json")]
+    Server(BenchArgs),
     /// (internal) Opens a store and prints the time and memory it took, as JSON
     #[command(hide = true)]
     ReopenProbe(crate::bench::scale::ProbeArgs),
@@ -192,6 +196,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Mqtt(a)) => {
             crate::bench::mqtt::run_mqtt_command(cli.dir.as_deref(), a)
+        }
+        Command::Bench(BenchCommand::Server(a)) => {
+            crate::bench::server::run_server_command(cli.dir.as_deref(), a)
         }
         Command::Bench(BenchCommand::ReopenProbe(a)) => crate::bench::scale::run_probe(a),
         Command::Bench(BenchCommand::MqttProbe(a)) => crate::bench::mqtt::run_probe(a),

@@ -341,7 +341,16 @@ async fn read_inner(
     check_readable(svc, &t)?;
     let store = svc.store();
     let next = match explicit {
-        Some(c) => c,
+        Some(c) => {
+            // Also for a topic that does not exist (yet): its end is 1.
+            let end = store.subscribe(&t).map_err(|e| engine_err(&e))?.next;
+            if c > end {
+                return Err(badarg(&format!(
+                    "cursor {c} is past the end of topic {t:?} (its next sequence number is {end}); use the cursor TSUB returned, or a read's next_cursor"
+                )));
+            }
+            c
+        }
         None => cursors.implicit(store, &t).map_err(|e| engine_err(&e))?,
     };
     // A waiting call is a reader of the topic: the connection's own cursor counts it from

@@ -105,6 +105,8 @@ async fn tsub_and_explicit_cursors() {
         &["TGET", "t", "CURSOR", "x"],
         &["TGET", "t", "FROM", "1"],
         &["TSUB", "t", "extra"],
+        &["TGET", "missing", "CURSOR", "2"],
+        &["TWAIT", "missing", "TIMEOUT", "60000", "CURSOR", "2"],
     ] {
         assert_eq!(code(&t.run(bad).await), "BADARG", "{bad:?}");
     }

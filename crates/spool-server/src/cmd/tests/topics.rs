@@ -54,17 +54,9 @@ async fn two_readers_both_receive_in_fifo_order_across_writers() {
     t.run_on(&mut w1, &["TPUB", "t", "c"]).await;
     for r in [&mut r1, &mut r2] {
         let mut got = Vec::new();
-        while let Frame::Array(_) = {
-            let f = t.run_on(r, &["TGET", "t"]).await;
-            if f != Frame::Null {
-                got.push(msg(f).1);
-            }
-            if got.len() < 3 {
-                Frame::Array(vec![])
-            } else {
-                Frame::Null
-            }
-        } {}
+        for _ in 0..3 {
+            got.push(msg(t.run_on(r, &["TGET", "t"]).await).1);
+        }
         assert_eq!(got, vec![bulk("a"), bulk("b"), bulk("c")]);
         assert_eq!(t.run_on(r, &["TGET", "t"]).await, Frame::Null);
     }
@@ -147,14 +139,9 @@ async fn twait_is_woken_by_a_publish_on_another_connection() {
         (r, reader)
     });
     let mut writer = t.connect(2);
-    // Until the wait is registered as a subscriber, the publish could land before it: wait
-    // for that (no timing: a bounded loop on the condition).
-    for _ in 0..100_000 {
-        if t.svc.registry().subscribers("alerts") == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // Once the wait holds the reader's cursor, the publish wakes it (had it come first, the
+    // reader would still see it: it was published after the reader connected).
+    until_subscribers(&t, "alerts", 1).await;
     assert_eq!(
         t.run_on(&mut writer, &["TPUB", "alerts", "fire"]).await,
         Frame::Integer(1)
@@ -280,4 +267,53 @@ async fn pipelined_publishes_are_applied_in_order_before_their_replies() {
         .expect("TPUB is started");
     assert_eq!(second.await, Frame::Integer(2));
     assert_eq!(first.await, Frame::Integer(1));
+}
+
+/// Yields until `topic` has `n` subscribers; fails (rather than hangs) if it never does.
+async fn until_subscribers(t: &Fixture, topic: &str, n: usize) {
+    for _ in 0..100_000 {
+        if t.svc.registry().subscribers(topic) == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "{topic} has {} subscribers, never {n}",
+        t.svc.registry().subscribers(topic)
+    );
+}
+
+#[tokio::test]
+async fn a_stateless_twait_counts_as_a_subscriber_only_while_it_waits() {
+    let t = Fixture::new();
+    let svc = t.svc.clone();
+    let waiter = tokio::spawn(async move {
+        let mut conn = ConnState::open(9, &svc);
+        execute(
+            &svc,
+            &mut conn,
+            request(&["TWAIT", "t", "TIMEOUT", "60000", "CURSOR", "1"]),
+        )
+        .await
+    });
+    until_subscribers(&t, "t", 1).await;
+    let mut writer = t.connect(2);
+    t.run_on(&mut writer, &["TPUB", "t", "x"]).await;
+    assert_eq!(msg(waiter.await.expect("task")).1, bulk("x"));
+    assert_eq!(t.svc.registry().subscribers("t"), 0);
+    // A wait whose client went away (its future dropped) no longer counts either.
+    let svc = t.svc.clone();
+    let gone = tokio::spawn(async move {
+        let mut conn = ConnState::open(10, &svc);
+        execute(
+            &svc,
+            &mut conn,
+            request(&["TWAIT", "t", "TIMEOUT", "60000", "CURSOR", "2"]),
+        )
+        .await
+    });
+    until_subscribers(&t, "t", 1).await;
+    gone.abort();
+    assert!(gone.await.is_err(), "aborted");
+    assert_eq!(t.svc.registry().subscribers("t"), 0);
 }

@@ -198,6 +198,22 @@ fn pipelined_requests_all_get_replies_in_order() {
 }
 
 #[test]
+fn pipelined_publishes_all_get_their_sequence_numbers_in_order() {
+    let s = Serve::start();
+    let mut input = Vec::new();
+    for i in 1..=100 {
+        input.extend(resp(&[b"TPUB", b"ticks", format!("t{i}").as_bytes()]));
+    }
+    let out = s.cli_with(&["--pipe"], &[], Some(&input));
+    assert!(out.contains("errors: 0, replies: 100"), "{out}");
+    let first = s.lines(&["TGET", "ticks", "CURSOR", "1"]);
+    assert_eq!(first[..2], ["1", "t1"]);
+    let last = s.lines(&["TLATEST", "ticks", "CURSOR", "1"]);
+    assert_eq!(last[..2], ["100", "t100"]);
+    assert_eq!(last[4], "99", "skipped");
+}
+
+#[test]
 fn an_oversize_payload_is_toobig_and_the_connection_goes_on() {
     let s = Serve::start();
     let big = vec![b'x'; (1 << 20) + 1];

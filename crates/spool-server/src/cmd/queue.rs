@@ -212,10 +212,7 @@ fn empty_if_unknown(
 ) -> Result<Vec<Message>, Reply> {
     match r {
         Ok(v) => Ok(v),
-        Err(EngineError::UnknownQueue { name }) if svc.missing_reads_empty() => {
-            let _ = name;
-            Ok(Vec::new())
-        }
+        Err(EngineError::UnknownQueue { .. }) if svc.missing_reads_empty() => Ok(Vec::new()),
         Err(EngineError::UnknownQueue { name }) => Err(refused(&Refused::NoQueue(name))),
         Err(e) => Err(engine_err(&e)),
     }

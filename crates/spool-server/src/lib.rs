@@ -8,19 +8,21 @@
 //! builds the reply. The engine is synchronous; the command layer reaches it through its
 //! future-returning calls (a push is answered once it is durable) or tokio's blocking pool.
 //!
-//! This is the first slice: connection commands and the work-queue core (`QPUSH`,
-//! `QPUSHMANY`, `QGET`, `QACK`, `QNACK`, `QPOP`, `QPEEK`, `QSTATS`, `QLIST`). Topics, queue
-//! management, authentication, TLS and the HTTP front end come next.
+//! Commands: the connection commands, every work-queue operation of section 8.3 (messages
+//! in `cmd/queue.rs`, management in `cmd/admin.rs`) and every topic operation of section 8.4
+//! (`cmd/topic.rs`); the reference is `docs/server.md`. What requests share beyond the store
+//! (topic subscribers, the policy's gate on creating queues) is `registry`.
 
 pub mod auth;
 mod cmd;
 pub mod error;
 pub mod limits;
+pub mod registry;
 mod server;
 mod service;
 pub mod wait;
 
-pub use cmd::{execute, start, ConnState, Durable, Reply};
+pub use cmd::{execute, start, ConnState, Durable, Reply, TopicCursors};
 pub use server::{
     Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT, WRITE_TIMEOUT_DEFAULT,
 };

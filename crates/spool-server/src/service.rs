@@ -6,6 +6,7 @@ use std::sync::Arc;
 use spool_engine::Store;
 
 use crate::auth::Auth;
+use crate::registry::Registry;
 
 /// Server-wide rules for queues and topics.
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ struct Inner {
     store: Store,
     auth: Auth,
     policy: Policy,
+    registry: Registry,
 }
 
 impl Service {
@@ -47,6 +49,7 @@ impl Service {
                 store,
                 auth,
                 policy,
+                registry: Registry::default(),
             }),
         }
     }
@@ -66,5 +69,10 @@ impl Service {
 
     pub fn policy(&self) -> &Policy {
         &self.inner.policy
+    }
+
+    /// Subscribers and creation reservations (`registry.rs`).
+    pub(crate) fn registry_ref(&self) -> &Registry {
+        &self.inner.registry
     }
 }

@@ -9,8 +9,10 @@
 //! engine's message; connection commands answer as Redis does, word for word, because client
 //! libraries match on those words (a `HELLO` fallback, an `AUTH` check).
 
+mod admin;
 mod conn;
 mod queue;
+mod topic;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,8 @@ use spool_resp::{Frame, Protocol};
 
 use crate::auth::Identity;
 use crate::service::Service;
+
+pub use topic::TopicCursors;
 
 /// What a connection remembers between requests.
 #[derive(Debug, Clone)]
@@ -37,10 +41,14 @@ pub struct ConnState {
     pub arg_max: usize,
     /// Who the connection is authenticated as (`AUTH`, `HELLO ... AUTH`).
     pub identity: Identity,
+    /// Its cursors on topics (`TSUB`, `TGET`...): each starts where its topic was when the
+    /// connection was opened.
+    pub topics: TopicCursors,
 }
 
 impl ConnState {
-    /// A new connection, speaking RESP2.
+    /// A new connection, speaking RESP2. Its topic cursors are placed at its first request
+    /// run through [`execute`]; use [`ConnState::open`] to place them when it connects.
     pub fn new(id: u64) -> ConnState {
         ConnState {
             id,
@@ -49,6 +57,16 @@ impl ConnState {
             closing: false,
             arg_max: spool_resp::Limits::default().bulk_max,
             identity: Identity::anonymous(),
+            topics: TopicCursors::default(),
+        }
+    }
+
+    /// A connection opened now: it will read, on every topic, exactly what is published
+    /// from now on (dsmq's history cutoff), including topics created later.
+    pub fn open(id: u64, svc: &Service) -> ConnState {
+        ConnState {
+            topics: TopicCursors::opened_now(svc.store()),
+            ..ConnState::new(id)
         }
     }
 }
@@ -77,6 +95,9 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
     let mut a = Args::new(&args[1..]);
+    if conn.topics.needs_snapshot() {
+        conn.topics = TopicCursors::opened_now(store);
+    }
     match name.as_str() {
         "PING" => conn::ping(&mut a),
         "ECHO" => conn::echo(&mut a),
@@ -89,15 +110,32 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
             conn.closing = true;
             ok()
         }
-        "QPUSH" => queue::push(store, &mut a).await,
-        "QPUSHMANY" => queue::push_many(store, &mut a).await,
-        "QGET" => queue::get(store, &mut a).await,
+        "QPUSH" => queue::push(svc, &mut a).await,
+        "QPUSHMANY" => queue::push_many(svc, &mut a).await,
+        "QGET" => queue::get(svc, &mut a).await,
         "QACK" | "QDEL" => queue::ack(store, &mut a).await,
         "QNACK" => queue::nack(store, &mut a).await,
-        "QPOP" => queue::pop(store, &mut a).await,
-        "QPEEK" => queue::peek(store, &mut a).await,
+        "QEXTEND" | "QTOUCH" => queue::extend(store, &mut a).await,
+        "QDEAD" => queue::dead(store, &mut a).await,
+        "QPOP" => queue::pop(svc, &mut a).await,
+        "QPEEK" => queue::peek(svc, &mut a).await,
         "QSTATS" => queue::stats(store, &mut a),
         "QLIST" => queue::list(store, &mut a),
+        "QCREATE" => admin::create(svc, conn.arg_max, &mut a).await,
+        "QCONFIG" => admin::config(svc, conn.arg_max, &mut a).await,
+        "QDROP" => admin::drop_queue(store, &mut a).await,
+        "QPURGE" => admin::purge(store, &mut a).await,
+        "QREDRIVE" => admin::redrive(store, &mut a).await,
+        "TCREATE" => topic::create(store, conn.arg_max, &mut a).await,
+        "TCONFIG" => topic::config(svc, conn.arg_max, &mut a).await,
+        "TDROP" => topic::drop_topic(store, &mut a).await,
+        "TPUB" => topic::publish(svc, &mut a).await,
+        "TSUB" => topic::subscribe(svc, &mut conn.topics, &mut a),
+        "TGET" => topic::read(svc, &mut conn.topics, topic::Read::Next, &mut a).await,
+        "TLATEST" => topic::read(svc, &mut conn.topics, topic::Read::Latest, &mut a).await,
+        "TWAIT" => topic::read(svc, &mut conn.topics, topic::Read::Wait, &mut a).await,
+        "TSTATS" => topic::stats(svc, &mut a),
+        "TLIST" => topic::list(store, &mut a),
         _ => unknown_command(&args),
     }
 }
@@ -106,7 +144,8 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
 /// for the commit. Owns everything it needs (`'static`), so a connection can hold several.
 pub type Durable = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
-/// For the writes whose reply only waits for durability (`QPUSH`, `QPUSHMANY`, `QACK`):
+/// For the writes whose reply only waits for durability (`QPUSH`, `QPUSHMANY`, `QACK`,
+/// `TPUB`):
 /// applies the write now and returns its reply-to-be; `None` for every other request (run
 /// it with [`execute`]). A connection that starts a pipelined burst of pushes this way and
 /// awaits the replies afterwards lets them share one group commit, where awaiting each in
@@ -122,9 +161,11 @@ pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable>
     };
     let mut a = Args::new(&args[1..]);
     if name.eq_ignore_ascii_case(b"QPUSH") {
-        Some(queue::push(store, &mut a))
+        Some(queue::push(svc, &mut a))
     } else if name.eq_ignore_ascii_case(b"QPUSHMANY") {
-        Some(queue::push_many(store, &mut a))
+        Some(queue::push_many(svc, &mut a))
+    } else if name.eq_ignore_ascii_case(b"TPUB") {
+        Some(topic::publish(svc, &mut a))
     } else if name.eq_ignore_ascii_case(b"QACK") || name.eq_ignore_ascii_case(b"QDEL") {
         Some(queue::ack(store, &mut a))
     } else {

@@ -1,5 +1,6 @@
-//! Work-queue commands (queue-semantics research, section 8.3): `QPUSH`, `QPUSHMANY`, `QGET`,
-//! `QACK`, `QNACK`, `QPOP`, `QPEEK`, `QSTATS`, `QLIST`.
+//! Work-queue message commands (queue-semantics research, section 8.3): `QPUSH`,
+//! `QPUSHMANY`, `QGET`, `QACK`, `QNACK`, `QEXTEND` (`QTOUCH`), `QDEAD`, `QPOP`, `QPEEK`,
+//! `QSTATS`, `QLIST`. Creating, configuring and removing queues is `admin.rs`.
 //!
 //! Every read replies with message records, `[id, receipt|nil, payload, priority,
 //! enqueued_at_ms, first_received_at_ms|nil, receive_count, visible_at_ms]`. What the engine
@@ -7,8 +8,10 @@
 //! message (`QPEEK`, `QPOP`) is its `enqueued_at_ms`; of a leased one it is the lease's end.
 //! Priorities are the engine's 0-255 (higher first), not the research's i32.
 //!
-//! Reads of a queue that does not exist yet answer an empty array (queues are created on the
-//! first push, and a worker may start before its producer); a bad name is still `-BADNAME`.
+//! The server policy applies ([`crate::Policy`]): with `auto_create` on, a push creates its
+//! queue and a read of a queue that does not exist yet answers an empty array (a worker may
+//! start before its producer); with it off, both are `-NOQUEUE`. A push that would create
+//! one queue more than `max_queues` is `-FULL`. A bad name is always `-BADNAME`.
 
 use std::io::Read as _;
 use std::time::Duration;
@@ -20,12 +23,14 @@ use spool_resp::Frame;
 use crate::limits::{
     ACK_RECEIPTS_MAX, COUNT_MAX, DELAY_MS_MAX, TTL_MS_MAX, VT_MS_MAX, WAIT_MS_MAX,
 };
+use crate::registry::Refused;
+use crate::service::Service;
 use crate::wait::blocking;
 
 use super::{badarg, engine_err, err, number, ready, Args, Durable, Reply};
 
 /// The queue name argument, checked against the name rule (`-BADNAME`).
-fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
+pub(super) fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
     let q = a.required("queue name")?;
     let q = String::from_utf8(q.to_vec()).map_err(|_| {
         err(
@@ -37,14 +42,14 @@ fn queue_name(a: &mut Args<'_>) -> Result<String, Reply> {
     Ok(q)
 }
 
-fn receipt(b: &[u8]) -> Result<Receipt, Reply> {
+pub(super) fn receipt(b: &[u8]) -> Result<Receipt, Reply> {
     std::str::from_utf8(b)
         .map_err(|_| badarg("a receipt is <id>:<generation>, e.g. 42:1"))?
         .parse::<Receipt>()
         .map_err(|e| engine_err(&e))
 }
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
@@ -94,18 +99,42 @@ impl PushOpts {
     }
 }
 
-fn id_frame(id: u64) -> Frame {
+pub(super) fn id_frame(id: u64) -> Frame {
     Frame::Bulk(Bytes::from(id.to_string()))
+}
+
+/// An integer reply (counts, times and sequence numbers fit an `i64` in practice).
+pub(super) fn int(n: u64) -> Frame {
+    Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A map key.
+pub(super) fn key(k: &'static str) -> Frame {
+    Frame::Bulk(Bytes::from_static(k.as_bytes()))
+}
+
+/// The reply to a request the server policy refused.
+pub(super) fn refused(r: &Refused) -> Reply {
+    err(r.code(), &r.to_string())
+}
+
+/// `-NOQUEUE` for a read of a missing queue when the server does not auto-create.
+fn check_readable(svc: &Service, queue: &str) -> Result<(), Reply> {
+    if svc.missing_reads_empty() || svc.store().queue_config(queue).is_ok() {
+        return Ok(());
+    }
+    Err(refused(&Refused::NoQueue(queue.to_string())))
 }
 
 /// `QPUSH q payload [PRI p] [DELAY ms] [TTL ms]` -> the id, once the message is durable.
 /// The push is applied when this is called; the returned future waits for its commit.
-pub(super) fn push(store: &Store, a: &mut Args<'_>) -> Durable {
+pub(super) fn push(svc: &Service, a: &mut Args<'_>) -> Durable {
     let parsed = (|| {
         let q = queue_name(a)?;
         let payload = a.required("payload")?;
         let opts = PushOpts::parse(a, true, false)?;
-        Ok::<_, Reply>(store.push_async(&q, opts.apply(payload)))
+        svc.queue_write(&q, || svc.store().push_async(&q, opts.apply(payload)))
+            .map_err(|r| refused(&r))
     })();
     match parsed {
         Err(r) => ready(r),
@@ -122,7 +151,7 @@ pub(super) fn push(store: &Store, a: &mut Args<'_>) -> Durable {
 }
 
 /// `QPUSHMANY q [PRI p] [DELAY ms] -- payload...` -> the ids; all or none are stored.
-pub(super) fn push_many(store: &Store, a: &mut Args<'_>) -> Durable {
+pub(super) fn push_many(svc: &Service, a: &mut Args<'_>) -> Durable {
     let parsed = (|| {
         let q = queue_name(a)?;
         let opts = PushOpts::parse(a, false, true)?;
@@ -133,7 +162,8 @@ pub(super) fn push_many(store: &Store, a: &mut Args<'_>) -> Durable {
         if msgs.is_empty() {
             return Err(badarg("no payloads after '--'"));
         }
-        Ok(store.push_batch_async(&q, msgs))
+        svc.queue_write(&q, || svc.store().push_batch_async(&q, msgs))
+            .map_err(|r| refused(&r))
     })();
     match parsed {
         Err(r) => ready(r),
@@ -147,13 +177,14 @@ pub(super) fn push_many(store: &Store, a: &mut Args<'_>) -> Durable {
 }
 
 /// `QGET q [VT ms] [COUNT n] [WAIT ms]` -> leased records (an empty array when none).
-pub(super) async fn get(store: &Store, a: &mut Args<'_>) -> Reply {
-    match get_inner(store, a).await {
+pub(super) async fn get(svc: &Service, a: &mut Args<'_>) -> Reply {
+    match get_inner(svc, a).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn get_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+async fn get_inner(svc: &Service, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let store = svc.store();
     let q = queue_name(a)?;
     let mut vt = None;
     let mut count = 1;
@@ -168,16 +199,21 @@ async fn get_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
             _ => return Err(badarg(&format!("unknown option {k:?}"))),
         }
     }
+    check_readable(svc, &q)?;
     let leased = crate::wait::lease(store, &q, count, vt, ms(wait)).await;
-    let msgs = empty_if_unknown(leased)?;
+    let msgs = empty_if_unknown(svc, leased)?;
     records(store, msgs).await
 }
 
-/// A read of a queue that does not exist yet is empty.
-fn empty_if_unknown(r: Result<Vec<Message>, EngineError>) -> Result<Vec<Message>, Reply> {
+/// A read of a queue that does not exist yet is empty (with `auto_create` on).
+fn empty_if_unknown(
+    svc: &Service,
+    r: Result<Vec<Message>, EngineError>,
+) -> Result<Vec<Message>, Reply> {
     match r {
         Ok(v) => Ok(v),
-        Err(EngineError::UnknownQueue { .. }) => Ok(Vec::new()),
+        Err(EngineError::UnknownQueue { .. }) if svc.missing_reads_empty() => Ok(Vec::new()),
+        Err(EngineError::UnknownQueue { name }) => Err(refused(&Refused::NoQueue(name))),
         Err(e) => Err(engine_err(&e)),
     }
 }
@@ -268,49 +304,51 @@ async fn nack_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
     Ok(Frame::Integer(1))
 }
 
-/// `COUNT n`, the only option of `QPOP` and `QPEEK`.
-fn count_only(a: &mut Args<'_>, cmd: &str) -> Result<usize, Reply> {
+/// `COUNT n` (both), `WAIT ms` (when `wait` is allowed: `QPOP`).
+fn count_wait(a: &mut Args<'_>, wait: bool) -> Result<(usize, u64), Reply> {
     let mut count = 1;
+    let mut wait_ms = 0;
     while let Some(k) = a.keyword() {
         match k.as_str() {
             "COUNT" => {
                 count = number(&a.required("COUNT value")?, "COUNT", 1, COUNT_MAX)? as usize;
             }
-            "WAIT" if cmd == "QPOP" => {
-                return Err(badarg(
-                    "QPOP does not take WAIT yet; use QGET ... WAIT and QACK",
-                ))
+            "WAIT" if wait => {
+                wait_ms = number(&a.required("WAIT value")?, "WAIT", 0, WAIT_MS_MAX)?;
             }
             _ => return Err(badarg(&format!("unknown option {k:?}"))),
         }
     }
-    Ok(count)
+    Ok((count, wait_ms))
 }
 
-/// `QPOP q [COUNT n]` -> records without receipts, removed (at-most-once).
-pub(super) async fn pop(store: &Store, a: &mut Args<'_>) -> Reply {
-    match pop_inner(store, a).await {
+/// `QPOP q [COUNT n] [WAIT ms]` -> records without receipts, removed (at-most-once); with
+/// `WAIT`, blocks until a message is there or the time is up (then an empty array).
+pub(super) async fn pop(svc: &Service, a: &mut Args<'_>) -> Reply {
+    match pop_inner(svc, a).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn pop_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+async fn pop_inner(svc: &Service, a: &mut Args<'_>) -> Result<Reply, Reply> {
     let q = queue_name(a)?;
-    let count = count_only(a, "QPOP")?;
-    let s = store.clone();
-    let msgs = empty_if_unknown(blocking(move || s.pop(&q, count)).await)?;
-    records(store, msgs).await
+    let (count, wait) = count_wait(a, true)?;
+    check_readable(svc, &q)?;
+    let popped = crate::wait::pop(svc.store(), &q, count, ms(wait)).await;
+    let msgs = empty_if_unknown(svc, popped)?;
+    records(svc.store(), msgs).await
 }
 
 /// `QPEEK q [COUNT n]` -> the next visible records, unchanged; `QPEEK q ID id` -> that
 /// message in any state, or `-NOTFOUND`.
-pub(super) async fn peek(store: &Store, a: &mut Args<'_>) -> Reply {
-    match peek_inner(store, a).await {
+pub(super) async fn peek(svc: &Service, a: &mut Args<'_>) -> Reply {
+    match peek_inner(svc, a).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn peek_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
+async fn peek_inner(svc: &Service, a: &mut Args<'_>) -> Result<Reply, Reply> {
+    let store = svc.store();
     let q = queue_name(a)?;
     let s = store.clone();
     if a.peek_keyword().as_deref() == Some("ID") {
@@ -328,12 +366,14 @@ async fn peek_inner(store: &Store, a: &mut Args<'_>) -> Result<Reply, Reply> {
         }
         return Ok(r);
     }
-    let count = count_only(a, "QPEEK")?;
-    let msgs = empty_if_unknown(blocking(move || s.peek(&q, count)).await)?;
+    let (count, _) = count_wait(a, false)?;
+    check_readable(svc, &q)?;
+    let msgs = empty_if_unknown(svc, blocking(move || s.peek(&q, count)).await)?;
     records(store, msgs).await
 }
 
-/// `QSTATS q` -> a map (a flat array on RESP2) of the queue's counts.
+/// `QSTATS q` -> a map (a flat array on RESP2): the counts, then the config under the
+/// names `QCREATE`/`QCONFIG` take (`vt_ms`, `delay_ms`, ...; see [`super::admin`]).
 pub(super) fn stats(store: &Store, a: &mut Args<'_>) -> Reply {
     let q = match queue_name(a) {
         Ok(q) => q,
@@ -346,9 +386,7 @@ pub(super) fn stats(store: &Store, a: &mut Args<'_>) -> Reply {
         Ok(s) => s,
         Err(e) => return engine_err(&e),
     };
-    let int = |n: u64| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX));
-    let key = |k: &'static str| Frame::Bulk(Bytes::from_static(k.as_bytes()));
-    Frame::Map(vec![
+    let mut m = vec![
         (key("visible"), int(s.visible)),
         (key("delayed"), int(s.delayed)),
         (key("leased"), int(s.leased)),
@@ -359,7 +397,74 @@ pub(super) fn stats(store: &Store, a: &mut Args<'_>) -> Reply {
         (key("total_acked"), int(s.counters.acked)),
         (key("total_dead"), int(s.counters.dead_lettered)),
         (key("oldest_age_ms"), int(s.oldest_age_ms)),
-    ])
+    ];
+    m.extend(super::admin::config_pairs(&q, &s.config));
+    Frame::Map(m)
+}
+
+/// `QEXTEND q receipt VT ms` (alias `QTOUCH`) -> the new `visible_at_ms`: the lease now ends
+/// `ms` from now, and the receipt stays valid.
+pub(super) async fn extend(store: &Store, a: &mut Args<'_>) -> Reply {
+    let parsed = (|| {
+        let q = queue_name(a)?;
+        let r = receipt(&a.required("receipt")?)?;
+        match a.keyword().as_deref() {
+            Some("VT") => {}
+            _ => return Err(badarg("QEXTEND q receipt VT ms: VT is required")),
+        }
+        let vt = number(&a.required("VT value")?, "VT", 1, VT_MS_MAX)?;
+        if !a.is_empty() {
+            return Err(badarg("QEXTEND takes a queue, a receipt and VT ms"));
+        }
+        Ok::<_, Reply>((q, r, vt))
+    })();
+    let (q, r, vt) = match parsed {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let s = store.clone();
+    match blocking(move || s.extend(&q, r, ms(vt))).await {
+        Ok(until) => int(until),
+        Err(e) => engine_err(&e),
+    }
+}
+
+/// `QDEAD q receipt [REASON text]` -> the message's id in the dead-letter queue (beanstalkd's
+/// `bury`). The reason is logged, not stored (the engine keeps no per-message notes).
+pub(super) async fn dead(store: &Store, a: &mut Args<'_>) -> Reply {
+    let parsed = (|| {
+        let q = queue_name(a)?;
+        let r = receipt(&a.required("receipt")?)?;
+        let mut reason = None;
+        while let Some(k) = a.keyword() {
+            match k.as_str() {
+                "REASON" => reason = Some(a.required("REASON text")?),
+                _ => return Err(badarg(&format!("unknown option {k:?}"))),
+            }
+        }
+        Ok::<_, Reply>((q, r, reason))
+    })();
+    let (q, r, reason) = match parsed {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let s = store.clone();
+    let queue = q.clone();
+    match blocking(move || s.dead(&q, r)).await {
+        Ok(id) => {
+            if let Some(reason) = reason {
+                tracing::info!(
+                    queue,
+                    receipt = %r,
+                    dead_letter_id = id,
+                    reason = %String::from_utf8_lossy(&reason),
+                    "QDEAD"
+                );
+            }
+            id_frame(id)
+        }
+        Err(e) => engine_err(&e),
+    }
 }
 
 /// `QLIST [pattern]` -> queue names, sorted; the pattern is a glob with `*` and `?`.
@@ -430,7 +535,6 @@ async fn records(store: &Store, mut msgs: Vec<Message>) -> Result<Reply, Reply> 
 /// `[id, receipt|nil, payload, priority, enqueued_at_ms, first_received_at_ms|nil,
 /// receive_count, visible_at_ms]`.
 fn record(m: &Message) -> Frame {
-    let int = |n: u64| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let visible_at = match m.state {
         MessageState::Leased(t) | MessageState::Delayed(t) => t,
         MessageState::Ready => m.enqueued_at,

@@ -1,12 +1,20 @@
 //! The command layer without sockets: requests in, reply frames out, against an in-memory
 //! store. The wire itself is tested end to end with redis-cli (`crates/spool/tests/it/serve.rs`).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use spool_engine::Store;
+use spool_engine::vfs::MemVfs;
+use spool_engine::{ManualClock, Options, Store};
 use spool_resp::{Frame, Protocol};
 
 use super::{execute, ConnState};
-use crate::service::Service;
+use crate::auth::Auth;
+use crate::service::{Policy, Service};
+
+mod admin;
+mod policy;
+mod topics;
 
 struct Fixture {
     svc: Service,
@@ -15,19 +23,68 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_policy(Policy::default())
+    }
+
+    /// A server with this policy over an in-memory store.
+    fn with_policy(policy: Policy) -> Fixture {
+        let svc = Service::new(
+            Store::in_memory().expect("in-memory store"),
+            Auth::open(),
+            policy,
+        );
         Fixture {
-            svc: Service::open(Store::in_memory().expect("in-memory store")),
-            conn: ConnState::new(7),
+            conn: ConnState::open(7, &svc),
+            svc,
         }
     }
 
-    async fn run(&mut self, words: &[&str]) -> Frame {
-        let args = words
-            .iter()
-            .map(|w| Frame::Bulk(Bytes::copy_from_slice(w.as_bytes())))
-            .collect();
-        execute(&self.svc, &mut self.conn, args).await
+    /// A server whose store reads `clock` (leases and delays run out when it is moved).
+    fn with_clock(clock: &ManualClock) -> Fixture {
+        let options = Options {
+            clock: Arc::new(clock.clone()),
+            ..Options::default()
+        };
+        let store = Store::open_with_vfs(Arc::new(MemVfs::new()), "/spool", options)
+            .expect("in-memory store");
+        let svc = Service::open(store);
+        Fixture {
+            conn: ConnState::open(7, &svc),
+            svc,
+        }
     }
+
+    /// Another connection to the same server, opened now.
+    fn connect(&self, id: u64) -> ConnState {
+        ConnState::open(id, &self.svc)
+    }
+
+    async fn run(&mut self, words: &[&str]) -> Frame {
+        execute(&self.svc, &mut self.conn, request(words)).await
+    }
+
+    /// Runs a request on another connection.
+    async fn run_on(&self, conn: &mut ConnState, words: &[&str]) -> Frame {
+        execute(&self.svc, conn, request(words)).await
+    }
+}
+
+fn request(words: &[&str]) -> Vec<Frame> {
+    words
+        .iter()
+        .map(|w| Frame::Bulk(Bytes::copy_from_slice(w.as_bytes())))
+        .collect()
+}
+
+/// The value of `key` in a map reply, or panics with the frame.
+fn field(f: &Frame, key: &str) -> Frame {
+    let Frame::Map(pairs) = f else {
+        panic!("expected a map, got {f:?}");
+    };
+    pairs
+        .iter()
+        .find(|(k, _)| *k == bulk(key))
+        .map_or_else(|| panic!("no {key:?} in {f:?}"), |(_, v)| v.clone())
 }
 
 fn bulk(s: &str) -> Frame {
@@ -140,7 +197,9 @@ async fn arguments_are_checked_with_badarg() {
         &["QNACK", "q", "1:0"],
         &["QPUSHMANY", "q", "a", "b"],
         &["QPUSHMANY", "q", "--"],
-        &["QPOP", "q", "WAIT", "10"],
+        &["QPOP", "q", "WAIT", "60001"],
+        &["QPOP", "q", "VT", "10"],
+        &["QPEEK", "q", "WAIT", "10"],
     ] {
         assert_eq!(code(&t.run(req).await), "BADARG", "{req:?}");
     }

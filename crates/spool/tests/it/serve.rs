@@ -198,6 +198,22 @@ fn pipelined_requests_all_get_replies_in_order() {
 }
 
 #[test]
+fn pipelined_publishes_all_get_their_sequence_numbers_in_order() {
+    let s = Serve::start();
+    let mut input = Vec::new();
+    for i in 1..=100 {
+        input.extend(resp(&[b"TPUB", b"ticks", format!("t{i}").as_bytes()]));
+    }
+    let out = s.cli_with(&["--pipe"], &[], Some(&input));
+    assert!(out.contains("errors: 0, replies: 100"), "{out}");
+    let first = s.lines(&["TGET", "ticks", "CURSOR", "1"]);
+    assert_eq!(first[..2], ["1", "t1"]);
+    let last = s.lines(&["TLATEST", "ticks", "CURSOR", "1"]);
+    assert_eq!(last[..2], ["100", "t100"]);
+    assert_eq!(last[4], "99", "skipped");
+}
+
+#[test]
 fn an_oversize_payload_is_toobig_and_the_connection_goes_on() {
     let s = Serve::start();
     let big = vec![b'x'; (1 << 20) + 1];
@@ -240,7 +256,9 @@ fn hello_3_switches_to_resp3_replies() {
     c.read_to_string(&mut out).expect("read until QUIT closes");
     assert!(out.starts_with("%7\r\n"), "{out:?}");
     assert!(out.contains("$5\r\nproto\r\n:3\r\n"), "{out:?}");
-    assert!(out.contains("%10\r\n$7\r\nvisible\r\n:1\r\n"), "{out:?}");
+    // Ten counts, then the ten config keys.
+    assert!(out.contains("%20\r\n$7\r\nvisible\r\n:1\r\n"), "{out:?}");
+    assert!(out.contains("$5\r\nvt_ms\r\n:30000\r\n"), "{out:?}");
     assert!(out.ends_with("+OK\r\n"), "{out:?}");
 }
 
@@ -302,6 +320,169 @@ fn sigterm_stops_it_while_a_qget_waits() {
     assert!(status.success(), "{status:?}");
     let mut rest = Vec::new();
     let _ = waiter.read_to_end(&mut rest);
+}
+
+/// A raw connection that has been served one request (so the server has opened it: its
+/// topic cursors stand where the topics were then).
+fn served_connection(port: u16) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(WAIT)).expect("timeout");
+    c.write_all(&resp(&[b"PING"])).expect("write");
+    let mut pong = [0u8; 7];
+    c.read_exact(&mut pong).expect("PONG");
+    assert_eq!(&pong, b"+PONG\r\n");
+    c
+}
+
+/// Reads from `c` until `want` is a suffix of what arrived (bounded by the read timeout).
+fn read_until(c: &mut TcpStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(want) {
+        let n = c.read(&mut buf).expect("a reply before the read timeout");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn twait_on_one_connection_is_woken_by_tpub_on_another() {
+    let s = Serve::start();
+    assert_eq!(s.cli(&["TPUB", "alerts", "old news"]), "1");
+    let mut reader = served_connection(s.port);
+    reader
+        .write_all(&resp(&[b"TWAIT", b"alerts", b"TIMEOUT", b"30000"]))
+        .expect("write");
+    // Published after the reader connected: it is the reader's next message, whether the
+    // TWAIT was already waiting or not.
+    assert_eq!(s.cli(&["TPUB", "alerts", "fire"]), "2");
+    let reply = read_until(&mut reader, ":0\r\n");
+    // [seq, payload, published_at_ms, next_cursor, skipped]
+    assert!(
+        reply.starts_with("*5\r\n:2\r\n$4\r\nfire\r\n:"),
+        "{reply:?}"
+    );
+    assert!(reply.ends_with(":3\r\n:0\r\n"), "{reply:?}");
+    // A newcomer sees neither (dsmq's history cutoff); with a cursor, anyone reads both.
+    assert_eq!(s.cli(&["TGET", "alerts"]), "");
+    assert_eq!(s.lines(&["TGET", "alerts", "CURSOR", "1"])[1], "old news");
+    assert_eq!(s.lines(&["TLATEST", "alerts", "CURSOR", "1"])[1], "fire");
+    let stats = s.lines(&["TSTATS", "alerts"]);
+    let at = |k: &str| {
+        let i = stats.iter().position(|l| l == k).expect(k);
+        stats[i + 1].clone()
+    };
+    assert_eq!(at("last_seq"), "2");
+    assert_eq!(at("subscribers"), "1", "the waiting reader's connection");
+}
+
+#[test]
+fn qpop_wait_blocks_until_a_push_arrives() {
+    let s = Serve::start();
+    let waiter = Command::new("redis-cli")
+        .args(["-p", &s.port.to_string(), "QPOP", "inbox", "WAIT", "30000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    assert_eq!(s.cli(&["QPUSH", "inbox", "once"]), "1");
+    let out = waiter.wait_with_output().expect("wait redis-cli");
+    let rec: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rec.len(), 8, "{rec:?}");
+    assert_eq!(rec[1], "", "no receipt: at-most-once");
+    assert_eq!(rec[2], "once");
+    assert_eq!(s.cli(&["QPOP", "inbox"]), "", "popped means gone");
+}
+
+#[test]
+fn queue_management_round_trip_with_redis_cli() {
+    let s = Serve::start();
+    assert_eq!(
+        s.cli(&["QCREATE", "jobs", "MAXRECEIVES", "3", "VT", "60000"]),
+        "1"
+    );
+    assert_eq!(
+        s.cli(&["QCREATE", "jobs", "MAXRECEIVES", "3", "VT", "60000"]),
+        "0"
+    );
+    let e = s.cli(&["QCREATE", "jobs"]);
+    assert!(e.starts_with("EXISTS ") && e.contains("QCONFIG"), "{e}");
+    assert_eq!(s.lines(&["QLIST", "jobs*"]), vec!["jobs", "jobs.dlq"]);
+    assert_eq!(s.cli(&["QCONFIG", "jobs", "MAXLEN", "100"]), "OK");
+    let config = s.lines(&["QCONFIG", "jobs"]);
+    assert_eq!(
+        config[..10],
+        [
+            "vt_ms",
+            "60000",
+            "delay_ms",
+            "0",
+            "maxsize",
+            "1048576",
+            "maxlen",
+            "100",
+            "maxreceives",
+            "3"
+        ]
+    );
+    assert_eq!(s.cli(&["QPUSH", "jobs", "broken job"]), "1");
+    let rec = s.lines(&["QGET", "jobs"]);
+    let receipt = rec[1].clone();
+    let until: u64 = s
+        .cli(&["QEXTEND", "jobs", &receipt, "VT", "120000"])
+        .parse()
+        .expect("visible_at_ms");
+    let leased: u64 = rec[7].parse().expect("visible_at_ms");
+    assert!(until > leased, "{until} {leased}");
+    assert_eq!(
+        s.cli(&["QDEAD", "jobs", &receipt, "REASON", "cannot parse"]),
+        "2"
+    );
+    let e = s.cli(&["QACK", "jobs", &receipt]);
+    assert!(e.starts_with("NOTFOUND "), "{e}");
+    let e = s.cli(&["QREDRIVE", "jobs"]);
+    assert!(e.starts_with("NODLQ "), "{e}");
+    assert_eq!(s.cli(&["QREDRIVE", "jobs.dlq"]), "1");
+    assert_eq!(s.lines(&["QPEEK", "jobs"])[2], "broken job");
+    assert_eq!(s.cli(&["QPURGE", "jobs"]), "1");
+    assert_eq!(s.cli(&["QDROP", "jobs"]), "1");
+    assert_eq!(s.cli(&["QDROP", "jobs"]), "0");
+    let e = s.cli(&["QPURGE", "jobs"]);
+    assert!(e.starts_with("NOQUEUE "), "{e}");
+    // Topics.
+    assert_eq!(
+        s.cli(&["TCREATE", "feed", "TTL", "60000", "MAXLEN", "2"]),
+        "1"
+    );
+    assert_eq!(s.cli(&["TSUB", "feed"]), "1");
+    assert_eq!(s.lines(&["TLIST"]), vec!["feed"]);
+    assert_eq!(s.cli(&["TDROP", "feed"]), "1");
+}
+
+#[test]
+fn error_replies_as_redis_cli_prints_them() {
+    let s = Serve::start();
+    // Interactive form: "(error) CODE message".
+    let e = s.cli_with(&["--no-raw"], &["QCREATE", "q", "VT", "0"], None);
+    assert!(e.starts_with("(error) BADARG VT 0 is out of range"), "{e}");
+    let e = s.cli_with(&["--no-raw"], &["TWAIT", "t"], None);
+    assert!(e.starts_with("(error) BADARG TWAIT needs TIMEOUT"), "{e}");
+    assert_eq!(s.cli_with(&["--no-raw"], &["TGET", "t"], None), "(nil)");
+    s.cli(&["QCREATE", "small", "MAXSIZE", "3"]);
+    let e = s.cli(&["QPUSH", "small", "four"]);
+    assert!(
+        e.starts_with("TOOBIG ") && e.contains("limit of 3 bytes"),
+        "{e}"
+    );
+    assert!(s.cli(&["TSTATS", "none"]).starts_with("NOTOPIC "));
+    assert!(s.cli(&["TGET", "t", "CURSOR", "9"]).starts_with("BADARG "));
+    assert!(s
+        .cli(&["QEXTEND", "small", "1:1", "VT", "10"])
+        .starts_with("NOTFOUND "));
 }
 
 #[test]

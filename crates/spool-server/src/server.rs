@@ -197,7 +197,7 @@ async fn serve(
     write_timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut conn = ConnState::new(id);
+    let mut conn = ConnState::open(id, &svc);
     conn.arg_max = limits.bulk_max;
     let mut decoder = Decoder::new(limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);

@@ -260,6 +260,23 @@ impl QueueConfig {
         Ok(())
     }
 
+    /// [`QueueConfig::validate`], and that the dead-letter queue this config gives queue `name`
+    /// (`<name>.dlq` with `max_receives` and no `dead_letter_queue`) is a valid name.
+    pub fn validate_for(&self, name: &str) -> Result<()> {
+        self.validate()?;
+        if let Some(dlq) = self.dead_letter_queue_of(name) {
+            if crate::name::validate(&dlq).is_err() {
+                return Err(Error::InvalidName {
+                    name: name.chars().take(crate::name::NAME_LEN_MAX + 8).collect(),
+                    reason: "its dead-letter queue <name>.dlq would be longer than 128 \
+                             characters: use a name of at most 124 characters, or name the \
+                             dead-letter queue (dead_letter_queue)",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The dead-letter queue of queue `name`, if it has one.
     pub fn dead_letter_queue_of(&self, name: &str) -> Option<String> {
         match (&self.dead_letter_queue, self.max_receives) {

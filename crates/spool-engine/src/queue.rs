@@ -299,7 +299,7 @@ impl Store {
     /// or `dead_letter_queue` gets its dead-letter queue created too.
     pub fn create_queue(&self, queue: &str, config: QueueConfig) -> Result<bool> {
         name::validate(queue)?;
-        config.validate()?;
+        config.validate_for(queue)?;
         let default = self.shared().options.default_queue.clone();
         self.commit(|txn| {
             if let Some(q) = txn.core.state.queue_by_name(queue) {
@@ -320,7 +320,7 @@ impl Store {
     /// Replaces the config of an existing queue.
     pub fn configure_queue(&self, queue: &str, config: QueueConfig) -> Result<()> {
         name::validate(queue)?;
-        config.validate()?;
+        config.validate_for(queue)?;
         let default = self.shared().options.default_queue.clone();
         self.commit(|txn| {
             let id = txn.core.state.queue_id(queue)?;
@@ -1044,6 +1044,9 @@ fn push_txn(
     let existing = txn.core.state.queue_ids.get(queue).copied();
     if existing.is_none() && !opts.auto_create {
         return Err(unknown(queue));
+    }
+    if existing.is_none() {
+        opts.default_queue.validate_for(queue)?;
     }
     let config = existing
         .and_then(|id| txn.core.state.queues.get(&id))

@@ -150,6 +150,28 @@ fn max_receives_moves_to_the_dead_letter_queue_and_redrive_brings_it_back() {
 }
 
 #[test]
+fn a_name_too_long_for_its_dead_letter_queue_is_refused() {
+    let env = Env::new();
+    let s = env.open();
+    let cfg = QueueConfig {
+        max_receives: 2,
+        ..QueueConfig::default()
+    };
+    let long = "q".repeat(125);
+    let e = s.create_queue(&long, cfg.clone()).unwrap_err();
+    assert!(matches!(e, Error::InvalidName { .. }), "{e}");
+    assert!(e.to_string().contains("124"), "{e}");
+    assert!(s.queues().is_empty(), "nothing was created");
+    // 124 characters leave room for ".dlq"; a named dead-letter queue needs no room at all.
+    assert!(s.create_queue(&"q".repeat(124), cfg.clone()).unwrap());
+    let named = QueueConfig {
+        dead_letter_queue: Some("dead".into()),
+        ..cfg
+    };
+    assert!(s.create_queue(&"r".repeat(128), named).unwrap());
+}
+
+#[test]
 fn dead_needs_a_dead_letter_queue() {
     let env = Env::new();
     let s = env.open();

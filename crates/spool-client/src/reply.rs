@@ -1,0 +1,382 @@
+//! Reply frames into typed values. Total: any frame the server sends gives a value or an
+//! [`Error`] (a refusal for an error reply, [`Error::Protocol`] for a shape the command does
+//! not return), never a panic. RESP2 and RESP3 forms are both accepted (a map or a flat
+//! array; `$-1`, `*-1` or `_` for nil).
+
+use bytes::Bytes;
+use spool_resp::Frame;
+
+use crate::error::Error;
+use crate::types::{Message, QueueStats, Receipt, TopicMessage, TopicStats};
+
+fn unexpected(what: &str, f: &Frame) -> Error {
+    let mut shown = format!("{f:?}");
+    if shown.len() > 200 {
+        let mut cut = 200;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    Error::Protocol(format!("expected {what}, got {shown}"))
+}
+
+/// The reply, or the server's refusal.
+pub(crate) fn ok(f: Frame) -> Result<Frame, Error> {
+    match f {
+        Frame::Error(e) => Err(Error::from_reply(&e)),
+        f => Ok(f),
+    }
+}
+
+pub(crate) fn is_nil(f: &Frame) -> bool {
+    matches!(f, Frame::Null | Frame::NullArray)
+}
+
+/// A non-negative number: an integer, or decimal text (ids are sent as strings).
+pub(crate) fn u64_of(f: &Frame) -> Result<u64, Error> {
+    match f {
+        Frame::Integer(n) => u64::try_from(*n).map_err(|_| unexpected("a number >= 0", f)),
+        Frame::Bulk(b) | Frame::Simple(b) | Frame::BigNumber(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| unexpected("a decimal number", f)),
+        _ => Err(unexpected("a number", f)),
+    }
+}
+
+pub(crate) fn u64_reply(f: Frame) -> Result<u64, Error> {
+    u64_of(&ok(f)?)
+}
+
+/// `:1` / `:0` (or `+OK`, true).
+pub(crate) fn bool_reply(f: Frame) -> Result<bool, Error> {
+    match ok(f)? {
+        Frame::Integer(n) => Ok(n != 0),
+        Frame::Boolean(b) => Ok(b),
+        Frame::Simple(s) if s.eq_ignore_ascii_case(b"OK") => Ok(true),
+        f => Err(unexpected(":1 or :0", &f)),
+    }
+}
+
+/// Any reply that is not an error.
+pub(crate) fn unit_reply(f: Frame) -> Result<(), Error> {
+    ok(f).map(|_| ())
+}
+
+fn items(f: Frame, what: &str) -> Result<Vec<Frame>, Error> {
+    match f {
+        Frame::Array(v) | Frame::Set(v) => Ok(v),
+        f if is_nil(&f) => Ok(Vec::new()),
+        f => Err(unexpected(what, &f)),
+    }
+}
+
+fn text(f: Frame) -> Result<String, Error> {
+    match f {
+        Frame::Bulk(b) | Frame::Simple(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Frame::Verbatim { text, .. } => Ok(String::from_utf8_lossy(&text).into_owned()),
+        f => Err(unexpected("a string", &f)),
+    }
+}
+
+pub(crate) fn ids_reply(f: Frame) -> Result<Vec<u64>, Error> {
+    items(ok(f)?, "an array of ids")?
+        .iter()
+        .map(u64_of)
+        .collect()
+}
+
+pub(crate) fn names_reply(f: Frame) -> Result<Vec<String>, Error> {
+    items(ok(f)?, "an array of names")?
+        .into_iter()
+        .map(text)
+        .collect()
+}
+
+fn payload(f: Frame) -> Result<Bytes, Error> {
+    match f {
+        Frame::Bulk(b) | Frame::Simple(b) => Ok(b),
+        f => Err(unexpected("a payload (bulk string)", &f)),
+    }
+}
+
+fn opt_u64(f: &Frame) -> Result<Option<u64>, Error> {
+    if is_nil(f) {
+        Ok(None)
+    } else {
+        u64_of(f).map(Some)
+    }
+}
+
+/// `[id, receipt|nil, payload, priority, enqueued_at_ms, first_received_at_ms|nil,
+/// receive_count, visible_at_ms]`.
+pub(crate) fn message(f: Frame) -> Result<Message, Error> {
+    let shape = "a message record [id, receipt, payload, priority, enqueued_at_ms, first_received_at_ms, receive_count, visible_at_ms]";
+    let v = match f {
+        Frame::Array(v) if v.len() == 8 => v,
+        f => return Err(unexpected(shape, &f)),
+    };
+    let mut it = v.into_iter();
+    let mut next = || it.next().unwrap_or(Frame::Null);
+    let id = u64_of(&next())?;
+    let receipt = match next() {
+        f if is_nil(&f) => None,
+        f => {
+            let t = text(f)?;
+            Some(
+                t.parse::<Receipt>()
+                    .map_err(|e| Error::Protocol(e.to_string()))?,
+            )
+        }
+    };
+    let payload = payload(next())?;
+    let pri = next();
+    let priority = u8::try_from(u64_of(&pri)?).map_err(|_| unexpected("a priority 0-255", &pri))?;
+    let enqueued_at_ms = u64_of(&next())?;
+    let first_received_at_ms = opt_u64(&next())?;
+    let rc = next();
+    let receive_count =
+        u32::try_from(u64_of(&rc)?).map_err(|_| unexpected("a receive count", &rc))?;
+    let visible_at_ms = u64_of(&next())?;
+    Ok(Message {
+        id,
+        receipt,
+        payload,
+        priority,
+        enqueued_at_ms,
+        first_received_at_ms,
+        receive_count,
+        visible_at_ms,
+    })
+}
+
+pub(crate) fn messages_reply(f: Frame) -> Result<Vec<Message>, Error> {
+    items(ok(f)?, "an array of message records")?
+        .into_iter()
+        .map(message)
+        .collect()
+}
+
+/// `[seq, payload, published_at_ms, next_cursor, skipped]` or nil.
+pub(crate) fn topic_message_reply(f: Frame) -> Result<Option<TopicMessage>, Error> {
+    let v = match ok(f)? {
+        f if is_nil(&f) => return Ok(None),
+        Frame::Array(v) if v.len() == 5 => v,
+        f => {
+            return Err(unexpected(
+                "a topic record [seq, payload, published_at_ms, next_cursor, skipped] or nil",
+                &f,
+            ))
+        }
+    };
+    let mut it = v.into_iter();
+    let mut next = || it.next().unwrap_or(Frame::Null);
+    Ok(Some(TopicMessage {
+        seq: u64_of(&next())?,
+        payload: payload(next())?,
+        published_at_ms: u64_of(&next())?,
+        next_cursor: u64_of(&next())?,
+        skipped: u64_of(&next())?,
+    }))
+}
+
+/// A map (RESP3) or a flat array of keys and values (RESP2), as `(key, number)` pairs; values
+/// that are not numbers (nil) are left out.
+fn counts(f: Frame) -> Result<Vec<(String, u64)>, Error> {
+    let pairs: Vec<(Frame, Frame)> = match ok(f)? {
+        Frame::Map(p) => p,
+        Frame::Array(v) if v.len() % 2 == 0 => {
+            let mut p = Vec::with_capacity(v.len() / 2);
+            let mut it = v.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                p.push((k, v));
+            }
+            p
+        }
+        f => return Err(unexpected("a map of counts", &f)),
+    };
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let k = text(k)?;
+        if is_nil(&v) {
+            continue;
+        }
+        out.push((k, u64_of(&v)?));
+    }
+    Ok(out)
+}
+
+pub(crate) fn queue_stats_reply(f: Frame) -> Result<QueueStats, Error> {
+    let mut s = QueueStats::default();
+    for (k, n) in counts(f)? {
+        match k.as_str() {
+            "visible" => s.visible = n,
+            "delayed" => s.delayed = n,
+            "leased" => s.leased = n,
+            "dead" => s.dead = n,
+            "messages" => s.messages = n,
+            "bytes" => s.bytes = n,
+            "total_pushed" => s.total_pushed = n,
+            "total_acked" => s.total_acked = n,
+            "total_dead" => s.total_dead = n,
+            "oldest_age_ms" => s.oldest_age_ms = n,
+            "newest_age_ms" => s.newest_age_ms = Some(n),
+            // A newer server's counts: ignored, not an error.
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+pub(crate) fn topic_stats_reply(f: Frame) -> Result<TopicStats, Error> {
+    let mut s = TopicStats::default();
+    for (k, n) in counts(f)? {
+        match k.as_str() {
+            "last_seq" => s.last_seq = n,
+            "retained" => s.retained = n,
+            "oldest_age_ms" => s.oldest_age_ms = n,
+            "subscribers" => s.subscribers = n,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// Per-receipt results of a `QACK` of several receipts (`:1` or an error each); a single
+/// receipt is answered with a bare `:1` or error.
+pub(crate) fn ack_results(f: Frame, n: usize) -> Result<Vec<Result<(), Error>>, Error> {
+    let one = |f: Frame| match f {
+        Frame::Error(e) => Ok(Err(Error::from_reply(&e))),
+        Frame::Integer(1) => Ok(Ok(())),
+        f => Err(unexpected(":1 or an error", &f)),
+    };
+    if n == 1 {
+        return Ok(vec![one(f)?]);
+    }
+    let v = items(ok(f)?, "an array of per-receipt results")?;
+    if v.len() != n {
+        return Err(Error::Protocol(format!(
+            "{} results for {n} receipts",
+            v.len()
+        )));
+    }
+    v.into_iter().map(one).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Frame {
+        Frame::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn record() -> Vec<Frame> {
+        vec![
+            bulk("7"),
+            bulk("7:1"),
+            bulk("hello"),
+            Frame::Integer(3),
+            Frame::Integer(1000),
+            Frame::Integer(1001),
+            Frame::Integer(1),
+            Frame::Integer(31_000),
+        ]
+    }
+
+    #[test]
+    fn a_record_becomes_a_message() {
+        let m = message(Frame::Array(record())).expect("record");
+        assert_eq!(m.id, 7);
+        assert_eq!(m.receipt.map(|r| r.to_string()).as_deref(), Some("7:1"));
+        assert_eq!(&m.payload[..], b"hello");
+        assert_eq!(m.priority, 3);
+        assert_eq!(m.first_received_at_ms, Some(1001));
+        assert_eq!(m.receive_count, 1);
+        assert_eq!(m.visible_at_ms, 31_000);
+    }
+
+    #[test]
+    fn malformed_records_are_protocol_errors_not_panics() {
+        let mut short = record();
+        short.pop();
+        let mut bad_pri = record();
+        bad_pri[3] = Frame::Integer(256);
+        let mut bad_receipt = record();
+        bad_receipt[1] = bulk("7");
+        let mut negative = record();
+        negative[4] = Frame::Integer(-1);
+        for f in [
+            Frame::Array(short),
+            Frame::Array(bad_pri),
+            Frame::Array(bad_receipt),
+            Frame::Array(negative),
+            Frame::Integer(1),
+            Frame::Map(Vec::new()),
+        ] {
+            assert!(matches!(message(f), Err(Error::Protocol(_))));
+        }
+        assert!(matches!(
+            messages_reply(Frame::Simple(Bytes::from_static(b"OK"))),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn stats_read_the_same_from_a_map_and_a_flat_array() {
+        let pairs = vec![
+            (bulk("visible"), Frame::Integer(2)),
+            (bulk("leased"), Frame::Integer(1)),
+            (bulk("something_new"), Frame::Integer(9)),
+        ];
+        let flat: Vec<Frame> = pairs
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect();
+        let a = queue_stats_reply(Frame::Map(pairs)).expect("map");
+        let b = queue_stats_reply(Frame::Array(flat)).expect("array");
+        assert_eq!(a, b);
+        assert_eq!(a.visible, 2);
+        assert_eq!(a.leased, 1);
+        assert_eq!(a.newest_age_ms, None);
+    }
+
+    #[test]
+    fn ack_results_are_per_receipt() {
+        let r = ack_results(
+            Frame::Array(vec![
+                Frame::Integer(1),
+                Frame::Error(Bytes::from_static(b"LEASELOST stale")),
+            ]),
+            2,
+        )
+        .expect("results");
+        assert!(r[0].is_ok());
+        assert!(matches!(r[1], Err(Error::LeaseLost(_))));
+        let one =
+            ack_results(Frame::Error(Bytes::from_static(b"NOTFOUND gone")), 1).expect("one result");
+        assert!(matches!(one[0], Err(Error::NotFound(_))));
+        assert!(matches!(
+            ack_results(Frame::Array(vec![Frame::Integer(1)]), 2),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn topic_records_and_nil() {
+        assert_eq!(topic_message_reply(Frame::Null).expect("nil"), None);
+        assert_eq!(topic_message_reply(Frame::NullArray).expect("nil"), None);
+        let m = topic_message_reply(Frame::Array(vec![
+            Frame::Integer(5),
+            bulk("x"),
+            Frame::Integer(99),
+            Frame::Integer(6),
+            Frame::Integer(2),
+        ]))
+        .expect("record")
+        .expect("some");
+        assert_eq!((m.seq, m.next_cursor, m.skipped), (5, 6, 2));
+    }
+}

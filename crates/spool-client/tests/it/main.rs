@@ -4,6 +4,8 @@
 
 mod conn;
 mod queue;
+#[cfg(feature = "tls")]
+mod tls;
 mod topic;
 
 use spool_client::{Client, Options};

@@ -364,6 +364,55 @@ mod tests {
         ));
     }
 
+    /// Frames a server could send, biased towards the shapes the parsers look for (records of
+    /// 8 and 5 fields, maps of counts) so that their inner checks are reached.
+    fn frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Frame::Integer),
+            (0i64..300).prop_map(Frame::Integer),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(|v| Frame::Bulk(v.into())),
+            (0u64..1000, 0u32..5).prop_map(|(i, g)| bulk(&format!("{i}:{g}"))),
+            (0u64..1000).prop_map(|n| bulk(&n.to_string())),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(|v| Frame::Error(v.into())),
+            Just(Frame::Error(Bytes::from_static(b"LEASELOST stale"))),
+            Just(Frame::Simple(Bytes::from_static(b"OK"))),
+            Just(Frame::Null),
+            Just(Frame::NullArray),
+            any::<bool>().prop_map(Frame::Boolean),
+            any::<f64>().prop_map(Frame::Double),
+        ];
+        leaf.prop_recursive(3, 48, 9, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..10).prop_map(Frame::Array),
+                proptest::collection::vec(inner.clone(), 8).prop_map(Frame::Array),
+                proptest::collection::vec(inner.clone(), 5).prop_map(Frame::Array),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..4)
+                    .prop_map(Frame::Map),
+                proptest::collection::vec(inner, 0..4).prop_map(Frame::Push),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Nothing the server sends makes a parser panic.
+        #[test]
+        fn every_parser_is_total(f in frame(), n in 0usize..4) {
+            let _ = ok(f.clone());
+            let _ = u64_reply(f.clone());
+            let _ = bool_reply(f.clone());
+            let _ = unit_reply(f.clone());
+            let _ = ids_reply(f.clone());
+            let _ = names_reply(f.clone());
+            let _ = message(f.clone());
+            let _ = messages_reply(f.clone());
+            let _ = topic_message_reply(f.clone());
+            let _ = queue_stats_reply(f.clone());
+            let _ = topic_stats_reply(f.clone());
+            let _ = ack_results(f, n);
+        }
+    }
+
     #[test]
     fn topic_records_and_nil() {
         assert_eq!(topic_message_reply(Frame::Null).expect("nil"), None);

@@ -509,6 +509,23 @@ impl Client {
         reply::messages_reply(self.call(cmd).await?)
     }
 
+    /// `QPOP ... WAIT`: [`Client::pop`], waiting up to `wait` (at most 60 s) for a message;
+    /// over a connection of its own, as [`Client::lease`] with a wait.
+    pub async fn pop_wait(
+        &self,
+        queue: &str,
+        count: u32,
+        wait: Duration,
+    ) -> Result<Vec<Message>, Error> {
+        let cmd = Cmd::new("QPOP")
+            .text(queue)
+            .word("COUNT")
+            .num(count)
+            .word("WAIT")
+            .num(ms(wait));
+        reply::messages_reply(self.call_blocking(cmd).await?)
+    }
+
     /// `QPEEK`: the next `count` visible messages in delivery order, unchanged.
     pub async fn peek(&self, queue: &str, count: u32) -> Result<Vec<Message>, Error> {
         let cmd = Cmd::new("QPEEK").text(queue).word("COUNT").num(count);
@@ -521,9 +538,9 @@ impl Client {
         reply::message(reply::ok(self.call(cmd).await?)?)
     }
 
-    /// `QSTATS`: the queue's counts.
+    /// `QSTATS`: the queue's counts (and its configuration, from servers that report it).
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, Error> {
-        reply::queue_stats_reply(self.call(Cmd::new("QSTATS").text(queue)).await?)
+        reply::queue_stats_reply(self.call(Cmd::new("QSTATS").text(queue)).await?, queue)
     }
 
     /// `QLIST`: the queues, sorted; `pattern` is a glob (`*`, `?`).
@@ -557,7 +574,14 @@ impl Client {
         reply::unit_reply(self.call(cmd).await?)
     }
 
-    /// `QDROP`: deletes the queue and its messages; `false` if there was none.
+    /// `QCONFIG q`: the queue's configuration, every field set. [`Error::NoQueue`] if it does
+    /// not exist.
+    pub async fn queue_config(&self, queue: &str) -> Result<QueueConfig, Error> {
+        reply::queue_config_reply(self.call(Cmd::new("QCONFIG").text(queue)).await?, queue)
+    }
+
+    /// `QDROP`: deletes the queue and its messages (its dead-letter queue stays); `false` if
+    /// there was none.
     pub async fn drop_queue(&self, queue: &str) -> Result<bool, Error> {
         reply::bool_reply(self.call(Cmd::new("QDROP").text(queue)).await?)
     }
@@ -612,13 +636,33 @@ impl Client {
     // the server's implicit per-connection cursor would not survive a reconnect, and the
     // shared connection is not one reader's.
 
-    /// `TCREATE`: `true` if created, `false` if it already exists.
+    /// `TCREATE`: `true` if created, `false` if it already exists with this configuration;
+    /// [`Error::Exists`] if it exists with another one.
     pub async fn create_topic(&self, config: &TopicConfig) -> Result<bool, Error> {
-        let cmd = Cmd::new("TCREATE")
-            .text(&config.name)
-            .opt("TTL", config.ttl.map(ms))
-            .opt("MAXLEN", config.max_len);
+        let mut cmd = Cmd::new("TCREATE").text(&config.name);
+        for (k, v) in config.pairs() {
+            cmd = cmd.word(k).text(&v);
+        }
         reply::bool_reply(self.call(cmd).await?)
+    }
+
+    /// `TCONFIG`: changes the fields of `config` that are set, atomically.
+    pub async fn configure_topic(&self, config: &TopicConfig) -> Result<(), Error> {
+        let mut cmd = Cmd::new("TCONFIG").text(&config.name);
+        for (k, v) in config.pairs() {
+            cmd = cmd.word(k).text(&v);
+        }
+        reply::unit_reply(self.call(cmd).await?)
+    }
+
+    /// `TCONFIG t`: the topic's configuration, every field set.
+    pub async fn topic_config(&self, topic: &str) -> Result<TopicConfig, Error> {
+        reply::topic_config_reply(self.call(Cmd::new("TCONFIG").text(topic)).await?, topic)
+    }
+
+    /// `TDROP`: deletes the topic and its messages; `false` if there was none.
+    pub async fn drop_topic(&self, topic: &str) -> Result<bool, Error> {
+        reply::bool_reply(self.call(Cmd::new("TDROP").text(topic)).await?)
     }
 
     /// `TPUB`: publishes `payload`; returns its sequence number.
@@ -663,7 +707,7 @@ impl Client {
 
     /// `TSTATS`: the topic's counts.
     pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, Error> {
-        reply::topic_stats_reply(self.call(Cmd::new("TSTATS").text(topic)).await?)
+        reply::topic_stats_reply(self.call(Cmd::new("TSTATS").text(topic)).await?, topic)
     }
 
     /// `TLIST`: the topics, sorted; `pattern` is a glob (`*`, `?`).

@@ -64,6 +64,6 @@ pub use error::Error;
 #[cfg(feature = "tls")]
 pub use tls::TlsOptions;
 pub use types::{
-    LeaseOptions, Message, NackOptions, QueueConfig, QueueStats, Receipt, ReceiptParseError,
-    TopicConfig, TopicMessage, TopicStats,
+    LeaseOptions, Message, NackOptions, Overflow, QueueConfig, QueueStats, Receipt,
+    ReceiptParseError, TopicConfig, TopicMessage, TopicStats,
 };

@@ -3,11 +3,15 @@
 //! not return), never a panic. RESP2 and RESP3 forms are both accepted (a map or a flat
 //! array; `$-1`, `*-1` or `_` for nil).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use spool_resp::Frame;
 
 use crate::error::Error;
-use crate::types::{Message, QueueStats, Receipt, TopicMessage, TopicStats};
+use crate::types::{
+    Message, Overflow, QueueConfig, QueueStats, Receipt, TopicConfig, TopicMessage, TopicStats,
+};
 
 fn unexpected(what: &str, f: &Frame) -> Error {
     let mut shown = format!("{f:?}");
@@ -182,9 +186,8 @@ pub(crate) fn topic_message_reply(f: Frame) -> Result<Option<TopicMessage>, Erro
     }))
 }
 
-/// A map (RESP3) or a flat array of keys and values (RESP2), as `(key, number)` pairs; values
-/// that are not numbers (nil) are left out.
-fn counts(f: Frame) -> Result<Vec<(String, u64)>, Error> {
+/// A map (RESP3) or a flat array of keys and values (RESP2), as `(key, value)` pairs.
+fn pairs(f: Frame) -> Result<Vec<(String, Frame)>, Error> {
     let pairs: Vec<(Frame, Frame)> = match ok(f)? {
         Frame::Map(p) => p,
         Frame::Array(v) if v.len() % 2 == 0 => {
@@ -195,53 +198,121 @@ fn counts(f: Frame) -> Result<Vec<(String, u64)>, Error> {
             }
             p
         }
-        f => return Err(unexpected("a map of counts", &f)),
+        f => return Err(unexpected("a map", &f)),
     };
-    let mut out = Vec::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        let k = text(k)?;
-        if is_nil(&v) {
-            continue;
-        }
-        out.push((k, u64_of(&v)?));
-    }
-    Ok(out)
+    pairs.into_iter().map(|(k, v)| Ok((text(k)?, v))).collect()
 }
 
-pub(crate) fn queue_stats_reply(f: Frame) -> Result<QueueStats, Error> {
-    let mut s = QueueStats::default();
-    for (k, n) in counts(f)? {
+fn millis(f: &Frame) -> Result<Duration, Error> {
+    u64_of(f).map(Duration::from_millis)
+}
+
+/// A queue config key the server reports (`QSTATS`, `QCONFIG q`); `false` if `key` is not one.
+fn queue_config_field(c: &mut QueueConfig, key: &str, v: &Frame) -> Result<bool, Error> {
+    match key {
+        "vt_ms" => c.visibility = Some(millis(v)?),
+        "delay_ms" => c.delay = Some(millis(v)?),
+        "maxsize" => c.max_size = Some(u64_of(v)?),
+        "maxlen" => c.max_len = Some(u64_of(v)?),
+        "maxreceives" => {
+            c.max_receives = Some(u32::try_from(u64_of(v)?).map_err(|_| unexpected("a u32", v))?);
+        }
+        // nil: none, which `DLQ ""` sets.
+        "dlq" if is_nil(v) => c.dlq = Some(String::new()),
+        "dlq" => c.dlq = Some(text(v.clone())?),
+        "retention_ms" => c.retention = Some(millis(v)?),
+        "maxbytes" => c.max_bytes = Some(u64_of(v)?),
+        "overflow" => {
+            c.overflow = Some(match text(v.clone())?.to_ascii_lowercase().as_str() {
+                "reject" => Overflow::Reject,
+                "evict" => Overflow::Evict,
+                _ => return Err(unexpected("reject or evict", v)),
+            });
+        }
+        "maxinflight" => c.max_in_flight = Some(u64_of(v)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// A topic config key the server reports (`TSTATS`, `TCONFIG t`); `false` if `key` is not one.
+fn topic_config_field(c: &mut TopicConfig, key: &str, v: &Frame) -> Result<bool, Error> {
+    match key {
+        "ttl_ms" => c.ttl = Some(millis(v)?),
+        "maxlen" => c.max_len = Some(u64_of(v)?),
+        "maxsize" => c.max_size = Some(u64_of(v)?),
+        "maxbytes" => c.max_bytes = Some(u64_of(v)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+// Keys a newer server adds are ignored, not errors.
+
+pub(crate) fn queue_stats_reply(f: Frame, queue: &str) -> Result<QueueStats, Error> {
+    let mut s = QueueStats {
+        config: QueueConfig::new(queue),
+        ..QueueStats::default()
+    };
+    for (k, v) in pairs(f)? {
+        let n = || u64_of(&v);
         match k.as_str() {
-            "visible" => s.visible = n,
-            "delayed" => s.delayed = n,
-            "leased" => s.leased = n,
-            "dead" => s.dead = n,
-            "messages" => s.messages = n,
-            "bytes" => s.bytes = n,
-            "total_pushed" => s.total_pushed = n,
-            "total_acked" => s.total_acked = n,
-            "total_dead" => s.total_dead = n,
-            "oldest_age_ms" => s.oldest_age_ms = n,
-            "newest_age_ms" => s.newest_age_ms = Some(n),
-            // A newer server's counts: ignored, not an error.
-            _ => {}
+            "visible" => s.visible = n()?,
+            "delayed" => s.delayed = n()?,
+            "leased" => s.leased = n()?,
+            "dead" => s.dead = n()?,
+            "messages" => s.messages = n()?,
+            "bytes" => s.bytes = n()?,
+            "total_pushed" => s.total_pushed = n()?,
+            "total_acked" => s.total_acked = n()?,
+            "total_dead" => s.total_dead = n()?,
+            "oldest_age_ms" => s.oldest_age_ms = n()?,
+            "newest_age_ms" => s.newest_age_ms = Some(n()?),
+            k => {
+                queue_config_field(&mut s.config, k, &v)?;
+            }
         }
     }
     Ok(s)
 }
 
-pub(crate) fn topic_stats_reply(f: Frame) -> Result<TopicStats, Error> {
-    let mut s = TopicStats::default();
-    for (k, n) in counts(f)? {
+pub(crate) fn queue_config_reply(f: Frame, queue: &str) -> Result<QueueConfig, Error> {
+    let mut c = QueueConfig::new(queue);
+    for (k, v) in pairs(f)? {
+        queue_config_field(&mut c, &k, &v)?;
+    }
+    Ok(c)
+}
+
+pub(crate) fn topic_stats_reply(f: Frame, topic: &str) -> Result<TopicStats, Error> {
+    let mut s = TopicStats {
+        config: TopicConfig::new(topic),
+        ..TopicStats::default()
+    };
+    for (k, v) in pairs(f)? {
+        let n = || u64_of(&v);
         match k.as_str() {
-            "last_seq" => s.last_seq = n,
-            "retained" => s.retained = n,
-            "oldest_age_ms" => s.oldest_age_ms = n,
-            "subscribers" => s.subscribers = n,
-            _ => {}
+            "last_seq" => s.last_seq = n()?,
+            "retained" => s.retained = n()?,
+            "oldest_age_ms" => s.oldest_age_ms = n()?,
+            "subscribers" => s.subscribers = n()?,
+            "bytes" => s.bytes = n()?,
+            "total_published" => s.total_published = n()?,
+            "total_expired" => s.total_expired = n()?,
+            k => {
+                topic_config_field(&mut s.config, k, &v)?;
+            }
         }
     }
     Ok(s)
+}
+
+pub(crate) fn topic_config_reply(f: Frame, topic: &str) -> Result<TopicConfig, Error> {
+    let mut c = TopicConfig::new(topic);
+    for (k, v) in pairs(f)? {
+        topic_config_field(&mut c, &k, &v)?;
+    }
+    Ok(c)
 }
 
 /// Per-receipt results of a `QACK` of several receipts (`:1` or an error each); a single
@@ -335,12 +406,39 @@ mod tests {
             .iter()
             .flat_map(|(k, v)| [k.clone(), v.clone()])
             .collect();
-        let a = queue_stats_reply(Frame::Map(pairs)).expect("map");
-        let b = queue_stats_reply(Frame::Array(flat)).expect("array");
+        let a = queue_stats_reply(Frame::Map(pairs), "q").expect("map");
+        let b = queue_stats_reply(Frame::Array(flat), "q").expect("array");
         assert_eq!(a, b);
         assert_eq!(a.visible, 2);
         assert_eq!(a.leased, 1);
         assert_eq!(a.newest_age_ms, None);
+        assert_eq!(a.config, QueueConfig::new("q"), "no config reported");
+    }
+
+    #[test]
+    fn the_config_in_stats_is_read() {
+        let f = Frame::Map(vec![
+            (bulk("visible"), Frame::Integer(0)),
+            (bulk("vt_ms"), Frame::Integer(5000)),
+            (bulk("maxreceives"), Frame::Integer(3)),
+            (bulk("dlq"), bulk("q.dlq")),
+            (bulk("overflow"), bulk("evict")),
+            (bulk("retention_ms"), Frame::Integer(0)),
+        ]);
+        let s = queue_stats_reply(f, "q").expect("stats");
+        assert_eq!(s.config.visibility, Some(Duration::from_secs(5)));
+        assert_eq!(s.config.max_receives, Some(3));
+        assert_eq!(s.config.dlq.as_deref(), Some("q.dlq"));
+        assert_eq!(s.config.overflow, Some(Overflow::Evict));
+        assert_eq!(s.config.retention, Some(Duration::ZERO));
+        let none =
+            queue_config_reply(Frame::Map(vec![(bulk("dlq"), Frame::Null)]), "q").expect("config");
+        assert_eq!(none.dlq.as_deref(), Some(""), "nil: no DLQ");
+        let bad = Frame::Map(vec![(bulk("overflow"), bulk("sideways"))]);
+        assert!(matches!(
+            queue_config_reply(bad, "q"),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -407,8 +505,10 @@ mod tests {
             let _ = message(f.clone());
             let _ = messages_reply(f.clone());
             let _ = topic_message_reply(f.clone());
-            let _ = queue_stats_reply(f.clone());
-            let _ = topic_stats_reply(f.clone());
+            let _ = queue_stats_reply(f.clone(), "q");
+            let _ = queue_config_reply(f.clone(), "q");
+            let _ = topic_stats_reply(f.clone(), "t");
+            let _ = topic_config_reply(f.clone(), "t");
             let _ = ack_results(f, n);
         }
     }

@@ -146,6 +146,9 @@ pub struct QueueStats {
     pub oldest_age_ms: u64,
     /// Age of the newest message, when the server reports it.
     pub newest_age_ms: Option<u64>,
+    /// The queue's configuration as the server reports it with the counts (fields it does not
+    /// report are `None`).
+    pub config: QueueConfig,
 }
 
 /// A queue's configuration for [`Client::create_queue`](crate::Client::create_queue) and
@@ -166,10 +169,35 @@ pub struct QueueConfig {
     /// Deliveries before a message moves to the dead-letter queue (`MAXRECEIVES`; default 0 =
     /// never).
     pub max_receives: Option<u32>,
-    /// The dead-letter queue (`DLQ`; default `<name>.dlq` when `max_receives` is set).
+    /// The dead-letter queue (`DLQ`; default `<name>.dlq` when `max_receives` is set; `""`
+    /// for none).
     pub dlq: Option<String>,
-    /// How long a message is kept at most (`RETENTION`; default 4 days).
+    /// How long a message is kept at most (`RETENTION`; default 4 days; zero: forever).
     pub retention: Option<Duration>,
+    /// Most payload bytes kept (`MAXBYTES`; default 0 = unbounded).
+    pub max_bytes: Option<u64>,
+    /// What a push to a full queue does (`OVERFLOW`; default [`Overflow::Reject`]).
+    pub overflow: Option<Overflow>,
+    /// Most messages leased at once (`MAXINFLIGHT`; server default 100,000; 0 = unbounded).
+    pub max_in_flight: Option<u64>,
+}
+
+/// What a push to a queue at its `max_len` or `max_bytes` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse it with [`Error::Full`](crate::Error::Full).
+    Reject,
+    /// Make room by dropping the oldest message of the lowest priority.
+    Evict,
+}
+
+impl Overflow {
+    fn word(self) -> &'static str {
+        match self {
+            Overflow::Reject => "reject",
+            Overflow::Evict => "evict",
+        }
+    }
 }
 
 impl QueueConfig {
@@ -205,6 +233,15 @@ impl QueueConfig {
         if let Some(d) = self.retention {
             v.push(("RETENTION", ms(d).to_string()));
         }
+        if let Some(n) = self.max_bytes {
+            v.push(("MAXBYTES", n.to_string()));
+        }
+        if let Some(o) = self.overflow {
+            v.push(("OVERFLOW", o.word().to_owned()));
+        }
+        if let Some(n) = self.max_in_flight {
+            v.push(("MAXINFLIGHT", n.to_string()));
+        }
         v
     }
 }
@@ -218,6 +255,10 @@ pub struct TopicConfig {
     pub ttl: Option<Duration>,
     /// Most messages kept, the oldest dropped first (`MAXLEN`; default 10,000).
     pub max_len: Option<u64>,
+    /// Largest payload in bytes (`MAXSIZE`; default the server's limit).
+    pub max_size: Option<u64>,
+    /// Most payload bytes kept, the oldest dropped first (`MAXBYTES`; default 0 = unbounded).
+    pub max_bytes: Option<u64>,
 }
 
 impl TopicConfig {
@@ -227,6 +268,24 @@ impl TopicConfig {
             name: name.into(),
             ..TopicConfig::default()
         }
+    }
+
+    /// The `key value` pairs of the fields that are set.
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(d) = self.ttl {
+            v.push(("TTL", ms(d).to_string()));
+        }
+        if let Some(n) = self.max_len {
+            v.push(("MAXLEN", n.to_string()));
+        }
+        if let Some(n) = self.max_size {
+            v.push(("MAXSIZE", n.to_string()));
+        }
+        if let Some(n) = self.max_bytes {
+            v.push(("MAXBYTES", n.to_string()));
+        }
+        v
     }
 }
 
@@ -258,6 +317,14 @@ pub struct TopicStats {
     pub oldest_age_ms: u64,
     /// Connections holding cursors, plus waiting reads.
     pub subscribers: u64,
+    /// Payload bytes kept.
+    pub bytes: u64,
+    /// Published since the topic was created.
+    pub total_published: u64,
+    /// Dropped by age or size limits before everyone read them.
+    pub total_expired: u64,
+    /// The topic's configuration as the server reports it with the counts.
+    pub config: TopicConfig,
 }
 
 /// Whole milliseconds (saturating), the wire's unit.

@@ -1,9 +1,10 @@
-//! Queue management and topics: written from the research's wire forms (section 8.3/8.4)
-//! while the server's commands were being added; ignored until the server has them.
+//! Queue management, `QPOP ... WAIT` and topics: written from the research's wire forms
+//! (sections 8.3, 8.4) while the server's commands were being added in parallel; ignored
+//! until the server has them.
 
 use std::time::Duration;
 
-use spool_client::{Error, LeaseOptions, QueueConfig, TopicConfig};
+use spool_client::{Error, LeaseOptions, Overflow, QueueConfig, TopicConfig};
 
 use crate::Fixture;
 
@@ -21,6 +22,7 @@ async fn queue_management_round_trip() {
     assert!(!c.create_queue(&config).await.expect("same config again"));
     let other = QueueConfig {
         visibility: Some(Duration::from_secs(5)),
+        overflow: Some(Overflow::Reject),
         ..QueueConfig::new("managed")
     };
     let err = c
@@ -29,6 +31,12 @@ async fn queue_management_round_trip() {
         .expect_err("conflicting config");
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
     c.configure(&other).await.expect("configure");
+    let now = c.queue_config("managed").await.expect("config");
+    assert_eq!(now.visibility, Some(Duration::from_secs(5)));
+    assert_eq!(now.max_receives, Some(2));
+    assert_eq!(now.dlq.as_deref(), Some("managed.dlq"));
+    let stats = c.stats("managed").await.expect("stats");
+    assert_eq!(stats.config, now, "QSTATS reports the same config");
 
     c.push("managed", "a").await.expect("push");
     let m = c
@@ -47,25 +55,51 @@ async fn queue_management_round_trip() {
         .dead("managed", r, Some("cannot parse"))
         .await
         .expect("dead");
-    assert!(c.peek_id("managed.dlq", dead_id).await.is_ok());
+    assert_eq!(
+        &c.peek_id("managed.dlq", dead_id)
+            .await
+            .expect("in the DLQ")
+            .payload[..],
+        b"a"
+    );
     assert_eq!(c.redrive("managed.dlq", None).await.expect("redrive"), 1);
     assert_eq!(c.purge("managed").await.expect("purge"), 1);
     assert!(c.drop_queue("managed").await.expect("drop"));
     assert!(!c.drop_queue("managed").await.expect("drop again"));
+    let err = c.queue_config("managed").await.expect_err("dropped");
+    assert!(matches!(err, Error::NoQueue(_)), "{err:?}");
 
-    let err = c
-        .dead("nodlq", r, None)
+    c.push("plain", "b").await.expect("push");
+    let r = c
+        .lease("plain", LeaseOptions::default())
         .await
-        .expect_err("a queue without a DLQ");
-    assert!(
-        matches!(err, Error::NoDlq(_) | Error::NoQueue(_)),
-        "{err:?}"
-    );
+        .expect("lease")[0]
+        .receipt
+        .expect("receipt");
+    let err = c.dead("plain", r, None).await.expect_err("no DLQ");
+    assert!(matches!(err, Error::NoDlq(_)), "{err:?}");
     f.server.shutdown().await;
 }
 
 #[tokio::test]
-#[ignore = "needs TCREATE/TPUB/TSUB/TGET/TLATEST/TWAIT/TSTATS/TLIST in the server"]
+#[ignore = "needs QPOP ... WAIT in the server"]
+async fn a_waiting_pop_takes_the_next_push() {
+    let f = Fixture::start().await;
+    let c = f.client().await;
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.pop_wait("pw", 1, Duration::from_secs(60)).await })
+    };
+    let id = c.push("pw", "x").await.expect("push");
+    let got = waiter.await.expect("task").expect("pop");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    assert!(got[0].receipt.is_none());
+    f.server.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs TCREATE/TCONFIG/TDROP/TPUB/TSUB/TGET/TLATEST/TWAIT/TSTATS/TLIST in the server"]
 async fn topics_round_trip() {
     let f = Fixture::start().await;
     let c = f.client().await;
@@ -106,11 +140,25 @@ async fn topics_round_trip() {
 
     let stats = c.topic_stats("news").await.expect("stats");
     assert_eq!(stats.last_seq, s3);
+    assert_eq!(stats.total_published, 4);
+    let changed = TopicConfig {
+        ttl: Some(Duration::from_secs(60)),
+        ..TopicConfig::new("news")
+    };
+    c.configure_topic(&changed).await.expect("configure");
+    let config = c.topic_config("news").await.expect("config");
+    assert_eq!(config.ttl, Some(Duration::from_secs(60)));
+    assert_eq!(
+        c.topic_stats("news").await.expect("stats").config,
+        config,
+        "TSTATS reports the same config"
+    );
     assert_eq!(
         c.topics(Some("n*")).await.expect("list"),
         vec!["news".to_owned()]
     );
-    let err = c.topic_stats("nothing").await.expect_err("no topic");
+    assert!(c.drop_topic("news").await.expect("drop"));
+    let err = c.topic_stats("news").await.expect_err("no topic");
     assert!(matches!(err, Error::NoTopic(_)), "{err:?}");
     f.server.shutdown().await;
 }

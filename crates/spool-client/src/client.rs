@@ -267,8 +267,9 @@ impl Client {
         Ok(())
     }
 
-    /// Closes the connections of this client and all its clones: requests in flight fail
-    /// with [`Error::Disconnected`], later ones with [`Error::Closed`].
+    /// Closes the connections of this client and all its clones: requests in flight on the
+    /// shared connection fail with [`Error::Disconnected`], later ones with [`Error::Closed`].
+    /// A blocking read already under way keeps its own connection until it is answered.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Some(c) = lock(&self.inner.main).take() {

@@ -248,3 +248,119 @@ async fn reader<R: AsyncRead + Unpin>(
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, DuplexStream};
+
+    fn request(word: &str) -> Bytes {
+        Bytes::from(format!("*1\r\n${}\r\n{word}\r\n", word.len()))
+    }
+
+    /// A connection over an in-memory pipe; the other end plays the server.
+    fn pipe() -> (Conn, DuplexStream) {
+        let (client, server) = duplex(1 << 16);
+        let (r, w) = tokio::io::split(client);
+        (Conn::start(r, w, Limits::default()), server)
+    }
+
+    /// Reads until `n` requests of `request`'s shape (three lines each) arrived.
+    async fn read_requests(server: &mut DuplexStream, n: usize) -> String {
+        let mut got = Vec::new();
+        while got.windows(2).filter(|w| w == b"\r\n").count() < n * 3 {
+            let mut buf = [0u8; 1024];
+            let k = server.read(&mut buf).await.expect("read");
+            assert!(k > 0, "the client closed");
+            got.extend_from_slice(&buf[..k]);
+        }
+        String::from_utf8(got).expect("text")
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_get_their_own_replies_in_order() {
+        let (conn, mut server) = pipe();
+        let calls: Vec<_> = ["A", "B", "C"]
+            .iter()
+            .map(|w| {
+                let conn = conn.clone();
+                let req = request(w);
+                tokio::spawn(async move { conn.call(req).await })
+            })
+            .collect();
+        let seen = read_requests(&mut server, 3).await;
+        // Answer each request with its own word, in the order they arrived.
+        let mut replies = Vec::new();
+        for word in seen.lines().filter(|l| !l.starts_with(['*', '$'])) {
+            replies.push(b'+');
+            replies.extend_from_slice(word.as_bytes());
+            replies.extend_from_slice(b"\r\n");
+        }
+        server.write_all(&replies).await.expect("write");
+        for (call, word) in calls.into_iter().zip(["A", "B", "C"]) {
+            let got = call.await.expect("task").expect("reply");
+            assert_eq!(got, Frame::Simple(Bytes::from(word)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_after_the_break_was_not_applied() {
+        let (conn, server) = pipe();
+        drop(server);
+        while conn.is_up() {
+            tokio::task::yield_now().await;
+        }
+        let err = conn.call(request("PING")).await.expect_err("closed");
+        assert!(
+            matches!(
+                err,
+                Error::Disconnected {
+                    maybe_applied: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_the_server_read_may_have_been_applied() {
+        let (conn, mut server) = pipe();
+        let call = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.call(request("QPUSH")).await })
+        };
+        read_requests(&mut server, 1).await;
+        drop(server);
+        let err = call.await.expect("task").expect_err("no reply");
+        assert!(
+            matches!(
+                err,
+                Error::Disconnected {
+                    maybe_applied: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!conn.is_up());
+    }
+
+    #[tokio::test]
+    async fn push_frames_are_not_replies() {
+        let (conn, mut server) = pipe();
+        let call = {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.call(request("PING")).await })
+        };
+        read_requests(&mut server, 1).await;
+        server
+            .write_all(b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n+PONG\r\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            call.await.expect("task").expect("reply"),
+            Frame::Simple(Bytes::from_static(b"PONG"))
+        );
+    }
+}

@@ -42,8 +42,8 @@
 //! - **Errors.** The server's refusals ([`Error::NoQueue`] ... [`Error::NoPerm`],
 //!   [`Error::Server`]) carry its message and leave the connection usable. Nothing the server
 //!   sends makes the client panic: a reply of the wrong shape is [`Error::Protocol`].
-//! - **TLS** (feature `tls`): [`TlsOptions`] with a CA file or root store and an optional
-//!   client certificate, passed in [`Options::tls`].
+//! - **TLS** (feature `tls`, on by default): `TlsOptions` with a CA file or root store and an
+//!   optional client certificate, passed in `Options::tls`.
 //!
 //! The commands and their exact semantics: the queue-semantics research, section 8, and the
 //! server's command reference.

@@ -1,8 +1,5 @@
-//! Queue management, `QPOP ... WAIT` and topics: written from the research's wire forms
-//! (sections 8.3, 8.4) while the server's commands were being added in parallel; ignored
-//! until the server has them. All three pass against the server of branch `srv-resp` at
-//! 1c48d38 (`cargo test -p spool-client --test it -- --include-ignored`): remove the
-//! `#[ignore]`s once it is merged.
+//! Queue management, `QPOP ... WAIT` and topics, against the real server (sections 8.3, 8.4
+//! of the queue-semantics research).
 
 use std::time::Duration;
 
@@ -11,7 +8,6 @@ use spool_client::{Error, LeaseOptions, Overflow, QueueConfig, TopicConfig};
 use crate::Fixture;
 
 #[tokio::test]
-#[ignore = "needs QCREATE/QCONFIG/QDROP/QPURGE/QEXTEND/QDEAD/QREDRIVE in the server"]
 async fn queue_management_round_trip() {
     let f = Fixture::start().await;
     let c = f.client().await;
@@ -84,7 +80,6 @@ async fn queue_management_round_trip() {
 }
 
 #[tokio::test]
-#[ignore = "needs QPOP ... WAIT in the server"]
 async fn a_waiting_pop_takes_the_next_push() {
     let f = Fixture::start().await;
     let c = f.client().await;
@@ -101,7 +96,6 @@ async fn a_waiting_pop_takes_the_next_push() {
 }
 
 #[tokio::test]
-#[ignore = "needs TCREATE/TCONFIG/TDROP/TPUB/TSUB/TGET/TLATEST/TWAIT/TSTATS/TLIST in the server"]
 async fn topics_round_trip() {
     let f = Fixture::start().await;
     let c = f.client().await;

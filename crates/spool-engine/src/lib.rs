@@ -60,7 +60,8 @@ pub use error::{Error, Result};
 pub use maint::MaintainReport;
 pub use message::{BlobRef, Message, Push, Receipt};
 pub use options::{
-    Durability, Maintenance, Options, Overflow, QueueConfig, RecoveryPolicy, TopicConfig,
+    Durability, Maintenance, Options, Overflow, QueueConfig, RecoveryPolicy, SegmentPrep,
+    TopicConfig,
 };
 pub use queue::QueueStats;
 pub use recovery::{DamagedRange, RecoveryReport, TornTail};

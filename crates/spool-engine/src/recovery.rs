@@ -365,6 +365,8 @@ pub(crate) fn recover(
     let mut ceiling = start_at.map_or(0, |c| c.next_lsn.saturating_sub(1));
     // Where the log ends: (segment index, offset) to append at.
     let mut end: Option<(usize, u64)> = None;
+    // The last segment ends in zeros (a prepared segment), not in a torn write.
+    let mut zero_tail = false;
     // Segments are deleted as a prefix (once a durable checkpoint no longer needs them): the
     // log starts at the first segment there is. Each segment restates the catalog (queues,
     // topics, counters) in its first frame, so a replay from there knows them all.
@@ -573,6 +575,12 @@ pub(crate) fn recover(
                     .map_or(lsn_next, |h| h.base_lsn);
                 break;
             }
+            // Zeros to the end: the unused part of a prepared segment (a crash came before
+            // a clean close cut it off), not a tear. Kept: appends overwrite it.
+            if later.is_empty() && seg.data[pos..].iter().all(|&b| b == 0) {
+                zero_tail = true;
+                break;
+            }
             report.torn_tail = Some(TornTail {
                 segment: seg.id,
                 offset: pos as u64,
@@ -618,7 +626,7 @@ pub(crate) fn recover(
             let file = vfs
                 .open(&seg.path, OpenMode::ReadWrite)
                 .map_err(|e| Error::io("open segment", &seg.path, e))?;
-            if offset < seg.data.len() as u64 {
+            if offset < seg.data.len() as u64 && !zero_tail {
                 file.set_len(offset)
                     .map_err(|e| Error::io("truncate torn tail", &seg.path, e))?;
             }
@@ -654,6 +662,7 @@ pub(crate) fn recover(
                 synced_offset: offset,
                 failed_next: None,
                 appended: false,
+                prep: crate::segment::Prep::default(),
             });
         }
     }

@@ -6,10 +6,12 @@
 //! synced, and the `log/` directory is fsynced, before any frame in it can be acknowledged.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::frame::{segment_file_name, FrameBuf, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::options::SegmentPrep;
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
 /// Where a frame goes: segment, byte offset, LSN.
@@ -46,6 +48,112 @@ pub(crate) struct ActiveSegment {
     pub failed_next: Option<(u64, u64)>,
     /// Whether a frame was appended since the store was opened.
     pub appended: bool,
+    /// The next segment's file, made ready ahead of the roll.
+    pub prep: Prep,
+}
+
+/// The name of the next segment's file while it is being prepared (zeros, `segment_bytes`
+/// long). A roll renames it to the next segment's name. Never a segment: recovery ignores it
+/// and an open removes it.
+pub(crate) const PREP_FILE: &str = "next.seg.prep";
+/// Zeros written per call while preparing (and between checks of the cancel flag).
+const PREP_CHUNK: usize = 1 << 20;
+
+/// The preparation of the next segment's file ([`SegmentPrep`]).
+#[derive(Debug, Default)]
+pub(crate) struct Prep {
+    mode: SegmentPrep,
+    state: PrepState,
+}
+
+#[derive(Debug, Default)]
+enum PrepState {
+    /// Not started for the next roll.
+    #[default]
+    Idle,
+    /// Not for this segment (too little free space, or preparing failed): append.
+    Skipped,
+    /// Being written on its own thread; the thread answers whether the file is complete.
+    Running {
+        handle: std::thread::JoinHandle<bool>,
+        cancel: Arc<AtomicBool>,
+    },
+    /// `PREP_FILE` is complete and synced.
+    Ready,
+}
+
+impl Prep {
+    pub(crate) fn new(mode: SegmentPrep) -> Prep {
+        Prep {
+            mode,
+            state: PrepState::Idle,
+        }
+    }
+
+    /// Whether a complete prepared file is there (waits for nothing: a preparation still
+    /// running is left running for a later roll).
+    fn take_ready(&mut self) -> bool {
+        if let PrepState::Running { handle, .. } = &self.state {
+            if !handle.is_finished() {
+                return false;
+            }
+        }
+        match std::mem::take(&mut self.state) {
+            PrepState::Ready => true,
+            PrepState::Running { handle, .. } => handle.join().unwrap_or(false),
+            PrepState::Idle | PrepState::Skipped => false,
+        }
+    }
+
+    /// Stops a preparation under way and waits for its thread.
+    fn stop(&mut self) {
+        if let PrepState::Running { handle, cancel } = std::mem::take(&mut self.state) {
+            cancel.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Prep {
+    fn drop(&mut self) {
+        // Not joined (a writer thread ending on a poisoned store must not wait): the thread
+        // stops within one chunk, and the file it leaves is removed by the next open.
+        if let PrepState::Running { cancel, .. } = &self.state {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes `PREP_FILE` in `log_dir`: `len` bytes of zeros, synced. `Ok(false)` when
+/// cancelled. On failure or cancel the file is removed (the roll then appends instead).
+fn prepare_file(
+    vfs: &dyn Vfs,
+    log_dir: &Path,
+    len: u64,
+    cancel: &AtomicBool,
+) -> std::io::Result<bool> {
+    let path = log_dir.join(PREP_FILE);
+    let write = || -> std::io::Result<bool> {
+        let f = vfs.open(&path, OpenMode::Create)?;
+        f.set_len(0)?;
+        let zeros = vec![0u8; PREP_CHUNK];
+        let mut off = 0u64;
+        while off < len {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let n = (len - off).min(PREP_CHUNK as u64) as usize;
+            f.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        f.sync_data()?;
+        Ok(true)
+    };
+    let r = write();
+    if !matches!(r, Ok(true)) {
+        let _ = vfs.remove_file(&path);
+    }
+    r
 }
 
 impl ActiveSegment {
@@ -91,7 +199,111 @@ impl ActiveSegment {
             synced_offset: SEGMENT_HEADER_LEN as u64,
             failed_next: None,
             appended: false,
+            prep: Prep::default(),
         })
+    }
+
+    /// Like [`ActiveSegment::create`], from the prepared file: renamed to the segment's name,
+    /// its header written, synced, the directory synced. `Ok(None)` when a file of that name
+    /// is in the way (nothing changed; `create` reports it).
+    fn create_prepared(
+        vfs: Arc<dyn Vfs>,
+        log_dir: &Path,
+        store_id: u64,
+        seg_id: u64,
+        base_lsn: u64,
+        now_ms: u64,
+        segment_bytes: u64,
+    ) -> Result<Option<Self>> {
+        let prep = log_dir.join(PREP_FILE);
+        let path = log_dir.join(segment_file_name(seg_id));
+        // A rename replaces its target; creating a segment must never replace one (`create`
+        // then reports the file that is in the way).
+        if vfs
+            .exists(&path)
+            .map_err(|e| Error::io("stat segment", &path, e))?
+        {
+            return Ok(None);
+        }
+        vfs.rename(&prep, &path)
+            .map_err(|e| Error::io("rename prepared segment", &prep, e))?;
+        let file = vfs
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        let header = SegmentHeader {
+            store_id,
+            seg_id,
+            base_lsn,
+            created_ms: now_ms,
+        };
+        file.write_all_at(&header.encode(), 0)
+            .map_err(|e| Error::io("write segment header", &path, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("sync segment", &path, e))?;
+        vfs.sync_dir(log_dir)
+            .map_err(|e| Error::io("sync directory", log_dir, e))?;
+        Ok(Some(Self {
+            vfs,
+            log_dir: log_dir.to_path_buf(),
+            store_id,
+            seg_id,
+            file,
+            path,
+            offset: SEGMENT_HEADER_LEN as u64,
+            next_lsn: base_lsn,
+            segment_bytes,
+            unsynced: false,
+            synced_lsn: base_lsn.saturating_sub(1),
+            synced_offset: SEGMENT_HEADER_LEN as u64,
+            failed_next: None,
+            appended: false,
+            prep: Prep::default(),
+        }))
+    }
+
+    /// Starts preparing the next segment's file once this one is half full. Only `Inline`
+    /// fails (its file operations are the writer's own, as the crash simulation expects of
+    /// every file operation); a background preparation that fails is given up.
+    fn maybe_prepare(&mut self) -> Result<()> {
+        if self.prep.mode == SegmentPrep::Off
+            || !matches!(self.prep.state, PrepState::Idle)
+            || self.offset < self.segment_bytes / 2
+        {
+            return Ok(());
+        }
+        // Never at the cost of the space kept for acks and checkpoints.
+        let room = self.segment_bytes.saturating_mul(2);
+        if matches!(self.vfs.free_bytes(&self.log_dir), Ok(Some(free)) if free < room) {
+            self.prep.state = PrepState::Skipped;
+            return Ok(());
+        }
+        let len = self.segment_bytes;
+        self.prep.state = match self.prep.mode {
+            SegmentPrep::Off => PrepState::Skipped,
+            SegmentPrep::Inline => {
+                self.prep.state = PrepState::Skipped;
+                prepare_file(
+                    self.vfs.as_ref(),
+                    &self.log_dir,
+                    len,
+                    &AtomicBool::new(false),
+                )
+                .map_err(|e| Error::io("prepare segment", self.log_dir.join(PREP_FILE), e))?;
+                PrepState::Ready
+            }
+            SegmentPrep::Background => {
+                let cancel = Arc::new(AtomicBool::new(false));
+                let (vfs, dir, c) = (self.vfs.clone(), self.log_dir.clone(), cancel.clone());
+                match std::thread::Builder::new()
+                    .name("spool-prep".into())
+                    .spawn(move || prepare_file(vfs.as_ref(), &dir, len, &c).unwrap_or(false))
+                {
+                    Ok(handle) => PrepState::Running { handle, cancel },
+                    Err(_) => PrepState::Skipped,
+                }
+            }
+        };
+        Ok(())
     }
 
     /// Seals `frame` with its LSN and appends it at its placement (decided when the frame was
@@ -114,7 +326,7 @@ impl ActiveSegment {
         self.next_lsn += 1;
         self.unsynced = true;
         self.appended = true;
-        Ok(())
+        self.maybe_prepare()
     }
 
     fn misplaced(&self, at: Placement) -> Error {
@@ -133,11 +345,36 @@ impl ActiveSegment {
     /// it. Only if something was written since the store was opened, so that opening and
     /// closing a store does not grow its log.
     pub fn close(&mut self, marker: Option<Placement>, now_ms: u64) -> Result<()> {
+        self.prep.stop();
         self.sync()?;
         if let (true, Some(at)) = (self.appended, marker) {
             let mut frame = FrameBuf::with_capacity(0);
             self.append(&mut frame, at, now_ms)?;
+            self.prep.stop();
             self.sync()?;
+        }
+        // The prepared zeros after the last frame: a reopen need not read them.
+        let len = self
+            .file
+            .len()
+            .map_err(|e| Error::io("stat", &self.path, e))?;
+        if len > self.offset {
+            self.file
+                .set_len(self.offset)
+                .map_err(|e| Error::io("truncate", &self.path, e))?;
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("sync", &self.path, e))?;
+        }
+        let prep = self.log_dir.join(PREP_FILE);
+        if self
+            .vfs
+            .exists(&prep)
+            .map_err(|e| Error::io("stat", &prep, e))?
+        {
+            self.vfs
+                .remove_file(&prep)
+                .map_err(|e| Error::io("remove prepared segment", &prep, e))?;
         }
         Ok(())
     }
@@ -165,23 +402,57 @@ impl ActiveSegment {
                 path: self.path.clone(),
                 reason: "segment numbers exhausted".into(),
             })?;
-        let next = Self::create(
-            self.vfs.clone(),
-            &self.log_dir.clone(),
-            self.store_id,
-            next_id,
-            self.next_lsn,
-            now_ms,
-            self.segment_bytes,
-        )
+        // A sealed segment ends at its last frame (an early roll leaves prepared zeros).
+        let len = self
+            .file
+            .len()
+            .map_err(|e| Error::io("stat", &self.path, e))?;
+        if len > self.offset {
+            self.file
+                .set_len(self.offset)
+                .map_err(|e| Error::io("truncate", &self.path, e))?;
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("sync", &self.path, e))?;
+        }
+        let dir = self.log_dir.clone();
+        let prepared = if self.prep.take_ready() {
+            Self::create_prepared(
+                self.vfs.clone(),
+                &dir,
+                self.store_id,
+                next_id,
+                self.next_lsn,
+                now_ms,
+                self.segment_bytes,
+            )
+        } else {
+            Ok(None)
+        };
+        let next = match prepared {
+            Ok(Some(next)) => Ok(next),
+            Ok(None) => Self::create(
+                self.vfs.clone(),
+                &dir,
+                self.store_id,
+                next_id,
+                self.next_lsn,
+                now_ms,
+                self.segment_bytes,
+            ),
+            Err(e) => Err(e),
+        }
         .inspect_err(|_| {
             // Its header may sit in the page cache only (a failed fsync): recovery must write
             // it again (nothing in it was acknowledged).
             self.failed_next = Some((next_id, 0));
         })?;
         let appended = self.appended;
+        let prep = std::mem::take(&mut self.prep);
         *self = next;
         self.appended = appended;
+        // A preparation still running carries over to the next roll.
+        self.prep = prep;
         Ok(())
     }
 }

@@ -120,7 +120,12 @@ impl Store {
 
     /// A store held in memory (same code, an in-memory file system): for tests and caches.
     pub fn in_memory() -> Result<Store> {
-        Self::open_with_vfs(Arc::new(MemVfs::new()), "/spool", Options::default())
+        // No prepared segments: in memory they would only hold megabytes of zeros.
+        let options = Options {
+            segment_prep: crate::options::SegmentPrep::Off,
+            ..Options::default()
+        };
+        Self::open_with_vfs(Arc::new(MemVfs::new()), "/spool", options)
     }
 
     /// Opens a store on any [`Vfs`] (the crash simulator of `spool-testkit`, for instance).
@@ -190,6 +195,12 @@ impl Store {
         // for a push that never became durable, or whose deletion a crash cut short) goes too.
         let mut recovered = recovered;
         crate::blob::wipe_tmp(vfs.as_ref(), &dir).map_err(blob_err)?;
+        // A segment prepared by the last run may be half written: made again when needed.
+        let prep = log_dir.join(crate::segment::PREP_FILE);
+        if vfs.exists(&prep).map_err(|e| Error::io("stat", &prep, e))? {
+            vfs.remove_file(&prep)
+                .map_err(|e| Error::io("remove prepared segment", &prep, e))?;
+        }
         let blobs = crate::blob::list_blobs(vfs.as_ref(), &dir).map_err(blob_err)?;
         let next_blob = blobs.iter().max().map_or(1, |m| m + 1);
         for b in blobs {
@@ -199,7 +210,8 @@ impl Store {
             }
         }
         recovered.state.dead_blobs.clear();
-        let active = recovered.active;
+        let mut active = recovered.active;
+        active.prep = crate::segment::Prep::new(options.segment_prep);
         let tail = (active.seg_id, active.offset);
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {

@@ -498,6 +498,19 @@ struct Found {
     lsn: u64,
 }
 
+/// Whether every byte from `from` to the end is zero (a prepared segment's unused part).
+fn all_zero(rd: &mut Reader, from: u64) -> Result<bool> {
+    let mut at = from;
+    while at < rd.len {
+        let n = usize::try_from((rd.len - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+        if rd.get(at, n)?.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// The first valid frame at or after `from` with an LSN above `min_lsn` (as recovery's scanner,
 /// reading a chunk at a time).
 fn scan_next(rd: &mut Reader, seg: u64, from: u64, min_lsn: u64) -> Result<Option<Found>> {
@@ -661,6 +674,8 @@ impl Verifier<'_> {
                     idx_ids.push(id);
                 } else if name == crate::segment::SYNC_FAILED_FILE {
                     sync_failed = true;
+                } else if name == crate::segment::PREP_FILE {
+                    // The next segment being prepared (removed by the next open).
                 } else {
                     self.report.stray_files.push(format!("log/{name}"));
                 }
@@ -1124,6 +1139,16 @@ impl Verifier<'_> {
             r.entries = p.entries;
             r.last_lsn = p.last_lsn;
             self.seen.truncate(p.seen);
+            if discarded == 0 && all_zero(rd, p.range.offset)? {
+                // As recovery: the unused part of a prepared segment, not a tear.
+                self.report.notes.push(format!(
+                    "{}: {} bytes of zeros after the last frame at offset {}: the unused part of a prepared segment (the store did not close cleanly); nothing is lost and the next open keeps them",
+                    seg_file(seg.id),
+                    rd.len - p.range.offset,
+                    p.range.offset
+                ));
+                return Ok((p.lsn, damaged));
+            }
             let tail = TornTail {
                 segment: seg.id,
                 offset: p.range.offset,

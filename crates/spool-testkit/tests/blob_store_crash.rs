@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use spool_engine::vfs::Vfs;
-use spool_engine::{Maintenance, ManualClock, Options, Push, QueueConfig, Store};
+use spool_engine::{Maintenance, ManualClock, Options, Push, QueueConfig, SegmentPrep, Store};
 use spool_testkit::SimVfs;
 
 const SEEDS: u64 = 4;
@@ -22,6 +22,8 @@ fn options() -> Options {
             max_payload_bytes: 8 << 20,
             ..QueueConfig::default()
         },
+        // Deterministic file operations (a background preparation would move crash points).
+        segment_prep: SegmentPrep::Off,
         ..Options::default()
     }
 }

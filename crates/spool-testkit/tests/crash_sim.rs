@@ -87,6 +87,7 @@ mod fsyncgate_regressions {
         let options = Options {
             segment_bytes: 4096,
             maintenance: spool_engine::Maintenance::Manual,
+            segment_prep: spool_engine::SegmentPrep::Inline,
             ..Options::default()
         };
         Store::open_with_vfs(Arc::new(vfs.clone()), "/d/store", options)

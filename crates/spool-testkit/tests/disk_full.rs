@@ -31,6 +31,8 @@ fn open(vfs: &SimVfs, clock: &ManualClock, segment_bytes: u64) -> Store {
             checkpoint_bytes: 512 << 10,
             min_free_bytes: RESERVE,
             maintenance: Maintenance::Manual,
+            // The space accounting of these tests counts the log alone.
+            segment_prep: spool_engine::SegmentPrep::Off,
             ..Options::default()
         },
     )
@@ -137,6 +139,8 @@ fn a_reserve_of_zero_leaves_the_disk_to_enospc() {
         Options {
             min_free_bytes: 0,
             maintenance: Maintenance::Manual,
+            // The space accounting of these tests counts the log alone.
+            segment_prep: spool_engine::SegmentPrep::Off,
             ..Options::default()
         },
     )

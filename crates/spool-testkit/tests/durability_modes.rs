@@ -16,6 +16,7 @@ fn open(vfs: &SimVfs, durability: Durability) -> Store {
         Options {
             durability,
             maintenance: spool_engine::Maintenance::Manual,
+            segment_prep: spool_engine::SegmentPrep::Off,
             ..Options::default()
         },
     )

@@ -406,6 +406,7 @@ impl Harness {
             durability: setup.durability,
             segment_bytes: setup.segment_bytes,
             maintenance: spool_engine::Maintenance::Manual,
+            segment_prep: spool_engine::SegmentPrep::Inline,
             ..Options::default()
         }
     }

@@ -1195,14 +1195,50 @@ fn a_zeroed_4k_region_at_the_tail_is_a_torn_tail() {
 }
 
 #[test]
-fn zeroes_appended_to_the_last_segment_are_cut_and_nothing_is_lost() {
+fn zeroes_after_the_last_frame_are_prepared_space_kept_until_a_clean_close() {
+    // What a crash leaves of a prepared segment (`SegmentPrep`): frames, then zeros.
     let p = pristine();
     let seg = p.last_seg();
     let data = &p.files[&seg_file(seg)];
     let longer = [data.clone(), vec![0; ZERO_REGION]].concat();
+    for policy in [RecoveryPolicy::Refuse, RecoveryPolicy::Skip] {
+        let what = format!("4 KiB of zeroes after the last frame ({policy:?})");
+        let case = Case::with_files(&p.files);
+        case.write(&seg_file(seg), &longer);
+        let s = case
+            .open(policy, &what)
+            .unwrap_or_else(|e| panic!("{what}: must open: {e}"));
+        let r = s.recovery_report().clone();
+        assert!(r.torn_tail.is_none(), "{what}: not a tear: {r:?}");
+        assert!(r.damaged.is_empty(), "{what}: {r:?}");
+        assert_eq!(
+            case.read(&seg_file(seg)).len(),
+            longer.len(),
+            "{what}: kept, appends overwrite them"
+        );
+        check_contents_in(p, &s, &[], &what);
+        s.close().unwrap();
+        assert_eq!(
+            case.read(&seg_file(seg)).len(),
+            data.len(),
+            "{what}: a clean close cuts them"
+        );
+        let s = case.open(RecoveryPolicy::Refuse, &what).unwrap();
+        check_contents_in(p, &s, &[], &what);
+    }
+}
+
+#[test]
+fn zeroes_after_a_torn_frame_are_still_a_torn_tail() {
+    let p = pristine();
+    let seg = p.last_seg();
+    let data = &p.files[&seg_file(seg)];
+    let mut longer = [data.clone(), vec![0; ZERO_REGION]].concat();
+    // A frame header's first bytes, then nothing: a write cut short inside prepared space.
+    longer[data.len()..data.len() + 4].copy_from_slice(&0x5246_5053u32.to_le_bytes());
     check_torn_tail(
         &|c| c.write(&seg_file(seg), &longer),
-        "4 KiB of zeroes appended to the last segment",
+        "a torn frame start, then zeroes",
         &Torn::nothing_after(seg, data.len(), vec![]),
     );
 }

@@ -5,6 +5,7 @@ mod checkpoint;
 mod corruption;
 mod queue;
 mod recovery;
+mod segments;
 mod topic;
 
 use std::sync::Arc;

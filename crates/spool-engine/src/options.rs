@@ -81,6 +81,12 @@ pub enum SegmentPrep {
     /// As `Inline`, on a short-lived thread of its own, off the commit path. Default.
     #[default]
     Background,
+    /// As `Background`, and started when the store opens: once the file is ready, the next
+    /// frame goes to it (the segment the store opened on is sealed early), so every group
+    /// commit from then on is an overwrite. For long-running servers; it writes
+    /// `segment_bytes` of zeros at every open, which a short-lived process (or flash storage)
+    /// may not want.
+    Eager,
 }
 
 /// Options of a store, fixed at open.

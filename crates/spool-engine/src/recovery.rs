@@ -663,6 +663,7 @@ pub(crate) fn recover(
                 failed_next: None,
                 appended: false,
                 prep: crate::segment::Prep::default(),
+                from_prep: false,
             });
         }
     }

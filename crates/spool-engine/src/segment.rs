@@ -50,6 +50,8 @@ pub(crate) struct ActiveSegment {
     pub appended: bool,
     /// The next segment's file, made ready ahead of the roll.
     pub prep: Prep,
+    /// Whether this segment was made from a prepared file (its commits overwrite).
+    pub from_prep: bool,
 }
 
 /// The name of the next segment's file while it is being prepared (zeros, `segment_bytes`
@@ -88,6 +90,23 @@ impl Prep {
             mode,
             state: PrepState::Idle,
         }
+    }
+
+    /// Whether a complete prepared file is there, without taking it.
+    fn is_ready(&mut self) -> bool {
+        if let PrepState::Running { handle, .. } = &self.state {
+            if !handle.is_finished() {
+                return false;
+            }
+            if let PrepState::Running { handle, .. } = std::mem::take(&mut self.state) {
+                self.state = if handle.join().unwrap_or(false) {
+                    PrepState::Ready
+                } else {
+                    PrepState::Skipped
+                };
+            }
+        }
+        matches!(self.state, PrepState::Ready)
     }
 
     /// Whether a complete prepared file is there (waits for nothing: a preparation still
@@ -200,6 +219,7 @@ impl ActiveSegment {
             failed_next: None,
             appended: false,
             prep: Prep::default(),
+            from_prep: false,
         })
     }
 
@@ -258,16 +278,36 @@ impl ActiveSegment {
             failed_next: None,
             appended: false,
             prep: Prep::default(),
+            from_prep: true,
         }))
+    }
+
+    /// With [`SegmentPrep::Eager`], at open: starts the preparation now.
+    pub fn prepare_at_open(&mut self) -> Result<()> {
+        if self.prep.mode == SegmentPrep::Eager {
+            self.start_prep(true)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the next frame should go to the next segment now: `Eager`, this segment was not
+    /// prepared, and the prepared file is ready.
+    pub fn wants_prepared_roll(&mut self) -> bool {
+        self.prep.mode == SegmentPrep::Eager && !self.from_prep && self.prep.is_ready()
     }
 
     /// Starts preparing the next segment's file once this one is half full. Only `Inline`
     /// fails (its file operations are the writer's own, as the crash simulation expects of
     /// every file operation); a background preparation that fails is given up.
     fn maybe_prepare(&mut self) -> Result<()> {
+        self.start_prep(false)
+    }
+
+    /// Starts the preparation if it is due (`now`: whatever this segment's fill).
+    fn start_prep(&mut self, now: bool) -> Result<()> {
         if self.prep.mode == SegmentPrep::Off
             || !matches!(self.prep.state, PrepState::Idle)
-            || self.offset < self.segment_bytes / 2
+            || (!now && self.offset < self.segment_bytes / 2)
         {
             return Ok(());
         }
@@ -291,7 +331,7 @@ impl ActiveSegment {
                 .map_err(|e| Error::io("prepare segment", self.log_dir.join(PREP_FILE), e))?;
                 PrepState::Ready
             }
-            SegmentPrep::Background => {
+            SegmentPrep::Background | SegmentPrep::Eager => {
                 let cancel = Arc::new(AtomicBool::new(false));
                 let (vfs, dir, c) = (self.vfs.clone(), self.log_dir.clone(), cancel.clone());
                 match std::thread::Builder::new()

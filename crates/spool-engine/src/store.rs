@@ -231,6 +231,7 @@ impl Store {
                 pending_seal: None,
                 back_closed: false,
                 roll_early: false,
+                roll_prepared: false,
                 disk: crate::writer::DiskSpace::new(
                     vfs.clone(),
                     dir.clone(),

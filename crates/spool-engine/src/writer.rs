@@ -79,6 +79,9 @@ pub(crate) struct Core {
     /// was refused for lack of space: a full segment of consumed messages can only be deleted
     /// once sealed, and on a disk smaller than a few segments it would never fill).
     pub roll_early: bool,
+    /// The writer has a prepared segment for a store opened with `SegmentPrep::Eager`: the next
+    /// frame goes there, whatever this segment's fill.
+    pub roll_prepared: bool,
 }
 
 /// An early roll ([`Core::roll_early`]) only seals a segment at least this long, so that
@@ -197,6 +200,7 @@ impl Core {
             // sealed (nothing more goes into it) and its index can be written to a file.
             self.pending_seal = Some((prev_end.0, prev_end.1, at.lsn - 1));
             self.roll_early = false;
+            self.roll_prepared = false;
         }
         self.next_lsn += 1;
         self.back_closed = false;
@@ -225,7 +229,9 @@ impl Core {
             None => self.tail,
         };
         let header = crate::frame::SEGMENT_HEADER_LEN as u64;
-        let full = off >= self.segment_bytes || (self.roll_early && off >= ROLL_EARLY_MIN);
+        let full = off >= self.segment_bytes
+            || (self.roll_early && off >= ROLL_EARLY_MIN)
+            || self.roll_prepared;
         let (seg, off) = if full && off > header {
             (seg + 1, header)
         } else {
@@ -461,6 +467,9 @@ impl Shared {
 
 /// The writer thread's loop. Returns when the store closes.
 pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
+    if let Err(e) = seg.prepare_at_open() {
+        shared.poison(e.to_string());
+    }
     let durability = shared.options.durability;
     let interval = match durability {
         Durability::Interval(ms) => Some(Duration::from_millis(ms)),
@@ -611,6 +620,11 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seg: ActiveSegment) {
             }
         }
         core = shared.lock_core();
+        // `SegmentPrep::Eager`: the prepared file is ready; the next frame opened goes there
+        // (unless frames are already placed past this segment).
+        if core.log_end().seg == seg.seg_id && seg.wants_prepared_roll() {
+            core.roll_prepared = true;
+        }
         for f in batch {
             if core.spare.len() < SPARE_BUFFERS_MAX
                 && f.frame.buf.capacity() <= SPARE_BUFFER_BYTES_MAX

@@ -120,3 +120,44 @@ fn without_preparation_segments_grow_by_appending() {
     }
     store.close().expect("close");
 }
+
+#[test]
+fn eager_preparation_moves_the_log_to_a_prepared_segment_soon_after_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    let store = open(&dir, SegmentPrep::Eager);
+    let mut ids = Vec::new();
+    // Until a commit lands in a prepared segment: the preparation runs in the background, so
+    // keep pushing (bounded so that a broken build fails instead of hanging).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        ids.push(store.push("q", Push::new("early")).expect("push"));
+        let segs = segments(&dir);
+        let prepared = segs.iter().filter(|(n, _)| is_seg(n)).count() == 2
+            && segs.last().is_some_and(|(_, len)| *len >= SEGMENT);
+        if prepared {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never moved to the prepared segment: {segs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The first segment was sealed early, far below its size; the rest continues normally.
+    let first = segments(&dir)[0].1;
+    assert!(first < SEGMENT / 2, "sealed early: {first} bytes");
+    for _ in 0..100 {
+        ids.push(store.push("q", Push::new("later")).expect("push"));
+    }
+    store.close().expect("close");
+    let store = open(&dir, SegmentPrep::Off);
+    let got: Vec<u64> = store
+        .messages("q")
+        .expect("messages")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, ids, "every message, in order, across the early roll");
+    store.close().expect("close");
+}

@@ -140,8 +140,13 @@ impl Cli {
 
     /// Opens the store, creating it when missing (commands that write: push, publish, demo).
     fn open(&self) -> Result<Store> {
+        self.open_with(Options::default())
+    }
+
+    /// [`Cli::open`] with `options`.
+    fn open_with(&self, options: Options) -> Result<Store> {
         let dir = self.dir();
-        let store = Store::open(&dir, Options::default())
+        let store = Store::open(&dir, options)
             .with_context(|| format!("cannot open the store in {}", dir.display()))?;
         // Recovery could not use a checkpoint (nothing is lost: the log was replayed), or
         // could not tell a deleted prefix from a lost one: say so, loudly, once.

@@ -47,7 +47,12 @@ fn check_bind(a: &ServeArgs) -> Result<()> {
 pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     check_bind(a)?;
     crate::agent::logging::init(LogFormat::Human, "info")?;
-    let store = cli.open()?;
+    // A server runs for long: its log moves to a prepared segment right after start-up, so
+    // that every group commit overwrites instead of appending (format.md, "Rolling").
+    let store = cli.open_with(spool_engine::Options {
+        segment_prep: spool_engine::SegmentPrep::Eager,
+        ..spool_engine::Options::default()
+    })?;
     let mut config = ServerConfig::new(a.bind);
     config.max_connections = a.max_connections;
     let rt = runtime()?;

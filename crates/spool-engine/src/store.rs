@@ -684,6 +684,16 @@ impl<R> std::fmt::Debug for Committed<R> {
     }
 }
 
+impl<R> Committed<R> {
+    /// Whether the transaction was refused when it was applied (bad input, a full queue, a
+    /// poisoned store...): then nothing was written, and awaiting gives the error at once.
+    /// Lets a caller that batched several requests into one transaction fall back to applying
+    /// them one by one, in order, before it applies anything after them.
+    pub fn is_refused(&self) -> bool {
+        self.ticket.is_none() && matches!(self.value, Some(Err(_)))
+    }
+}
+
 impl<R> Future for Committed<R> {
     type Output = Result<R>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {

@@ -9,6 +9,7 @@
 //! engine's message; connection commands answer as Redis does, word for word, because client
 //! libraries match on those words (a `HELLO` fallback, an `AUTH` check).
 
+mod access;
 mod conn;
 mod queue;
 
@@ -76,12 +77,15 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
         return err("ERR", "Protocol error: expected an array of bulk strings");
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    if let Err(refused) = access::check(svc, &conn.identity, &name, &args[1..]) {
+        return refused;
+    }
     let mut a = Args::new(&args[1..]);
     match name.as_str() {
         "PING" => conn::ping(&mut a),
         "ECHO" => conn::echo(&mut a),
-        "HELLO" => conn::hello(conn, &mut a),
-        "AUTH" => conn::auth(&mut a),
+        "HELLO" => conn::hello(svc.auth(), conn, &mut a).await,
+        "AUTH" => conn::auth(svc.auth(), conn, &mut a).await,
         "SELECT" => conn::select(&mut a),
         "CLIENT" => conn::client(conn, &mut a),
         "COMMAND" => conn::command(&mut a),
@@ -112,7 +116,6 @@ pub type Durable = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// awaits the replies afterwards lets them share one group commit, where awaiting each in
 /// turn would cost one `fdatasync` per push. Requests started in order are applied in order.
 pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable> {
-    let _ = conn;
     let store = svc.store();
     if args.iter().any(|a| matches!(a, Frame::Oversize { .. })) {
         return None;
@@ -120,6 +123,14 @@ pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable>
     let Some(Frame::Bulk(name)) = args.first() else {
         return None;
     };
+    if svc.auth().is_required() {
+        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+        if matches!(upper.as_str(), "QPUSH" | "QPUSHMANY" | "QACK" | "QDEL") {
+            if let Err(refused) = access::check(svc, &conn.identity, &upper, &args[1..]) {
+                return Some(ready(refused));
+            }
+        }
+    }
     let mut a = Args::new(&args[1..]);
     if name.eq_ignore_ascii_case(b"QPUSH") {
         Some(queue::push(store, &mut a))

@@ -18,6 +18,7 @@ pub mod error;
 pub mod limits;
 mod server;
 mod service;
+pub mod tls;
 pub mod wait;
 
 pub use cmd::{execute, start, ConnState, Durable, Reply};

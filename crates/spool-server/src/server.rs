@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// its own work between two `QGET`s is not idle by any fault of its own, and the
     /// connection limit, not this, is what protects the server from hoarded connections.
     pub idle_timeout: Option<Duration>,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl ServerConfig {
@@ -69,6 +71,7 @@ impl ServerConfig {
             limits: Limits::default(),
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -156,7 +159,10 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            conns.spawn(refuse(socket));
+            // Over TLS a plain-text reply would be noise to the client: just close.
+            if config.tls.is_none() {
+                conns.spawn(refuse(socket));
+            }
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
@@ -167,8 +173,17 @@ async fn accept_loop(
             write: config.write_timeout,
             idle: config.idle_timeout,
         };
+        let tls = config.tls.clone();
         conns.spawn(async move {
-            if let Err(e) = serve(socket, svc, id, limits, timeouts, stopped).await {
+            let served = match tls {
+                None => serve(socket, svc, id, limits, timeouts, stopped).await,
+                // A failed handshake ends this connection only.
+                Some(tls) => match tls.accept(socket).await {
+                    Ok(stream) => serve(stream, svc, id, limits, timeouts, stopped).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection {id} from {peer}: {e}");
             }
             drop(permit);

@@ -15,7 +15,7 @@ use spool_server::{Policy, Server, ServerConfig, Service};
 
 use super::agent::{runtime, Signals};
 use super::Cli;
-use crate::config::serve::{load_serve, ServeConfig};
+use crate::config::serve::{load_serve, ClientAuth, ServeConfig};
 use crate::config::LogFormat;
 
 /// The Redis-protocol port of the design (`shared/design/server.md`).
@@ -156,9 +156,21 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
-    if s.config.tls.is_some() {
-        anyhow::bail!("[tls] is not supported by this build yet: remove the [tls] section, or put a TLS proxy in front (docs/serve.md)");
-    }
+    let tls = match &s.config.tls {
+        Some(t) => Some(
+            spool_server::tls::Tls::load(&spool_server::tls::TlsFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
+                client_auth: match t.client_auth {
+                    ClientAuth::Required => spool_server::tls::ClientAuth::Required,
+                    ClientAuth::Optional => spool_server::tls::ClientAuth::Optional,
+                },
+            })
+            .context("cannot set up TLS ([tls] in the configuration)")?,
+        ),
+        None => None,
+    };
     // --dir and $SPOOL_DIR (both in `cli.dir`) win over the file's [store] dir.
     let dir = match (&cli.dir, &s.config.file.store.dir) {
         (None, Some(dir)) => dir.clone(),
@@ -171,6 +183,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         config.write_timeout = t;
     }
     config.idle_timeout = s.config.idle_timeout;
+    config.tls = tls;
     if let Some(p) = s.config.file.resp.max_payload {
         config.limits.bulk_max = usize::try_from(p.bytes()).unwrap_or(usize::MAX);
     }
@@ -181,6 +194,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     if let Some(v) = s.config.file.policy.max_queues {
         policy.max_queues = v;
     }
+    let tls_on = config.tls.is_some();
     let rt = runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new()?;
@@ -188,8 +202,9 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
             .await
             .context("cannot start the queue server")?;
         tracing::info!(
-            "spool serve: listening on {} (Redis protocol), store {}, {}",
+            "spool serve: listening on {} (Redis protocol{}), store {}, {}",
             server.local_addr(),
+            if tls_on { " over TLS" } else { "" },
             dir.display(),
             if auth.is_required() {
                 "users required"

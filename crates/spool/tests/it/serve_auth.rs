@@ -98,6 +98,12 @@ impl Drop for Serve {
 /// `alice` (write on `jobs.*`, password `alicepw`). The file names a wrong port; the
 /// `SPOOL_SERVE__RESP__BIND` variable overrides it with the free one.
 fn start() -> Serve {
+    start_with("", &[])
+}
+
+/// [`start`] with more configuration (`extra`, appended to the file) and the redis-cli
+/// options that reach it (`opts`, e.g. `--tls`).
+fn start_with(extra: &str, opts: &[&str]) -> Serve {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let admin = hash_password(&store, "adminpw");
@@ -120,7 +126,7 @@ name = "alice"
 password_hash = "{alice}"
 tokens = ["{token_hash}"]
 permissions = [{{ pattern = "jobs.*", access = "write" }}]
-"#
+{extra}"#
         ),
     )
     .expect("write config");
@@ -140,7 +146,9 @@ permissions = [{{ pattern = "jobs.*", access = "write" }}]
         port,
     };
     let deadline = Instant::now() + WAIT;
-    while cli(port, &["-a", "adminpw"], &["PING"], None) != "PONG" {
+    let mut login = opts.to_vec();
+    login.extend(["-a", "adminpw"]);
+    while cli(port, &login, &["PING"], None) != "PONG" {
         assert!(Instant::now() < deadline, "spool serve did not answer PING");
         thread::sleep(Duration::from_millis(20));
     }
@@ -246,4 +254,91 @@ fn a_public_bind_without_users_is_refused_and_a_bad_config_exits_7() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hash-password"), "{err}");
+}
+
+#[test]
+fn tls_and_mutual_tls_with_redis_cli() {
+    let pki = spool_testkit::certs::Pki::generate().expect("pki");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let (ca, cert, key) = (
+        path(&pki.ca.cert),
+        path(&pki.server.cert),
+        path(&pki.server.key),
+    );
+    let tls = ["--tls", "--cacert", ca.as_str()];
+    let s = start_with(
+        &format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+        &tls,
+    );
+    let mut opts = tls.to_vec();
+    opts.extend(["--user", "alice", "--pass", "alicepw"]);
+    assert_eq!(
+        cli(s.port, &opts, &["QPUSH", "jobs.tls", "secret"], None),
+        "1"
+    );
+    // A plain-text client gets nothing, and the server goes on.
+    let plain = cli(s.port, &["-a", "adminpw"], &["PING"], None);
+    assert_ne!(plain, "PONG");
+    assert_eq!(
+        cli(s.port, &opts, &["QPOP", "jobs.tls"], None)
+            .lines()
+            .nth(2),
+        Some("secret")
+    );
+    drop(s);
+
+    // Mutual TLS, required: a client certificate from the client CA or no connection.
+    let s = start_with(
+        &format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n"),
+        &[
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &path(&pki.client.cert),
+            "--key",
+            &path(&pki.client.key),
+        ],
+    );
+    let with_cert = cli(
+        s.port,
+        &[
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &path(&pki.client.cert),
+            "--key",
+            &path(&pki.client.key),
+            "-a",
+            "adminpw",
+        ],
+        &["PING"],
+        None,
+    );
+    assert_eq!(with_cert, "PONG");
+    let without = cli(
+        s.port,
+        &["--tls", "--cacert", &ca, "-a", "adminpw"],
+        &["PING"],
+        None,
+    );
+    assert_ne!(without, "PONG");
+    let stranger = cli(
+        s.port,
+        &[
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &path(&pki.other_client.cert),
+            "--key",
+            &path(&pki.other_client.key),
+            "-a",
+            "adminpw",
+        ],
+        &["PING"],
+        None,
+    );
+    assert_ne!(stranger, "PONG");
 }

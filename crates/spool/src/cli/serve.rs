@@ -185,7 +185,10 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     config.idle_timeout = s.config.idle_timeout;
     config.tls = tls;
     if let Some(p) = s.config.file.resp.max_payload {
-        config.limits.bulk_max = usize::try_from(p.bytes()).unwrap_or(usize::MAX);
+        let max = usize::try_from(p.bytes()).unwrap_or(usize::MAX);
+        config.limits.bulk_max = max;
+        // Up to twice the limit is read and dropped (answered -TOOBIG, connection kept).
+        config.limits.bulk_discard_max = config.limits.bulk_discard_max.max(max.saturating_mul(2));
     }
     let mut policy = Policy::default();
     if let Some(v) = s.config.file.policy.auto_create {

@@ -237,6 +237,13 @@ fn check(f: ServeFile, file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
     };
     let idle_timeout = duration("resp.idle_timeout", &f.resp.idle_timeout);
     let write_timeout = duration("resp.write_timeout", &f.resp.write_timeout);
+    if f.resp.max_payload.is_some_and(|p| p.bytes() == 0) {
+        errs.push(invalid(
+            "resp.max_payload",
+            "0",
+            "at least 1 byte, e.g. \"1MiB\"",
+        ));
+    }
     if f.resp.max_connections == Some(0) {
         errs.push(invalid("resp.max_connections", "0", "at least 1"));
     }
@@ -335,7 +342,7 @@ bind = "127.0.0.1:7411"           # a non-loopback address needs [[users]]
 max_connections = 10000
 idle_timeout = "0s"               # close a connection silent this long; 0s: never
 write_timeout = "30s"             # a client that stops reading is closed after this
-max_payload = "8MiB"
+max_payload = "1MiB"                # larger arguments get -TOOBIG
 
 [http]
 enabled = false

@@ -259,10 +259,20 @@ impl Auth {
         if !self.inner.required {
             return Ok(Identity::anonymous());
         }
-        let Some(u) = self.inner.users.iter().find(|u| &*u.name == user) else {
-            return Err(AuthError::WrongPass);
-        };
-        let Some(hash) = &u.password_hash else {
+        let found = self.inner.users.iter().find(|u| &*u.name == user);
+        let Some((u, hash)) = found.and_then(|u| u.password_hash.as_ref().map(|h| (u, h))) else {
+            // An unknown user costs the same as a wrong password (one argon2 verification
+            // against some configured hash, result ignored), so that the time taken does
+            // not tell which user names exist.
+            if let Some(Ok(h)) = self
+                .inner
+                .users
+                .iter()
+                .find_map(|u| u.password_hash.as_deref())
+                .map(PasswordHash::new)
+            {
+                let _ = Argon2::default().verify_password(password, &h);
+            }
             return Err(AuthError::WrongPass);
         };
         let Ok(parsed) = PasswordHash::new(hash) else {

@@ -96,6 +96,26 @@ pub(crate) fn check(
     result.map_err(|e| refusal(&e))
 }
 
+/// A list reply (`QLIST`, `TLIST`: an array of names) cut to the names `identity` may read.
+pub(crate) fn readable(svc: &Service, identity: &Identity, reply: Reply) -> Reply {
+    let auth = svc.auth();
+    if !auth.is_required() {
+        return reply;
+    }
+    match reply {
+        Frame::Array(names) => Frame::Array(
+            names
+                .into_iter()
+                .filter(|f| match f {
+                    Frame::Bulk(n) => auth.may(identity, Access::Read, &String::from_utf8_lossy(n)),
+                    _ => false,
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The reply to a refused request, in Redis's words for `NOAUTH` and `WRONGPASS`.
 pub(crate) fn refusal(e: &AuthError) -> Reply {
     err(e.code(), &e.to_string())

@@ -101,7 +101,7 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
         "QPOP" => queue::pop(store, &mut a).await,
         "QPEEK" => queue::peek(store, &mut a).await,
         "QSTATS" => queue::stats(store, &mut a),
-        "QLIST" => queue::list(store, &mut a),
+        "QLIST" => access::readable(svc, &conn.identity, queue::list(store, &mut a)),
         _ => unknown_command(&args),
     }
 }

@@ -205,10 +205,29 @@ pub fn load_serve(
     check(parsed, &file).map_err(fail)
 }
 
+/// A TOML or schema error; an unknown key gets the closest valid one ("did you mean").
 fn syntax(message: &str) -> ConfigError {
-    ConfigError::Syntax {
-        message: message.trim().to_owned(),
+    let mut message = message.trim().to_owned();
+    if let Some(hint) = did_you_mean(&message) {
+        message = format!("{message}\ndid you mean {hint}?");
     }
+    ConfigError::Syntax { message }
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`": the expected name closest
+/// to `x`, when one is close enough to be a likely typo.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split("expected").nth(1)?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (strsim::jaro_winkler(unknown, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c.to_owned())
 }
 
 fn invalid(key: &str, value: &str, allowed: &str) -> ConfigError {
@@ -397,7 +416,7 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(e.contains("line 3"), "{e}");
-        assert!(e.contains("bnd") && e.contains("bind"), "{e}");
+        assert!(e.contains("bnd") && e.contains("did you mean bind?"), "{e}");
     }
 
     #[test]

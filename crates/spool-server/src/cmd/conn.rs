@@ -122,8 +122,17 @@ fn check_user(user: &[u8]) -> Option<Reply> {
     })
 }
 
-/// Checks a password on the blocking pool.
+/// Password checks running at once, server-wide. Each argon2 verification takes ~19 MiB and
+/// tens of milliseconds of a core by design: unbounded, a flood of `AUTH` attempts would
+/// fill the blocking pool and the memory; bounded, it only queues behind itself.
+const LOGINS_MAX: usize = 4;
+static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOGINS_MAX);
+
+/// Checks a password on the blocking pool (at most [`LOGINS_MAX`] at once).
 async fn login(auth: &Auth, user: Bytes, password: Bytes) -> Result<Identity, AuthError> {
+    let Ok(_permit) = LOGINS.acquire().await else {
+        return Err(AuthError::WrongPass);
+    };
     let auth = auth.clone();
     let user = String::from_utf8_lossy(&user).into_owned();
     tokio::task::spawn_blocking(move || auth.login(&user, &password))

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod registry;
 mod server;
 mod service;
+pub mod tls;
 pub mod wait;
 
 pub use cmd::{execute, start, ConnState, Durable, Reply, TopicCursors};

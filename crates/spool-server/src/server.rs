@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spool_resp::{encode, request_args, Decoder, Frame, Limits, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -53,6 +53,13 @@ pub struct ServerConfig {
     /// buffer full) is disconnected after this, so it cannot hold a connection slot and its
     /// replies' memory forever. Default 30 s.
     pub write_timeout: Duration,
+    /// A connection that sent nothing for this long while no request of it was running is
+    /// closed. `None` (the default): never, as Redis's `timeout 0`: a worker blocked on
+    /// its own work between two `QGET`s is not idle by any fault of its own, and the
+    /// connection limit, not this, is what protects the server from hoarded connections.
+    pub idle_timeout: Option<Duration>,
+    /// TLS on every connection (`None`: plain TCP).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl ServerConfig {
@@ -63,6 +70,8 @@ impl ServerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             limits: Limits::default(),
             write_timeout: WRITE_TIMEOUT_DEFAULT,
+            idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -150,16 +159,31 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            conns.spawn(refuse(socket));
+            // Over TLS a plain-text reply would be noise to the client: just close.
+            if config.tls.is_none() {
+                conns.spawn(refuse(socket));
+            }
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let svc = svc.clone();
         let stopped = stopped.clone();
         let limits = config.limits;
-        let write_timeout = config.write_timeout;
+        let timeouts = Timeouts {
+            write: config.write_timeout,
+            idle: config.idle_timeout,
+        };
+        let tls = config.tls.clone();
         conns.spawn(async move {
-            if let Err(e) = serve(socket, svc, id, limits, write_timeout, stopped).await {
+            let served = match tls {
+                None => serve(socket, svc, id, limits, timeouts, stopped).await,
+                // A failed handshake ends this connection only.
+                Some(tls) => match tls.accept(socket).await {
+                    Ok(stream) => serve(stream, svc, id, limits, timeouts, stopped).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection {id} from {peer}: {e}");
             }
             drop(permit);
@@ -188,15 +212,27 @@ async fn refuse(mut socket: TcpStream) {
         .await;
 }
 
-/// One connection: read, decode every complete request, run them, write the replies.
-async fn serve(
-    mut socket: TcpStream,
+/// A connection's timeouts ([`ServerConfig::write_timeout`], [`ServerConfig::idle_timeout`]).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    write: Duration,
+    idle: Option<Duration>,
+}
+
+/// One connection (plain TCP or TLS): read, decode every complete request, run them, write
+/// the replies.
+async fn serve<S>(
+    mut socket: S,
     svc: Service,
     id: u64,
     limits: Limits,
-    write_timeout: Duration,
+    timeouts: Timeouts,
     mut stopped: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let write_timeout = timeouts.write;
     let mut conn = ConnState::open(id, &svc);
     conn.arg_max = limits.bulk_max;
     let mut decoder = Decoder::new(limits);
@@ -256,8 +292,19 @@ async fn serve(
             return socket.shutdown().await;
         }
         buf.reserve(READ_CHUNK);
+        // Waiting here, the connection runs nothing: this is where it can be idle.
+        let idle = async {
+            match timeouts.idle {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             _ = stopped.changed() => return Ok(()),
+            () = idle => {
+                tracing::debug!("connection {id}: idle for the idle timeout: closed");
+                return Ok(());
+            }
             r = socket.read_buf(&mut buf) => r?,
         };
         if n == 0 {
@@ -267,7 +314,11 @@ async fn serve(
 }
 
 /// Writes `out`, or fails once `timeout` passes (a client that does not read).
-async fn write(socket: &mut TcpStream, out: &[u8], timeout: Duration) -> std::io::Result<()> {
+async fn write<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    out: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
     tokio::time::timeout(timeout, socket.write_all(out))
         .await
         .map_err(|_| {
@@ -359,6 +410,27 @@ mod tests {
             "every push before the QGET is visible to it"
         );
         assert_eq!(got[101], Frame::Simple(Bytes::from_static(b"PONG")));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+        config.idle_timeout = Some(Duration::from_millis(300));
+        let store = spool_engine::Store::in_memory().expect("store");
+        let s = Server::start(config, Service::open(store))
+            .await
+            .expect("start");
+        // A request running longer than the idle timeout (a blocking read) is not idleness.
+        let mut busy = TcpStream::connect(s.local_addr()).await.expect("connect");
+        busy.write_all(&req(&["QGET", "q", "WAIT", "1000"]))
+            .await
+            .expect("write");
+        assert_eq!(replies(&mut busy, 1).await.len(), 1);
+        // Then silence: the server closes it (read returns end of stream).
+        let mut rest = Vec::new();
+        let n = busy.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(n, 0, "closed without a reply");
         s.shutdown().await;
     }
 

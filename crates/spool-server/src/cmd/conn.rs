@@ -1,12 +1,18 @@
 //! Connection commands, answered as Redis answers them (clients send these on connect and
 //! match on the replies): `PING`, `ECHO`, `HELLO`, `AUTH`, `SELECT`, `CLIENT`, `COMMAND`.
-//! Authentication is not configured yet: like a Redis whose `default` user has no password,
-//! the server accepts the user `default` with any password and refuses other users.
+//!
+//! With no users configured, the server answers `AUTH` like a Redis whose `default` user has
+//! no password: the user `default` with any password is accepted, other users are refused.
+//! With users ([`Auth::is_required`]), `AUTH [user] password` and `HELLO ... AUTH user
+//! password` check the password and set the connection's identity (the password is checked
+//! on the blocking pool: argon2 costs tens of milliseconds of CPU by design).
 
 use bytes::Bytes;
 use spool_resp::{Frame, Protocol};
 
+use super::access::refusal;
 use super::{err, ok, Args, ConnState, Reply};
+use crate::auth::{Auth, AuthError, Identity};
 
 /// The server name and version `HELLO` reports.
 const SERVER_NAME: &str = "spool";
@@ -42,7 +48,7 @@ pub(super) fn echo(a: &mut Args<'_>) -> Reply {
 
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`: switches the reply
 /// protocol and answers with the server's properties (a map; a flat array on RESP2).
-pub(super) fn hello(conn: &mut ConnState, a: &mut Args<'_>) -> Reply {
+pub(super) async fn hello(auth: &Auth, conn: &mut ConnState, a: &mut Args<'_>) -> Reply {
     let mut proto = conn.protocol;
     if let Some(v) = a.next() {
         proto = match &v[..] {
@@ -55,18 +61,34 @@ pub(super) fn hello(conn: &mut ConnState, a: &mut Args<'_>) -> Reply {
         };
     }
     let mut name = None;
+    let mut credentials = None;
     while let Some(opt) = a.keyword() {
         match opt.as_str() {
             "AUTH" if a.len() >= 2 => {
                 let user = a.next().unwrap_or_default();
-                let _password = a.next();
-                if let Some(e) = check_user(&user) {
-                    return e;
-                }
+                let password = a.next().unwrap_or_default();
+                credentials = Some((user, password));
             }
             "SETNAME" if !a.is_empty() => name = a.next(),
             _ => return err("ERR", &format!("Syntax error in HELLO option '{opt}'")),
         }
+    }
+    if let Some((user, password)) = credentials {
+        if auth.is_required() {
+            match login(auth, user, password).await {
+                Ok(id) => conn.identity = id,
+                Err(e) => return refusal(&e),
+            }
+        } else if let Some(e) = check_user(&user) {
+            return e;
+        }
+    }
+    if auth.is_required() && conn.identity.user().is_none() {
+        // Redis's words (`helloCommand`).
+        return err(
+            "NOAUTH",
+            "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
     }
     conn.protocol = proto;
     if name.is_some() {
@@ -100,8 +122,41 @@ fn check_user(user: &[u8]) -> Option<Reply> {
     })
 }
 
-/// `AUTH [username] password`.
-pub(super) fn auth(a: &mut Args<'_>) -> Reply {
+/// Password checks running at once, server-wide. Each argon2 verification takes ~19 MiB and
+/// tens of milliseconds of a core by design: unbounded, a flood of `AUTH` attempts would
+/// fill the blocking pool and the memory; bounded, it only queues behind itself.
+const LOGINS_MAX: usize = 4;
+static LOGINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOGINS_MAX);
+
+/// Checks a password on the blocking pool (at most [`LOGINS_MAX`] at once).
+async fn login(auth: &Auth, user: Bytes, password: Bytes) -> Result<Identity, AuthError> {
+    let Ok(_permit) = LOGINS.acquire().await else {
+        return Err(AuthError::WrongPass);
+    };
+    let auth = auth.clone();
+    let user = String::from_utf8_lossy(&user).into_owned();
+    tokio::task::spawn_blocking(move || auth.login(&user, &password))
+        .await
+        .unwrap_or(Err(AuthError::WrongPass))
+}
+
+/// `AUTH [username] password`. A failed `AUTH` leaves the connection as it was (as Redis
+/// does): authenticated connections stay authenticated as before.
+pub(super) async fn auth(auth: &Auth, conn: &mut ConnState, a: &mut Args<'_>) -> Reply {
+    if auth.is_required() {
+        let (user, password) = match a.len() {
+            1 => (Bytes::from_static(b"default"), a.next().unwrap_or_default()),
+            2 => (a.next().unwrap_or_default(), a.next().unwrap_or_default()),
+            _ => return arity("auth"),
+        };
+        return match login(auth, user, password).await {
+            Ok(id) => {
+                conn.identity = id;
+                ok()
+            }
+            Err(e) => refusal(&e),
+        };
+    }
     match a.len() {
         1 => err(
             "ERR",

@@ -9,6 +9,7 @@
 //! engine's message; connection commands answer as Redis does, word for word, because client
 //! libraries match on those words (a `HELLO` fallback, an `AUTH` check).
 
+mod access;
 mod admin;
 mod conn;
 mod queue;
@@ -94,6 +95,9 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
         return err("ERR", "Protocol error: expected an array of bulk strings");
     };
     let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    if let Err(refused) = access::check(svc, &conn.identity, &name, &args[1..]) {
+        return refused;
+    }
     let mut a = Args::new(&args[1..]);
     if conn.topics.needs_snapshot() {
         conn.topics = TopicCursors::opened_now(store);
@@ -101,8 +105,8 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
     match name.as_str() {
         "PING" => conn::ping(&mut a),
         "ECHO" => conn::echo(&mut a),
-        "HELLO" => conn::hello(conn, &mut a),
-        "AUTH" => conn::auth(&mut a),
+        "HELLO" => conn::hello(svc.auth(), conn, &mut a).await,
+        "AUTH" => conn::auth(svc.auth(), conn, &mut a).await,
         "SELECT" => conn::select(&mut a),
         "CLIENT" => conn::client(conn, &mut a),
         "COMMAND" => conn::command(&mut a),
@@ -120,7 +124,7 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
         "QPOP" => queue::pop(svc, &mut a).await,
         "QPEEK" => queue::peek(svc, &mut a).await,
         "QSTATS" => queue::stats(store, &mut a),
-        "QLIST" => queue::list(store, &mut a),
+        "QLIST" => access::readable(svc, &conn.identity, queue::list(store, &mut a)),
         "QCREATE" => admin::create(svc, conn.arg_max, &mut a).await,
         "QCONFIG" => admin::config(svc, conn.arg_max, &mut a).await,
         "QDROP" => admin::drop_queue(store, &mut a).await,
@@ -135,7 +139,7 @@ pub async fn execute(svc: &Service, conn: &mut ConnState, args: Vec<Frame>) -> R
         "TLATEST" => topic::read(svc, &mut conn.topics, topic::Read::Latest, &mut a).await,
         "TWAIT" => topic::read(svc, &mut conn.topics, topic::Read::Wait, &mut a).await,
         "TSTATS" => topic::stats(svc, &mut a),
-        "TLIST" => topic::list(store, &mut a),
+        "TLIST" => access::readable(svc, &conn.identity, topic::list(store, &mut a)),
         _ => unknown_command(&args),
     }
 }
@@ -151,7 +155,6 @@ pub type Durable = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// awaits the replies afterwards lets them share one group commit, where awaiting each in
 /// turn would cost one `fdatasync` per push. Requests started in order are applied in order.
 pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable> {
-    let _ = conn;
     let store = svc.store();
     if args.iter().any(|a| matches!(a, Frame::Oversize { .. })) {
         return None;
@@ -159,6 +162,20 @@ pub fn start(svc: &Service, conn: &ConnState, args: &[Frame]) -> Option<Durable>
     let Some(Frame::Bulk(name)) = args.first() else {
         return None;
     };
+    let started = |c: &[u8]| {
+        ["QPUSH", "QPUSHMANY", "TPUB", "QACK", "QDEL"]
+            .iter()
+            .any(|n| c.eq_ignore_ascii_case(n.as_bytes()))
+    };
+    if !started(name) {
+        return None;
+    }
+    if svc.auth().is_required() {
+        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+        if let Err(refused) = access::check(svc, &conn.identity, &upper, &args[1..]) {
+            return Some(ready(refused));
+        }
+    }
     let mut a = Args::new(&args[1..]);
     if name.eq_ignore_ascii_case(b"QPUSH") {
         Some(queue::push(svc, &mut a))

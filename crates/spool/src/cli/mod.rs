@@ -88,7 +88,7 @@ pub enum Command {
     Publish(agent::PublishArgs),
     /// Run the queue server: the store's queues over the Redis protocol (redis-cli works)
     #[command(
-        after_help = "Listens on 127.0.0.1:7411 by default. There is no authentication yet: a non-loopback --bind is refused unless --allow-unauthenticated is given. Replies to pushes are sent once the message is durable. Stops on SIGTERM/SIGINT. Commands so far: PING, HELLO, QPUSH, QPUSHMANY, QGET, QACK, QNACK, QPOP, QPEEK, QSTATS, QLIST (README, \"The queue server\").\n\nExamples:\n  spool serve --dir /var/lib/spool\n  redis-cli -p 7411 QPUSH jobs 'resize photo 17'\n  redis-cli -p 7411 QGET jobs VT 30000"
+        after_help = "Listens on 127.0.0.1:7411 by default. A non-loopback --bind is refused unless users are configured (--config, [[users]]; docs/serve.md) or --allow-unauthenticated is given. Exits with 7 when the configuration is invalid. Replies to pushes are sent once the message is durable. Stops on SIGTERM/SIGINT. Commands so far: PING, HELLO, QPUSH, QPUSHMANY, QGET, QACK, QNACK, QPOP, QPEEK, QSTATS, QLIST (README, \"The queue server\").\n\nExamples:\n  spool serve --dir /var/lib/spool\n  redis-cli -p 7411 QPUSH jobs 'resize photo 17'\n  redis-cli -p 7411 QGET jobs VT 30000\n  spool serve --config /etc/spool/serve.toml\n  spool serve hash-password < password.txt"
     )]
     Serve(serve::ServeArgs),
 }
@@ -140,13 +140,12 @@ impl Cli {
 
     /// Opens the store, creating it when missing (commands that write: push, publish, demo).
     fn open(&self) -> Result<Store> {
-        self.open_with(Options::default())
+        Self::open_in(&self.dir(), Options::default())
     }
 
-    /// [`Cli::open`] with `options`.
-    fn open_with(&self, options: Options) -> Result<Store> {
-        let dir = self.dir();
-        let store = Store::open(&dir, options)
+    /// [`Cli::open`] on `dir` (`spool serve`'s `[store] dir`) with `options`.
+    fn open_in(dir: &std::path::Path, options: Options) -> Result<Store> {
+        let store = Store::open(dir, options)
             .with_context(|| format!("cannot open the store in {}", dir.display()))?;
         // Recovery could not use a checkpoint (nothing is lost: the log was replayed), or
         // could not tell a deleted prefix from a lost one: say so, loudly, once.

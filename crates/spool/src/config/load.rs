@@ -103,6 +103,10 @@ fn join(prefix: &str, key: &str) -> String {
 /// (`SPOOL_DIR` of the CLI, the test knobs) are not ours to judge.
 fn is_config_var(rest: &str) -> bool {
     let lower = rest.to_ascii_lowercase();
+    // `SPOOL_SERVE__...` configures `spool serve` (config/serve.rs), not the agent.
+    if lower.starts_with("serve__") {
+        return false;
+    }
     lower.contains("__")
         || SECTIONS
             .iter()

@@ -17,6 +17,7 @@ mod example;
 pub mod keys;
 mod load;
 mod schema;
+pub mod serve;
 mod summary;
 pub mod units;
 mod validate;

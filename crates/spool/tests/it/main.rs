@@ -7,6 +7,7 @@ mod config;
 mod inspect;
 mod kill9;
 mod serve;
+mod serve_auth;
 mod serve_kill;
 
 use std::path::Path;

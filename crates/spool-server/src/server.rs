@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::cmd::{execute, start, ConnState, Durable};
+use crate::cmd::{execute, plain_push, start, ConnState, PushRun, Reply, Started};
 use crate::service::Service;
 
 /// Default [`ServerConfig::max_connections`]: far above what a host's workers open, far
@@ -29,6 +29,8 @@ pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 /// Default [`ServerConfig::write_timeout`]: far longer than any healthy client needs to take
 /// a reply, short enough that a stuck one frees its slot.
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Bytes a connection reads ahead while one of its requests runs (see `serve`).
+const READ_AHEAD_MAX: usize = 1 << 20;
 /// Bytes read from a socket at a time (and the read buffer's initial size).
 const READ_CHUNK: usize = 16 << 10;
 /// How long [`Server::shutdown`] lets connections finish the request they are running.
@@ -240,22 +242,61 @@ where
     let mut out = BytesMut::new();
     // Writes started (applied) and not yet answered, in request order: a pipelined burst of
     // pushes is applied at once and shares one group commit; their replies follow in order.
-    let mut pending: VecDeque<Durable> = VecDeque::new();
+    let mut pending = Pending::default();
+    // Consecutive plain `QPUSH`es to one queue not applied yet: applied as one transaction
+    // (`cmd/run.rs`) when something else comes, or the buffer has no more requests.
+    let mut run: Option<PushRun> = None;
     loop {
         let mut close = false;
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => match request_args(frame) {
-                    Ok(args) => {
-                        if let Some(d) = start(&svc, &conn, &args) {
-                            pending.push_back(d);
-                            if pending.len() >= PENDING_MAX {
-                                answer(&mut pending, conn.protocol, &mut out).await;
+                    Ok(args) if plain_push(&args).is_some() => {
+                        let rest = match run.as_mut() {
+                            Some(r) => r.try_add(args).err(),
+                            None => Some(args),
+                        };
+                        if let Some(args) = rest {
+                            if let Some(full) = run.take() {
+                                pending.push(full.start(&svc, &conn));
                             }
+                            run = Some(PushRun::new(args));
+                        }
+                    }
+                    Ok(args) => {
+                        if let Some(r) = run.take() {
+                            pending.push(r.start(&svc, &conn));
+                        }
+                        if let Some(d) = start(&svc, &conn, &args) {
+                            pending.push(Started::Each(vec![d]));
                         } else {
                             // Everything else runs after the writes before it are durable.
-                            answer(&mut pending, conn.protocol, &mut out).await;
-                            let reply = execute(&svc, &mut conn, args).await;
+                            pending.answer(conn.protocol, &mut out).await;
+                            // While it runs (a blocking read may take a minute), the socket
+                            // is watched: a client that went away cancels it, so a wait takes
+                            // nothing for nobody. What the client sends meanwhile is kept.
+                            let reply = {
+                                let run_it = execute(&svc, &mut conn, args);
+                                tokio::pin!(run_it);
+                                loop {
+                                    buf.reserve(READ_CHUNK);
+                                    tokio::select! {
+                                        biased;
+                                        r = &mut run_it => break Some(r),
+                                        r = socket.read_buf(&mut buf), if buf.len() < READ_AHEAD_MAX => {
+                                            if matches!(r, Ok(0) | Err(_)) {
+                                                break None;
+                                            }
+                                        }
+                                    }
+                                }
+                            };
+                            let Some(reply) = reply else {
+                                tracing::debug!(
+                                    "connection {id}: closed by the client during a request"
+                                );
+                                return Ok(());
+                            };
                             encode(&reply, conn.protocol, &mut out);
                             if conn.closing {
                                 close = true;
@@ -264,7 +305,10 @@ where
                         }
                     }
                     Err(e) => {
-                        answer(&mut pending, conn.protocol, &mut out).await;
+                        if let Some(r) = run.take() {
+                            pending.push(r.start(&svc, &conn));
+                        }
+                        pending.answer(conn.protocol, &mut out).await;
                         protocol_error(&e, conn.protocol, &mut out);
                         close = true;
                         break;
@@ -272,18 +316,27 @@ where
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    answer(&mut pending, conn.protocol, &mut out).await;
+                    if let Some(r) = run.take() {
+                        pending.push(r.start(&svc, &conn));
+                    }
+                    pending.answer(conn.protocol, &mut out).await;
                     protocol_error(&e, conn.protocol, &mut out);
                     close = true;
                     break;
                 }
+            }
+            if pending.len >= PENDING_MAX {
+                pending.answer(conn.protocol, &mut out).await;
             }
             if out.len() >= OUT_FLUSH_BYTES {
                 write(&mut socket, &out, write_timeout).await?;
                 out.clear();
             }
         }
-        answer(&mut pending, conn.protocol, &mut out).await;
+        if let Some(r) = run.take() {
+            pending.push(r.start(&svc, &conn));
+        }
+        pending.answer(conn.protocol, &mut out).await;
         if !out.is_empty() {
             write(&mut socket, &out, write_timeout).await?;
             out.clear();
@@ -329,11 +382,42 @@ async fn write<S: AsyncWrite + Unpin>(
         })?
 }
 
-/// Waits for the started writes, in order, and encodes their replies.
-async fn answer(pending: &mut VecDeque<Durable>, proto: Protocol, out: &mut BytesMut) {
-    while let Some(d) = pending.pop_front() {
-        let reply = d.await;
-        encode(&reply, proto, out);
+/// Writes started and not yet answered, in request order.
+#[derive(Default)]
+struct Pending {
+    started: VecDeque<Started>,
+    /// Requests in `started`.
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, s: Started) {
+        self.len += match &s {
+            Started::Batch(_, n) => *n,
+            Started::Each(v) => v.len(),
+        };
+        self.started.push_back(s);
+    }
+
+    /// Waits for the started writes, in order, and encodes their replies.
+    async fn answer(&mut self, proto: Protocol, out: &mut BytesMut) {
+        let encode_all = |replies: Vec<Reply>, out: &mut BytesMut| {
+            for r in &replies {
+                encode(r, proto, out);
+            }
+        };
+        while let Some(s) = self.started.pop_front() {
+            match s {
+                Started::Batch(f, _) => encode_all(f.await, out),
+                Started::Each(v) => {
+                    for d in v {
+                        let reply = d.await;
+                        encode(&reply, proto, out);
+                    }
+                }
+            }
+        }
+        self.len = 0;
     }
 }
 
@@ -431,6 +515,115 @@ mod tests {
         let mut rest = Vec::new();
         let n = busy.read_to_end(&mut rest).await.expect("read");
         assert_eq!(n, 0, "closed without a reply");
+        s.shutdown().await;
+    }
+
+    fn bulk(s: &str) -> Frame {
+        Frame::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn code(f: &Frame) -> String {
+        match f {
+            Frame::Error(e) => String::from_utf8_lossy(e)
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Consecutive pipelined QPUSHes are applied as one batch; when the batch would be
+    /// refused as a whole, each gets the answer it would have had alone, in order.
+    #[tokio::test]
+    async fn a_pipelined_run_of_pushes_gets_each_its_own_answer() {
+        let s = server(10).await;
+        let mut c = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let mut setup = req(&["QCREATE", "small", "MAXLEN", "5"]);
+        setup.extend(req(&["QCREATE", "tiny", "MAXSIZE", "4"]));
+        c.write_all(&setup).await.expect("write");
+        assert_eq!(replies(&mut c, 2).await, vec![Frame::Integer(1); 2]);
+
+        let mut burst = Vec::new();
+        for i in 0..8 {
+            burst.extend(req(&["QPUSH", "small", &format!("m{i}")]));
+        }
+        for p in ["ok", "too long", "fine"] {
+            burst.extend(req(&["QPUSH", "tiny", p]));
+        }
+        burst.extend(req(&["QPUSH", "bad name", "x"]));
+        burst.extend(req(&["QPUSH", "other", "a"]));
+        burst.extend(req(&["QPUSH", "other", "b"]));
+        c.write_all(&burst).await.expect("write");
+        let got = replies(&mut c, 14).await;
+        // MAXLEN 5: the first five are stored, the rest are FULL, as one by one.
+        for (i, r) in got[..5].iter().enumerate() {
+            assert_eq!(*r, bulk(&(i + 1).to_string()), "push {i}");
+        }
+        for r in &got[5..8] {
+            assert_eq!(code(r), "FULL");
+        }
+        // MAXSIZE 4: only the long payload is refused.
+        assert!(matches!(got[8], Frame::Bulk(_)), "{:?}", got[8]);
+        assert_eq!(code(&got[9]), "TOOBIG");
+        assert!(matches!(got[10], Frame::Bulk(_)), "{:?}", got[10]);
+        assert_eq!(code(&got[11]), "BADNAME");
+        assert!(matches!(got[12], Frame::Bulk(_)) && matches!(got[13], Frame::Bulk(_)));
+
+        c.write_all(&req(&["QPEEK", "small", "COUNT", "10"]))
+            .await
+            .expect("write");
+        let Frame::Array(stored) = replies(&mut c, 1).await.remove(0) else {
+            panic!("QPEEK");
+        };
+        let payloads: Vec<Frame> = stored
+            .into_iter()
+            .map(|r| match r {
+                Frame::Array(mut f) => f.remove(2),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let want: Vec<Frame> = (0..5).map(|i| bulk(&format!("m{i}"))).collect();
+        assert_eq!(payloads, want, "in push order");
+        s.shutdown().await;
+    }
+
+    /// A `QGET ... WAIT` whose client went away is cancelled: a message pushed afterwards is
+    /// not leased to nobody.
+    #[tokio::test]
+    async fn a_wait_whose_client_left_takes_nothing() {
+        let s = server(10).await;
+        let mut waiter = TcpStream::connect(s.local_addr()).await.expect("connect");
+        waiter
+            .write_all(&req(&["QGET", "q", "WAIT", "60000"]))
+            .await
+            .expect("write");
+        // Half-close: the server reads EOF, gives up the wait and closes its side, which
+        // this client then sees (so the push below surely comes after).
+        waiter.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(15), waiter.read_to_end(&mut rest))
+            .await
+            .expect("the server closed the connection")
+            .expect("read");
+        assert_eq!(n, 0, "no reply to a cancelled wait: {rest:?}");
+
+        let mut c = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let mut burst = req(&["QPUSH", "q", "for someone"]);
+        burst.extend(req(&["QSTATS", "q"]));
+        c.write_all(&burst).await.expect("write");
+        let got = replies(&mut c, 2).await;
+        let Frame::Array(stats) = &got[1] else {
+            panic!("QSTATS: {:?}", got[1]);
+        };
+        let field = |k: &str| {
+            stats
+                .chunks(2)
+                .find(|kv| kv[0] == bulk(k))
+                .map(|kv| kv[1].clone())
+        };
+        assert_eq!(field("leased"), Some(Frame::Integer(0)));
+        assert_eq!(field("visible"), Some(Frame::Integer(1)));
         s.shutdown().await;
     }
 

@@ -13,6 +13,7 @@ mod access;
 mod admin;
 mod conn;
 mod queue;
+mod run;
 mod topic;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use spool_resp::{Frame, Protocol};
 use crate::auth::Identity;
 use crate::service::Service;
 
+pub use run::{plain_push, PushRun, Started};
 pub use topic::TopicCursors;
 
 /// What a connection remembers between requests.

@@ -286,6 +286,18 @@ impl Auth {
         })
     }
 
+    /// The identity of the configured user `name`, for listeners whose clients cannot log in
+    /// (dsmq's client sends no credentials: its listener acts as one configured user).
+    pub fn identity_of(&self, name: &str) -> Option<Identity> {
+        self.inner
+            .users
+            .iter()
+            .find(|u| &*u.name == name)
+            .map(|u| Identity {
+                user: Some(Arc::clone(&u.name)),
+            })
+    }
+
     /// An HTTP `Authorization: Bearer <token>`: the user the token belongs to, or
     /// [`AuthError::WrongPass`].
     pub fn bearer(&self, token: &str) -> Result<Identity, AuthError> {

@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod cmd;
+pub mod dsmq;
 pub mod error;
 pub mod limits;
 pub mod registry;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use spool_server::auth::Auth;
+use spool_server::dsmq::{DsmqConfig, DsmqServer};
 use spool_server::{Policy, Server, ServerConfig, Service};
 
 use super::agent::{runtime, Signals};
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused with an error reply [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Also serve dsmq's Python client (WebSocket + JSON) on this address, e.g.
+    /// 127.0.0.1:30008 (dsmq's port; docs/dsmq.md); the loopback rule applies
+    #[arg(long, value_name = "ADDR")]
+    pub dsmq: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,12 +214,25 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         config.limits.bulk_discard_max = config.limits.bulk_discard_max.max(max.saturating_mul(2));
     }
     let tls_on = config.tls.is_some();
+    let dsmq = dsmq_settings(a, &s, &auth)?;
     let rt = runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new()?;
-        let server = Server::start(config, Service::new(store, auth.clone(), policy))
+        let svc = Service::new(store, auth.clone(), policy);
+        let server = Server::start(config, svc.clone())
             .await
             .context("cannot start the queue server")?;
+        let shutdown_asked = dsmq.as_ref().map(|d| d.on_shutdown.clone());
+        let dsmq = match dsmq {
+            Some(d) => {
+                let server = DsmqServer::start(d, svc.clone())
+                    .await
+                    .context("cannot start the dsmq listener")?;
+                tracing::info!("spool serve: dsmq clients on {}", server.local_addr());
+                Some(server)
+            }
+            None => None,
+        };
         tracing::info!(
             "spool serve: listening on {} (Redis protocol{}), store {}, {}",
             server.local_addr(),
@@ -226,8 +244,19 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
                 "no authentication"
             }
         );
-        let name = signals.next().await;
-        tracing::info!("{name}: stopping");
+        let asked = async {
+            match &shutdown_asked {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            name = signals.next() => tracing::info!("{name}: stopping"),
+            () = asked => tracing::info!("shutdown asked by a dsmq client: stopping"),
+        }
+        if let Some(d) = dsmq {
+            d.shutdown().await;
+        }
         server.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -235,6 +264,31 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     // out to anyone by it; a lease it takes now only hides a message until its VT passes).
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The dsmq listener's settings, when it is on (`--dsmq ADDR`, or `[dsmq] enabled`).
+fn dsmq_settings(a: &ServeArgs, s: &Settings, auth: &Auth) -> Result<Option<DsmqConfig>> {
+    let file = &s.config.file.dsmq;
+    let bind = match (a.dsmq, file.enabled.unwrap_or(false), &file.bind) {
+        (Some(b), _, _) => b,
+        (None, false, _) => return Ok(None),
+        (None, true, Some(b)) => b.parse().with_context(|| {
+            format!("[dsmq] bind {b:?} is not an address and port such as 127.0.0.1:30008")
+        })?,
+        (None, true, None) => {
+            SocketAddr::from(([127, 0, 0, 1], spool_server::dsmq::DSMQ_PORT_DEFAULT))
+        }
+    };
+    check_bind(bind, auth.is_required(), false, a.allow_unauthenticated, 1)?;
+    let mut config = DsmqConfig::new(bind);
+    config.max_connections = s.max_connections;
+    config.allow_shutdown = file.allow_shutdown.unwrap_or(false);
+    if let Some(user) = &file.user {
+        config.identity = auth.identity_of(user).with_context(|| {
+            format!("[dsmq] user {user:?} is not one of the configured [[users]]")
+        })?;
+    }
+    Ok(Some(config))
 }
 
 /// `spool serve hash-password`: the password never comes from the command line (it would

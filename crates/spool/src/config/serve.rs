@@ -52,6 +52,20 @@ pub struct ListenerSection {
     pub enabled: Option<bool>,
 }
 
+/// `[dsmq]`: the dsmq-compatible listener (docs/dsmq.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DsmqSection {
+    pub bind: Option<String>,
+    pub enabled: Option<bool>,
+    /// The configured user whose permissions dsmq connections have (dsmq's client sends
+    /// no credentials). Unset: anonymous.
+    pub user: Option<String>,
+    /// Whether dsmq's `shutdown` may stop the server (and then only for a user with admin
+    /// access). Default false.
+    pub allow_shutdown: Option<bool>,
+}
+
 /// `[tls]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +120,7 @@ pub struct ServeFile {
     #[serde(default)]
     pub http: ListenerSection,
     #[serde(default)]
-    pub dsmq: ListenerSection,
+    pub dsmq: DsmqSection,
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
@@ -368,8 +382,10 @@ enabled = false
 bind = "127.0.0.1:7412"
 
 [dsmq]
-enabled = false
+enabled = false                   # the dsmq-compatible listener (docs/dsmq.md); or --dsmq ADDR
 bind = "127.0.0.1:30008"
+# user = "dsmq"                   # whose permissions dsmq clients get (they send no credentials)
+allow_shutdown = false            # dsmq's shutdown stops the server (the user needs admin)
 
 [tls]
 # cert = "server.crt"             # PEM chain; with key, the listeners speak TLS only

@@ -9,6 +9,7 @@ mod kill9;
 mod serve;
 mod serve_auth;
 mod serve_kill;
+mod serve_python;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod baseline;
+pub mod dsmq;
 pub mod engine;
 pub mod mqtt;
 pub mod procio;

@@ -110,6 +110,12 @@ pub enum BenchCommand {
     /// clients and pipelined, QGET+QACK round trip p99 beside Redis RPOP
     #[command(after_help = "Examples:\n  spool bench server\n  spool bench server --quick --json")]
     Server(BenchArgs),
+    /// dsmq's own server against spool serve --dsmq, both driven by the dsmq Python client:
+    /// put+get pairs per second, one client and several
+    #[command(
+        after_help = "Examples:\n  spool bench dsmq\n  SPOOL_BENCH_PYTHON=venv/bin/python spool bench dsmq --quick --json"
+    )]
+    Dsmq(BenchArgs),
     /// (internal) Opens a store and prints the time and memory it took, as JSON
     #[command(hide = true)]
     ReopenProbe(crate::bench::scale::ProbeArgs),
@@ -200,6 +206,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Mqtt(a)) => {
             crate::bench::mqtt::run_mqtt_command(cli.dir.as_deref(), a)
+        }
+        Command::Bench(BenchCommand::Dsmq(a)) => {
+            crate::bench::dsmq::run_dsmq_command(cli.dir.as_deref(), a)
         }
         Command::Bench(BenchCommand::Server(a)) => {
             crate::bench::server::run_server_command(cli.dir.as_deref(), a)

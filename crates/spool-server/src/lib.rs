@@ -15,6 +15,7 @@
 pub mod auth;
 mod cmd;
 pub mod error;
+pub mod http;
 pub mod limits;
 mod server;
 mod service;

@@ -12,6 +12,8 @@
 mod conn;
 mod queue;
 
+pub(crate) use queue::glob;
+
 use std::future::Future;
 use std::pin::Pin;
 

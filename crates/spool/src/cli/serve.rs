@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use spool_server::http::{HttpConfig, HttpServer};
 use spool_server::{Server, ServerConfig, Service};
 
 use super::agent::{runtime, Signals};
@@ -14,6 +15,8 @@ use crate::config::LogFormat;
 
 /// The Redis-protocol port of the design (`shared/design/server.md`).
 pub const BIND_DEFAULT: &str = "127.0.0.1:7411";
+/// The HTTP/JSON port of the design.
+pub const HTTP_DEFAULT: &str = "127.0.0.1:7412";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -27,6 +30,12 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused with an error reply
     #[arg(long, value_name = "N", default_value_t = spool_server::MAX_CONNECTIONS_DEFAULT)]
     pub max_connections: usize,
+    /// Address of the HTTP/JSON listener; loopback unless --allow-unauthenticated
+    #[arg(long, value_name = "ADDR", default_value = HTTP_DEFAULT)]
+    pub http: SocketAddr,
+    /// Do not start the HTTP/JSON listener
+    #[arg(long)]
+    pub no_http: bool,
 }
 
 /// Why a bind address is refused: authentication is not there yet.
@@ -35,6 +44,12 @@ fn check_bind(a: &ServeArgs) -> Result<()> {
         anyhow::bail!(
             "refusing to listen on {}: the queue server has no authentication yet, so anyone who can reach that address could read and delete every message. Bind to a loopback address (the default, {BIND_DEFAULT}), or pass --allow-unauthenticated if the network is trusted",
             a.bind
+        );
+    }
+    if !a.no_http && !a.http.ip().is_loopback() && !a.allow_unauthenticated {
+        anyhow::bail!(
+            "refusing to serve HTTP on {}: the queue server has no authentication yet, so anyone who can reach that address could read and delete every message. Use a loopback address (the default, {HTTP_DEFAULT}), --no-http, or pass --allow-unauthenticated if the network is trusted",
+            a.http
         );
     }
     if a.max_connections == 0 {
@@ -53,9 +68,21 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new()?;
-        let server = Server::start(config, Service::open(store))
+        let svc = Service::open(store);
+        let server = Server::start(config, svc.clone())
             .await
             .context("cannot start the queue server")?;
+        let http = if a.no_http {
+            None
+        } else {
+            let h = HttpServer::start(HttpConfig::new(a.http), svc)
+                .await
+                .context(
+                    "cannot start the HTTP listener (pick another --http ADDR, or --no-http)",
+                )?;
+            tracing::info!("spool serve: HTTP/JSON on http://{}", h.local_addr());
+            Some(h)
+        };
         tracing::info!(
             "spool serve: listening on {} (Redis protocol), store {}",
             server.local_addr(),
@@ -64,6 +91,9 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         let name = signals.next().await;
         tracing::info!("{name}: stopping");
         server.shutdown().await;
+        if let Some(h) = http {
+            h.shutdown().await;
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     // A `QGET ... WAIT` still blocked in the engine is not waited for (nothing was handed
@@ -81,6 +111,8 @@ mod tests {
             bind: bind.parse().expect("an address"),
             allow_unauthenticated: allow,
             max_connections: 10,
+            http: HTTP_DEFAULT.parse().expect("an address"),
+            no_http: false,
         }
     }
 
@@ -91,5 +123,11 @@ mod tests {
         let e = check_bind(&args("0.0.0.0:7411", false)).expect_err("refused");
         assert!(e.to_string().contains("--allow-unauthenticated"), "{e}");
         assert!(check_bind(&args("0.0.0.0:7411", true)).is_ok());
+        let mut h = args("127.0.0.1:7411", false);
+        h.http = "0.0.0.0:7412".parse().expect("an address");
+        let e = check_bind(&h).expect_err("refused");
+        assert!(e.to_string().contains("--no-http"), "{e}");
+        h.no_http = true;
+        assert!(check_bind(&h).is_ok());
     }
 }

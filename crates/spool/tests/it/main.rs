@@ -7,6 +7,7 @@ mod config;
 mod inspect;
 mod kill9;
 mod serve;
+mod serve_http;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -17,6 +17,7 @@ pub mod auth;
 mod cmd;
 pub mod dsmq;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod registry;
 mod server;

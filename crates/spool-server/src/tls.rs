@@ -349,6 +349,56 @@ mod tests {
         assert!(e.contains("do not fit"), "{e}");
     }
 
+    /// The HTTP front end itself over TLS (`HttpConfig::tls`, what `spool serve` sets from
+    /// `[tls]`): a push and a health check answered over HTTPS.
+    #[tokio::test]
+    async fn the_http_front_end_serves_https() {
+        let pki = Pki::generate().expect("pki");
+        let tls = Tls::load(&files(&pki, None)).expect("tls");
+        let mut config = crate::http::HttpConfig::new("127.0.0.1:0".parse().expect("addr"));
+        config.tls = Some(tls);
+        let store = spool_engine::Store::in_memory().expect("store");
+        let server = crate::http::HttpServer::start(config, crate::Service::open(store.clone()))
+            .await
+            .expect("start");
+        let tcp = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        let mut s = connector(&pki, None)
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("handshake");
+        s.write_all(
+            b"POST /v1/queues/jobs/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .await
+        .expect("write");
+        let mut body = Vec::new();
+        let _ = s.read_to_end(&mut body).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("HTTP/1.1 20"), "{text}");
+        assert_eq!(
+            store.stats("jobs").expect("stats").messages,
+            1,
+            "pushed over HTTPS"
+        );
+        // Plain HTTP on the same port gets no answer.
+        let mut plain = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connect");
+        plain
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut junk = Vec::new();
+        let _ = plain.read_to_end(&mut junk).await;
+        assert!(
+            !String::from_utf8_lossy(&junk).contains("200"),
+            "plain HTTP refused"
+        );
+        server.shutdown().await;
+    }
+
     #[tokio::test]
     async fn axum_serves_over_the_tls_listener() {
         let pki = Pki::generate().expect("pki");

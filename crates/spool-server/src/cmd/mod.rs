@@ -16,6 +16,8 @@ mod queue;
 mod run;
 mod topic;
 
+pub(crate) use queue::glob;
+
 use std::future::Future;
 use std::pin::Pin;
 

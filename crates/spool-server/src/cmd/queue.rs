@@ -484,7 +484,7 @@ pub(super) fn list(store: &Store, a: &mut Args<'_>) -> Reply {
 }
 
 /// Whether `text` matches `pattern` (`*` any run, `?` one byte, everything else itself).
-pub(super) fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

@@ -294,7 +294,7 @@ impl Child2 {
         let child = Command::new(exe)
             .arg("--dir")
             .arg(dir.join("store"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{resp}")])
+            .args(["serve", "--no-http", "--bind", &format!("127.0.0.1:{resp}")])
             .args(["--dsmq", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

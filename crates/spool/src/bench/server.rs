@@ -443,9 +443,12 @@ impl ChildServer {
         let store = dir.join("store");
         ChildServer::start(dir, |port| {
             let mut c = Command::new(exe);
-            c.arg("--dir")
-                .arg(&store)
-                .args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+            c.arg("--dir").arg(&store).args([
+                "serve",
+                "--no-http",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+            ]);
             c
         })
     }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use spool_server::auth::Auth;
 use spool_server::dsmq::{DsmqConfig, DsmqServer};
+use spool_server::http::{HttpConfig, HttpServer};
 use spool_server::{Policy, Server, ServerConfig, Service};
 
 use super::agent::{runtime, Signals};
@@ -21,6 +22,8 @@ use crate::config::LogFormat;
 
 /// The Redis-protocol port of the design (`shared/design/server.md`).
 pub const BIND_DEFAULT: &str = "127.0.0.1:7411";
+/// The HTTP/JSON port of the design.
+pub const HTTP_DEFAULT: &str = "127.0.0.1:7412";
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -42,6 +45,13 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused with an error reply [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Address of the HTTP/JSON listener [default: 127.0.0.1:7412]; the loopback rule
+    /// applies as for --bind
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Do not start the HTTP/JSON listener
+    #[arg(long)]
+    pub no_http: bool,
     /// Also serve dsmq's Python client (WebSocket + JSON) on this address, e.g.
     /// 127.0.0.1:30008 (dsmq's port; docs/dsmq.md); the loopback rule applies
     #[arg(long, value_name = "ADDR")]
@@ -206,7 +216,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         config.write_timeout = t;
     }
     config.idle_timeout = s.config.idle_timeout;
-    config.tls = tls;
+    config.tls.clone_from(&tls);
     if let Some(p) = s.config.file.resp.max_payload {
         let max = usize::try_from(p.bytes()).unwrap_or(usize::MAX);
         config.limits.bulk_max = max;
@@ -215,6 +225,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     }
     let tls_on = config.tls.is_some();
     let dsmq = dsmq_settings(a, &s, &auth)?;
+    let http = http_settings(a, &s, &auth, tls.clone(), &config)?;
     let rt = runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new()?;
@@ -222,6 +233,20 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         let server = Server::start(config, svc.clone())
             .await
             .context("cannot start the queue server")?;
+        let http = match http {
+            Some(h) => {
+                let server = HttpServer::start(h, svc.clone()).await.context(
+                    "cannot start the HTTP listener (pick another --http ADDR, or --no-http)",
+                )?;
+                tracing::info!(
+                    "spool serve: HTTP/JSON on {}://{}",
+                    if tls_on { "https" } else { "http" },
+                    server.local_addr()
+                );
+                Some(server)
+            }
+            None => None,
+        };
         let shutdown_asked = dsmq.as_ref().map(|d| d.on_shutdown.clone());
         let dsmq = match dsmq {
             Some(d) => {
@@ -257,6 +282,9 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         if let Some(d) = dsmq {
             d.shutdown().await;
         }
+        if let Some(h) = http {
+            h.shutdown().await;
+        }
         server.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -264,6 +292,45 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     // out to anyone by it; a lease it takes now only hides a message until its VT passes).
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The HTTP listener's settings, unless it is off (`--no-http`, or `[http] enabled = false`):
+/// on `--http`, else `[http] bind`, else 127.0.0.1:7412, over TLS when `[tls]` is set, with
+/// the Redis listener's payload limit.
+fn http_settings(
+    a: &ServeArgs,
+    s: &Settings,
+    auth: &Auth,
+    tls: Option<spool_server::tls::Tls>,
+    resp: &ServerConfig,
+) -> Result<Option<HttpConfig>> {
+    let file = &s.config.file.http;
+    if a.no_http || (a.http.is_none() && file.enabled == Some(false)) {
+        return Ok(None);
+    }
+    let bind = match (a.http, &file.bind) {
+        (Some(b), _) => b,
+        (None, Some(b)) => b.parse().with_context(|| {
+            format!("[http] bind {b:?} is not an address and port such as {HTTP_DEFAULT}")
+        })?,
+        (None, None) => HTTP_DEFAULT.parse().context("the default HTTP address")?,
+    };
+    if let Some(w) = check_bind(
+        bind,
+        auth.is_required(),
+        tls.is_some(),
+        a.allow_unauthenticated,
+        1,
+    )? {
+        tracing::warn!("HTTP: {w}");
+    }
+    let mut config = HttpConfig::new(bind);
+    config.tls = tls;
+    // A JSON envelope around the largest payload (base64 makes it 4/3 as long).
+    config.body_max = config
+        .body_max
+        .max(resp.limits.bulk_max / 3 * 4 + (64 << 10));
+    Ok(Some(config))
 }
 
 /// The dsmq listener's settings, when it is on (`--dsmq ADDR`, or `[dsmq] enabled`).

@@ -378,8 +378,8 @@ write_timeout = "30s"             # a client that stops reading is closed after 
 max_payload = "1MiB"                # larger arguments get -TOOBIG
 
 [http]
-enabled = false
-bind = "127.0.0.1:7412"
+enabled = true                    # the HTTP/JSON listener (docs/http.md); or --no-http
+bind = "127.0.0.1:7412"           # or --http ADDR; a non-loopback address needs [[users]]
 
 [dsmq]
 enabled = false                   # the dsmq-compatible listener (docs/dsmq.md); or --dsmq ADDR

@@ -8,6 +8,7 @@ mod inspect;
 mod kill9;
 mod serve;
 mod serve_auth;
+mod serve_http;
 mod serve_kill;
 mod serve_python;
 

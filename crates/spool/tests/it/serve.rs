@@ -31,7 +31,7 @@ impl Serve {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = super::spool(&dir.path().join("store"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--no-http", "--bind", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -132,7 +132,7 @@ permissions = [{{ pattern = "jobs.*", access = "write" }}]
     .expect("write config");
     let port = free_port();
     let child = super::spool(&store)
-        .args(["serve", "--config"])
+        .args(["serve", "--no-http", "--config"])
         .arg(&config)
         .env("SPOOL_SERVE__RESP__BIND", format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())

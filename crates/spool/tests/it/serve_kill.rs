@@ -100,7 +100,7 @@ fn sigkill_under_load_loses_no_acknowledged_push() {
     for round in 0..KILLS {
         let port = free_port();
         let mut child = super::spool(&dir)
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--no-http", "--bind", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -44,7 +44,7 @@ impl Serve {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, dsmq) = (free_port(), free_port());
         let mut c = super::spool(&dir.path().join("store"));
-        c.args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        c.args(["serve", "--no-http", "--bind", &format!("127.0.0.1:{port}")])
             .args(["--dsmq", &format!("127.0.0.1:{dsmq}")])
             .args(extra);
         if let Some(text) = config {

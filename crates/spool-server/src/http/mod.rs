@@ -1,0 +1,344 @@
+//! The HTTP/JSON front end (`shared/design/server.md`, "Front ends" 2): the operations of the
+//! queue-semantics research, sections 8.3 and 8.4, as REST routes under `/v1`, over the same
+//! [`Service`] as the RESP listener. Reference of every route: `docs/http.md`; the machine
+//! readable form is served at `/v1/openapi.json`.
+//!
+//! - `queues`: work-queue routes; `topics`: topic routes and the SSE stream;
+//! - `ops`: `/health/live`, `/health/ready`, `/metrics`; `openapi`: the OpenAPI document;
+//! - here: the listener ([`HttpServer`]), the [`router`], errors as JSON
+//!   (`{"error": CODE, "message": ...}` with the section 8.5 status) and authentication
+//!   (`Authorization: Bearer <token>`, checked before every operation).
+
+mod openapi;
+mod ops;
+mod queues;
+mod record;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use spool_engine::Error as EngineError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{Access, AuthError, Identity};
+use crate::error::{code, http_status};
+use crate::server::ServerError;
+use crate::service::Service;
+
+pub use openapi::document as openapi_document;
+
+/// Largest request body by default: the engine's largest queue payload (1 MiB by default
+/// config) as base64 in a JSON envelope, with room to spare.
+pub const BODY_MAX_DEFAULT: usize = (1 << 20) * 4 / 3 + 64 * 1024;
+
+/// What [`HttpServer::start`] needs.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Address to listen on (port 0: any free port; see [`HttpServer::local_addr`]).
+    pub bind: SocketAddr,
+    /// Largest request body in bytes; a larger one is `413 TOOBIG`.
+    pub body_max: usize,
+    /// Serve HTTPS (`tls.rs`): every connection's TLS handshake first.
+    pub tls: Option<crate::tls::Tls>,
+}
+
+impl HttpConfig {
+    /// Defaults for `bind`.
+    pub fn new(bind: SocketAddr) -> HttpConfig {
+        HttpConfig {
+            bind,
+            body_max: BODY_MAX_DEFAULT,
+            tls: None,
+        }
+    }
+}
+
+/// A running HTTP listener. Dropping it does not stop it: call [`HttpServer::shutdown`].
+#[derive(Debug)]
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long [`HttpServer::shutdown`] lets running requests finish (a long-poll, an SSE
+/// stream are cut after it).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+impl HttpServer {
+    /// Binds `config.bind` and serves [`router_with`] on it (on the current tokio runtime).
+    pub async fn start(config: HttpConfig, svc: Service) -> Result<HttpServer, ServerError> {
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.bind,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let app = router_with(svc, &config);
+        let (stop, mut stopped) = watch::channel(false);
+        let graceful = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let task = if let Some(tls) = config.tls.clone() {
+            let listener = crate::tls::TlsListener::from_tcp(listener, tls).map_err(|e| {
+                ServerError::Bind {
+                    addr: config.bind,
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .await
+                {
+                    tracing::error!("HTTPS listener failed: {e}");
+                }
+            })
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(graceful)
+                    .await
+                {
+                    tracing::error!("HTTP listener failed: {e}");
+                }
+            })
+        };
+        Ok(HttpServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets running requests finish for up to 2 s, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub svc: Service,
+    pub body_max: usize,
+    pub metrics: Arc<ops::Metrics>,
+}
+
+/// The HTTP routes over `svc`, with the default [`HttpConfig`] limits (for a listener of
+/// one's own, e.g. over TLS).
+pub fn router(svc: Service) -> Router {
+    router_with(svc, &HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))))
+}
+
+/// The HTTP routes over `svc` with `config`'s limits.
+pub fn router_with(svc: Service, config: &HttpConfig) -> Router {
+    let app = App {
+        svc,
+        body_max: config.body_max,
+        metrics: Arc::new(ops::Metrics::default()),
+    };
+    routes()
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count))
+        // Bodies are read by `body()` below, which answers `TOOBIG` itself.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+/// Every route (the OpenAPI test compares this with the document).
+fn routes() -> Router<App> {
+    Router::new()
+        .merge(queues::routes())
+        .merge(topics::routes())
+        .merge(ops::routes())
+        .route("/v1/openapi.json", axum::routing::get(openapi::serve))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        "NOTFOUND",
+        "no such route; the routes are listed at /v1/openapi.json and in docs/http.md",
+    )
+    .status(StatusCode::NOT_FOUND)
+}
+
+/// Counts requests by route and status for `/metrics`.
+async fn count(State(app): State<App>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    app.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let res = next.run(req).await;
+    app.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    app.metrics.request(&method, &route, res.status().as_u16());
+    res
+}
+
+/// An error reply: the section 8.5 code, its status and a JSON body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    code: &'static str,
+    message: String,
+    status: Option<StatusCode>,
+}
+
+/// Set once an engine call failed because the store refuses writes (poisoned or closed):
+/// `/health/ready` answers 503 from then on.
+pub(crate) static STORE_FAILED: AtomicBool = AtomicBool::new(false);
+
+impl ApiError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            status: None,
+        }
+    }
+
+    pub fn badarg(message: impl Into<String>) -> ApiError {
+        ApiError::new("BADARG", message)
+    }
+
+    fn status(mut self, s: StatusCode) -> ApiError {
+        self.status = Some(s);
+        self
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        if matches!(e, EngineError::Poisoned { .. } | EngineError::Closed) {
+            STORE_FAILED.store(true, Ordering::Relaxed);
+        }
+        ApiError::new(code(&e), e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(http_status(self.code))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        });
+        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let mut res = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// Who sent the request: anonymous when the server has no users, else the owner of the
+/// `Authorization: Bearer` token (`401 NOAUTH` without one).
+pub(crate) fn identity(svc: &Service, headers: &HeaderMap) -> ApiResult<Identity> {
+    let auth = svc.auth();
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    match header {
+        None if !auth.is_required() => Ok(Identity::anonymous()),
+        None => Err(AuthError::Required.into()),
+        Some(h) => {
+            let token = h
+                .strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        "WRONGPASS",
+                        "the Authorization header must be 'Bearer <token>'",
+                    )
+                })?;
+            Ok(auth.bearer(token.trim())?)
+        }
+    }
+}
+
+/// [`identity`], then whether it may do `access` on `name`.
+pub(crate) fn allow(
+    svc: &Service,
+    headers: &HeaderMap,
+    access: Access,
+    name: &str,
+) -> ApiResult<Identity> {
+    let who = identity(svc, headers)?;
+    svc.auth().check(&who, access, name)?;
+    Ok(who)
+}
+
+/// Reads a request body of at most `max` bytes (`413 TOOBIG` above).
+pub(crate) async fn body(b: Body, max: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(b, max).await.map_err(|e| {
+        // axum wraps http-body-util's `LengthLimitError`, which it does not re-export.
+        let too_big = e.to_string().contains("length limit");
+        if too_big {
+            ApiError::new(
+                "TOOBIG",
+                format!("the request body is larger than the limit of {max} bytes"),
+            )
+        } else {
+            ApiError::badarg(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// A counter of waits under way (long-polls, SSE streams), for `/metrics`.
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    pub fn enter(g: &'a AtomicU64) -> Waiting<'a> {
+        g.fetch_add(1, Ordering::Relaxed);
+        Waiting(g)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

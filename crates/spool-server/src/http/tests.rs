@@ -1,0 +1,197 @@
+//! The router without a socket (`tower::ServiceExt::oneshot`), over an in-memory store.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::Value;
+use spool_engine::Store;
+use tower::ServiceExt as _;
+
+use super::*;
+
+fn app() -> Router {
+    router(Service::open(Store::in_memory().expect("in-memory store")))
+}
+
+async fn call(app: &Router, method: Method, uri: &str, body: Body) -> (StatusCode, Vec<u8>) {
+    call_with(app, method, uri, body, true).await
+}
+
+/// A request; the reply's body is read when `read` (an SSE stream's never ends).
+async fn call_with(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    body: Body,
+    read: bool,
+) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body)
+        .expect("a request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    if !read {
+        return (status, Vec::new());
+    }
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (status, bytes.to_vec())
+}
+
+fn json(b: &[u8]) -> Value {
+    serde_json::from_slice(b).expect("a JSON body")
+}
+
+/// The `.route("path", method(...)...)` calls of the router's source files.
+fn served_routes() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for src in [
+        include_str!("queues.rs"),
+        include_str!("topics.rs"),
+        include_str!("ops.rs"),
+        include_str!("mod.rs"),
+    ] {
+        let flat = src
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(");
+        for part in flat.split(".route(\"").skip(1) {
+            let Some((path, rest)) = part.split_once('"') else {
+                continue;
+            };
+            // The method chain runs up to the closing parenthesis of `.route(`.
+            let mut depth = 1;
+            let mut end = rest.len();
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for m in ["get", "put", "post", "patch", "delete"] {
+                let called = rest[..end].contains(&format!(" {m}("))
+                    || rest[..end].contains(&format!(".{m}("))
+                    || rest[..end].contains(&format!("::{m}("));
+                if called {
+                    out.push((m.to_string(), path.to_string()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn documented_routes() -> Vec<(String, String)> {
+    let doc = openapi_document();
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for m in ops.as_object().expect("operations").keys() {
+            out.push((m.clone(), path.clone()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_served() {
+    let served = served_routes();
+    assert!(served.len() > 25, "the route scan found {served:?}");
+    assert_eq!(served, documented_routes());
+}
+
+#[tokio::test]
+async fn every_documented_route_is_answered_by_its_handler() {
+    let app = app();
+    for (m, path) in documented_routes() {
+        let uri = path
+            .replace("{q}", "probe")
+            .replace("{t}", "probe")
+            .replace("{id}", "1:1")
+            .replace("{receipt}", "1:1");
+        let method = Method::from_bytes(m.to_uppercase().as_bytes()).expect("a method");
+        let read = !path.ends_with("/stream");
+        let (status, body) = call_with(&app, method, &uri, Body::empty(), read).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("no such route"), "{m} {path}: {text}");
+    }
+    let (status, body) = call(&app, Method::GET, "/v1/nothing", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("openapi.json"));
+}
+
+#[tokio::test]
+async fn push_lease_ack_round_trip_with_binary_payloads() {
+    let app = app();
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        "/v1/queues/jobs/messages?priority=3",
+        Body::from(vec![0xff, 0x00]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let id = json(&b)["id"].as_u64().expect("an id");
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        "/v1/queues/jobs/lease?vt=60000",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&b);
+    let m = &v["messages"][0];
+    assert_eq!(m["id"].as_u64(), Some(id));
+    assert_eq!(m["payload"], "/wA=");
+    assert_eq!(m["encoding"], "base64");
+    assert_eq!(m["priority"], 3);
+    assert_eq!(m["receive_count"], 1);
+    let receipt = m["receipt"].as_str().expect("a receipt").to_string();
+    let uri = format!("/v1/queues/jobs/messages/{receipt}");
+    let (s, b) = call(&app, Method::DELETE, &uri, Body::empty()).await;
+    assert_eq!((s, json(&b)["acked"].as_u64()), (StatusCode::OK, Some(1)));
+    let (s, b) = call(&app, Method::DELETE, &uri, Body::empty()).await;
+    assert_eq!(
+        (s, json(&b)["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NOTFOUND"))
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_toobig_with_the_limit() {
+    let app = router_with(
+        Service::open(Store::in_memory().expect("store")),
+        &HttpConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            body_max: 10,
+            tls: None,
+        },
+    );
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        "/v1/queues/q/messages",
+        Body::from(vec![b'x'; 11]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let v = json(&b);
+    assert_eq!(v["error"], "TOOBIG");
+    assert!(
+        v["message"].as_str().expect("message").contains("10 bytes"),
+        "{v}"
+    );
+}

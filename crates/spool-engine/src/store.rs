@@ -382,6 +382,13 @@ impl Store {
         self.inner.shutdown()
     }
 
+    /// Why the store refuses writes, if it does: a write or `fdatasync` failed, and from then
+    /// on every write is refused until the store is opened again (which recovers it). For
+    /// health checks.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared().lock_core().poisoned.clone()
+    }
+
     /// What recovery found when the store was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report

@@ -16,7 +16,7 @@ mod record;
 mod topics;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,10 +213,6 @@ pub(crate) struct ApiError {
     status: Option<StatusCode>,
 }
 
-/// Set once an engine call failed because the store refuses writes (poisoned or closed):
-/// `/health/ready` answers 503 from then on.
-pub(crate) static STORE_FAILED: AtomicBool = AtomicBool::new(false);
-
 impl ApiError {
     pub fn new(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -238,9 +234,6 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
-        if matches!(e, EngineError::Poisoned { .. } | EngineError::Closed) {
-            STORE_FAILED.store(true, Ordering::Relaxed);
-        }
         ApiError::new(code(&e), e.to_string())
     }
 }

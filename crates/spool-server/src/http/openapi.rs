@@ -34,7 +34,7 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/extend", summary: "Extend a lease to now + vt (`{visible_at_ms}`)", query: &[("vt", "required, 1 ms to 12 h")], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/dead", summary: "Move a leased message to the dead-letter queue (`{id}` there)", query: &[], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/lease", summary: "Lease messages (`{messages}` with receipts), long-polling up to `wait` ms", query: &[("vt", "visibility timeout, 1 ms to 12 h, default the queue's"), ("count", "1-1000, default 1"), ("wait", "0-60000 ms, default 0"), ENC], body: None, ok: "200" },
-    Op { method: "post", path: "/v1/queues/{q}/pop", summary: "Take and remove messages, at most once (`{messages}`)", query: &[("count", "1-1000, default 1"), ENC], body: None, ok: "200" },
+    Op { method: "post", path: "/v1/queues/{q}/pop", summary: "Take and remove messages, at most once (`{messages}`); `wait` long-polls", query: &[("count", "1-1000, default 1"), ("wait", "ms, 0-60000: wait for a message"), ENC], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/ack", summary: "Ack many receipts: `{receipts: [...]}` -> `{acked, results}`", query: &[], body: Some("AckMany"), ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/redrive", summary: "Move dead letters of dead-letter queue {q} back (`{moved}`)", query: &[("count", "1-1000, default 1000")], body: None, ok: "200" },
     Op { method: "get", path: "/v1/topics", summary: "List the topics the caller may read (`{topics}`)", query: &[("pattern", "glob with * and ?")], body: None, ok: "200" },

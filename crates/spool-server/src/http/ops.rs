@@ -47,16 +47,16 @@ async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "live" }))
 }
 
-/// `GET /health/ready` -> 200 `{"status": "ready"}`, or 503 once an operation found the
-/// store poisoned or closed (the engine refuses every write from then on; restart the
-/// server, which recovers the store).
-async fn ready() -> Response {
-    if super::STORE_FAILED.load(Ordering::Relaxed) {
+/// `GET /health/ready` -> 200 `{"status": "ready"}`, or 503 while the store refuses writes (a
+/// write or fsync failed: the engine refuses every write until it is opened again; restart
+/// the server, which recovers the store).
+async fn ready(State(app): State<App>) -> Response {
+    if let Some(cause) = app.svc.store().poisoned() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "not ready",
-                "message": "the store refuses writes (poisoned or closed): restart spool serve",
+                "message": format!("the store refuses writes ({cause}): restart spool serve"),
             })),
         )
             .into_response();

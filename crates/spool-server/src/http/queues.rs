@@ -460,14 +460,11 @@ async fn pop(
     let cq = query(cq)?;
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
-    if cq.wait.is_some_and(|w| w > 0) {
-        return Err(ApiError::badarg(
-            "pop does not take wait yet; lease with wait, then ack",
-        ));
-    }
+    let wait = range(cq.wait.unwrap_or(0), "wait", 0, WAIT_MS_MAX)?;
     let count = usize::try_from(range(cq.count.unwrap_or(1), "count", 1, COUNT_MAX)?).unwrap_or(1);
-    let s = app.svc.store().clone();
-    let msgs = empty_if_unknown(blocking(move || s.pop(&q, count)).await)?;
+    let msgs = empty_if_unknown(
+        crate::wait::pop(app.svc.store(), &q, count, Duration::from_millis(wait)).await,
+    )?;
     Ok(Json(
         json!({ "messages": record::messages(app.svc.store(), msgs, cq.encoding).await? }),
     ))

@@ -195,3 +195,162 @@ async fn a_body_over_the_limit_is_toobig_with_the_limit() {
         "{v}"
     );
 }
+
+/// A request with an `Authorization: Bearer` header (or none); status and JSON body.
+async fn call_as(
+    app: &Router,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: &'static str,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("a request"))
+        .await
+        .expect("infallible");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Users, tokens and permissions over HTTP: `NOAUTH` without a token, `WRONGPASS` with a bad
+/// one, `NOPERM` outside the user's patterns, lists cut to what the user may read.
+#[tokio::test]
+async fn bearer_tokens_and_permissions_give_the_auth_codes() {
+    use crate::auth::{token_hash, Access, Auth, Permission, UserConfig};
+    let auth = Auth::new(vec![UserConfig {
+        name: "worker".into(),
+        password_hash: None,
+        token_hashes: vec![token_hash("tok-worker")],
+        permissions: vec![Permission {
+            pattern: "jobs.*".into(),
+            access: Access::Write,
+        }],
+    }])
+    .expect("users");
+    let store = Store::in_memory().expect("store");
+    store
+        .push("orders", spool_engine::Push::new("secret"))
+        .expect("push");
+    let app = router(Service::new(store, auth, crate::Policy::default()));
+
+    let (s, b) = call_as(
+        &app,
+        None,
+        Method::POST,
+        "/v1/queues/jobs.email/messages",
+        "hi",
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("NOAUTH")),
+        "{b}"
+    );
+    let (s, b) = call_as(
+        &app,
+        Some("nope"),
+        Method::POST,
+        "/v1/queues/jobs.email/messages",
+        "hi",
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("WRONGPASS")),
+        "{b}"
+    );
+    let (s, b) = call_as(
+        &app,
+        Some("tok-worker"),
+        Method::POST,
+        "/v1/queues/jobs.email/messages",
+        "hi",
+    )
+    .await;
+    assert!(s.is_success(), "{s} {b}");
+    for (method, uri) in [
+        (Method::POST, "/v1/queues/orders/messages"),
+        (Method::POST, "/v1/queues/orders/lease"),
+        (Method::GET, "/v1/queues/orders"),
+        (Method::DELETE, "/v1/queues/jobs.email"),
+    ] {
+        let (s, b) = call_as(&app, Some("tok-worker"), method.clone(), uri, "x").await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("NOPERM")),
+            "{method} {uri}: {b}"
+        );
+    }
+    let (s, b) = call_as(&app, Some("tok-worker"), Method::GET, "/v1/queues", "").await;
+    assert!(s.is_success(), "{b}");
+    let listed = b.to_string();
+    assert!(
+        listed.contains("jobs.email") && !listed.contains("orders"),
+        "{listed}"
+    );
+}
+
+/// FULL (MAXLEN reached) and NODLQ (dead-lettering without a dead-letter queue) over HTTP.
+#[tokio::test]
+async fn full_and_nodlq_have_their_statuses() {
+    let app = app();
+    let (s, b) = call_as(
+        &app,
+        None,
+        Method::PUT,
+        "/v1/queues/small",
+        r#"{"max_messages": 1}"#,
+    )
+    .await;
+    assert!(s.is_success(), "create: {s} {b}");
+    let (s, _) = call_as(&app, None, Method::POST, "/v1/queues/small/messages", "one").await;
+    assert!(s.is_success());
+    let (s, b) = call_as(&app, None, Method::POST, "/v1/queues/small/messages", "two").await;
+    assert_eq!(
+        (s.as_u16(), b["error"].as_str()),
+        (507, Some("FULL")),
+        "{b}"
+    );
+
+    let (s, _) = call_as(&app, None, Method::POST, "/v1/queues/plain/messages", "x").await;
+    assert!(s.is_success());
+    let (s, b) = call_as(&app, None, Method::POST, "/v1/queues/plain/lease", "").await;
+    assert!(s.is_success(), "{b}");
+    let receipt = b["messages"][0]["receipt"]
+        .as_str()
+        .expect("a receipt")
+        .to_owned();
+    let uri = format!("/v1/queues/plain/messages/{receipt}/dead");
+    let res = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("infallible");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let b: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(
+        (status, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("NODLQ")),
+        "{b}"
+    );
+}

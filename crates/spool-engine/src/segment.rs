@@ -22,6 +22,15 @@ pub(crate) struct Placement {
     pub lsn: u64,
 }
 
+/// What a new segment is: its header's fields and the size it rolls at.
+struct NewSegment {
+    store_id: u64,
+    seg_id: u64,
+    base_lsn: u64,
+    now_ms: u64,
+    segment_bytes: u64,
+}
+
 /// The segment frames are appended to.
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
@@ -191,36 +200,14 @@ impl ActiveSegment {
         let file = vfs
             .open(&path, OpenMode::CreateNew)
             .map_err(|e| Error::io("create segment", &path, e))?;
-        let header = SegmentHeader {
+        let new = NewSegment {
             store_id,
             seg_id,
             base_lsn,
-            created_ms: now_ms,
-        };
-        file.write_all_at(&header.encode(), 0)
-            .map_err(|e| Error::io("write segment header", &path, e))?;
-        file.sync_data()
-            .map_err(|e| Error::io("sync segment", &path, e))?;
-        vfs.sync_dir(log_dir)
-            .map_err(|e| Error::io("sync directory", log_dir, e))?;
-        Ok(Self {
-            vfs,
-            log_dir: log_dir.to_path_buf(),
-            store_id,
-            seg_id,
-            file,
-            path,
-            offset: SEGMENT_HEADER_LEN as u64,
-            next_lsn: base_lsn,
+            now_ms,
             segment_bytes,
-            unsynced: false,
-            synced_lsn: base_lsn.saturating_sub(1),
-            synced_offset: SEGMENT_HEADER_LEN as u64,
-            failed_next: None,
-            appended: false,
-            prep: Prep::default(),
-            from_prep: false,
-        })
+        };
+        Self::init(vfs, log_dir, &new, file, path, false)
     }
 
     /// Like [`ActiveSegment::create`], from the prepared file: renamed to the segment's name,
@@ -229,14 +216,10 @@ impl ActiveSegment {
     fn create_prepared(
         vfs: Arc<dyn Vfs>,
         log_dir: &Path,
-        store_id: u64,
-        seg_id: u64,
-        base_lsn: u64,
-        now_ms: u64,
-        segment_bytes: u64,
+        new: &NewSegment,
     ) -> Result<Option<Self>> {
         let prep = log_dir.join(PREP_FILE);
-        let path = log_dir.join(segment_file_name(seg_id));
+        let path = log_dir.join(segment_file_name(new.seg_id));
         // A rename replaces its target; creating a segment must never replace one (`create`
         // then reports the file that is in the way).
         if vfs
@@ -250,11 +233,23 @@ impl ActiveSegment {
         let file = vfs
             .open(&path, OpenMode::ReadWrite)
             .map_err(|e| Error::io("open segment", &path, e))?;
+        Self::init(vfs, log_dir, new, file, path, true).map(Some)
+    }
+
+    /// A new segment's file made durable: its header written and synced, the directory synced.
+    fn init(
+        vfs: Arc<dyn Vfs>,
+        log_dir: &Path,
+        new: &NewSegment,
+        file: Arc<dyn VfsFile>,
+        path: PathBuf,
+        from_prep: bool,
+    ) -> Result<Self> {
         let header = SegmentHeader {
-            store_id,
-            seg_id,
-            base_lsn,
-            created_ms: now_ms,
+            store_id: new.store_id,
+            seg_id: new.seg_id,
+            base_lsn: new.base_lsn,
+            created_ms: new.now_ms,
         };
         file.write_all_at(&header.encode(), 0)
             .map_err(|e| Error::io("write segment header", &path, e))?;
@@ -262,24 +257,24 @@ impl ActiveSegment {
             .map_err(|e| Error::io("sync segment", &path, e))?;
         vfs.sync_dir(log_dir)
             .map_err(|e| Error::io("sync directory", log_dir, e))?;
-        Ok(Some(Self {
+        Ok(Self {
             vfs,
             log_dir: log_dir.to_path_buf(),
-            store_id,
-            seg_id,
+            store_id: new.store_id,
+            seg_id: new.seg_id,
             file,
             path,
             offset: SEGMENT_HEADER_LEN as u64,
-            next_lsn: base_lsn,
-            segment_bytes,
+            next_lsn: new.base_lsn,
+            segment_bytes: new.segment_bytes,
             unsynced: false,
-            synced_lsn: base_lsn.saturating_sub(1),
+            synced_lsn: new.base_lsn.saturating_sub(1),
             synced_offset: SEGMENT_HEADER_LEN as u64,
             failed_next: None,
             appended: false,
             prep: Prep::default(),
-            from_prep: true,
-        }))
+            from_prep,
+        })
     }
 
     /// With [`SegmentPrep::Eager`], at open: starts the preparation now.
@@ -457,15 +452,14 @@ impl ActiveSegment {
         }
         let dir = self.log_dir.clone();
         let prepared = if self.prep.take_ready() {
-            Self::create_prepared(
-                self.vfs.clone(),
-                &dir,
-                self.store_id,
-                next_id,
-                self.next_lsn,
+            let new = NewSegment {
+                store_id: self.store_id,
+                seg_id: next_id,
+                base_lsn: self.next_lsn,
                 now_ms,
-                self.segment_bytes,
-            )
+                segment_bytes: self.segment_bytes,
+            };
+            Self::create_prepared(self.vfs.clone(), &dir, &new)
         } else {
             Ok(None)
         };

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use spool_engine::{Options, Store};
-
 use crate::spool;
 
 /// How many times the child is killed (the issue asks for at least 50).
@@ -85,27 +83,7 @@ fn sigkill_during_pushes_loses_nothing_acknowledged() {
         }
         sent_total += sent.len();
     }
-    let store = Store::open(&dir, Options::default()).expect("reopen after the kills");
-    let msgs = store.messages("q").expect("queue exists");
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    for m in &msgs {
-        let p = String::from_utf8(m.payload.to_vec()).expect("utf-8 payload");
-        assert!(
-            p.starts_with('r') && p.contains("-m"),
-            "invented message {p:?}"
-        );
-        assert!(
-            seen.insert(p.clone(), m.id).is_none(),
-            "duplicate message {p:?}"
-        );
-    }
-    for (payload, id) in &acked {
-        assert_eq!(
-            seen.get(payload),
-            Some(id),
-            "acknowledged push {payload:?} (id {id}) is missing after SIGKILL"
-        );
-    }
+    let present = super::check_acknowledged(&dir, "q", &acked);
     assert!(
         acked.len() > KILLS,
         "the children acknowledged too few pushes ({}) to mean anything",
@@ -115,6 +93,6 @@ fn sigkill_during_pushes_loses_nothing_acknowledged() {
         "kill -9 x{KILLS}: {} lines sent, {} acknowledged, {} present",
         sent_total,
         acked.len(),
-        msgs.len()
+        present
     );
 }

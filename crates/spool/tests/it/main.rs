@@ -52,3 +52,37 @@ pub fn ok(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
+
+/// After a process holding the store in `dir` was killed: reopens it and checks that every
+/// push in `acked` (payload -> id, as the process reported it) is in `queue` under that id,
+/// exactly once, and that nothing there is invented (payloads `r<round>-...-m<n>`). Returns
+/// how many messages the queue holds.
+pub fn check_acknowledged<S: std::hash::BuildHasher>(
+    dir: &Path,
+    queue: &str,
+    acked: &std::collections::HashMap<String, u64, S>,
+) -> usize {
+    let store = spool_engine::Store::open(dir, spool_engine::Options::default())
+        .expect("reopen after the kills");
+    let msgs = store.messages(queue).expect("the queue exists");
+    let mut seen = std::collections::HashMap::new();
+    for m in &msgs {
+        let p = String::from_utf8(m.payload.to_vec()).expect("utf-8 payload");
+        assert!(
+            p.starts_with('r') && p.contains("-m"),
+            "invented message {p:?}"
+        );
+        assert!(
+            seen.insert(p.clone(), m.id).is_none(),
+            "duplicate message {p:?}"
+        );
+    }
+    for (payload, id) in acked {
+        assert_eq!(
+            seen.get(payload),
+            Some(id),
+            "acknowledged push {payload:?} (id {id}) is missing after SIGKILL"
+        );
+    }
+    msgs.len()
+}

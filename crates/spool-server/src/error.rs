@@ -26,7 +26,8 @@ pub fn code(e: &EngineError) -> &'static str {
     }
 }
 
-/// The HTTP status of a code (section 8.5's table; `NOAUTH`/`WRONGPASS` 401, `NOPERM` 403).
+/// The HTTP status of a code (section 8.5's table; `NOAUTH`/`WRONGPASS` 401, `NOPERM` 403,
+/// `BUSY` 503: the HTTP connection limit).
 pub fn http_status(code: &str) -> u16 {
     match code {
         "NOQUEUE" | "NOTOPIC" | "NOTFOUND" => 404,
@@ -36,7 +37,7 @@ pub fn http_status(code: &str) -> u16 {
         "FULL" => 507,
         "NOAUTH" | "WRONGPASS" => 401,
         "NOPERM" => 403,
-        "BUSY" => 429,
+        "BUSY" => 503,
         _ => 500,
     }
 }
@@ -60,6 +61,7 @@ mod tests {
             ("FULL", 507),
             ("NOPERM", 403),
             ("NOAUTH", 401),
+            ("BUSY", 503),
             ("ERR", 500),
         ] {
             assert_eq!(http_status(c), s, "{c}");

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use spool_resp::{encode, request_args, Decoder, Frame, Limits, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -142,6 +142,7 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING_MAX));
     let ids = AtomicU64::new(1);
     let mut conns = JoinSet::new();
     loop {
@@ -161,9 +162,21 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         let _ = socket.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over TLS a plain-text reply would be noise to the client: just close.
-            if config.tls.is_none() {
-                conns.spawn(refuse(socket));
+            // The error goes out over TLS after the handshake when the listener speaks TLS;
+            // a flood past the limit costs at most `REFUSING_MAX` refusals at a time.
+            if let Ok(r) = refusing.clone().try_acquire_owned() {
+                let tls = config.tls.clone();
+                conns.spawn(async move {
+                    match tls {
+                        None => refuse(socket).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(socket).await {
+                                refuse(stream).await;
+                            }
+                        }
+                    }
+                    drop(r);
+                });
             }
             continue;
         };
@@ -208,10 +221,18 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut socket: TcpStream) {
-    let _ = socket
-        .write_all(b"-ERR max number of clients reached\r\n")
-        .await;
+/// Refusals being written at once; past this an over-limit connection is just closed.
+const REFUSING_MAX: usize = 64;
+
+/// Redis's own reply to a client past `maxclients`, then close.
+async fn refuse<S: AsyncWrite + Unpin>(mut socket: S) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = socket
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
 }
 
 /// A connection's timeouts ([`ServerConfig::write_timeout`], [`ServerConfig::idle_timeout`]).
@@ -430,6 +451,7 @@ fn protocol_error(e: &spool_resp::RespError, proto: Protocol, out: &mut BytesMut
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     fn req(words: &[&str]) -> Vec<u8> {
         let mut v = format!("*{}\r\n", words.len()).into_bytes();

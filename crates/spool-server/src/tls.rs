@@ -310,6 +310,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn over_tls_a_connection_past_the_limit_gets_the_error_over_tls() {
+        let pki = Pki::generate().expect("pki");
+        let mut config = crate::ServerConfig::new("127.0.0.1:0".parse().expect("addr"));
+        config.tls = Some(Tls::load(&files(&pki, None)).expect("tls"));
+        config.max_connections = 1;
+        let store = spool_engine::Store::in_memory().expect("store");
+        let s = crate::Server::start(config, crate::Service::open(store))
+            .await
+            .expect("start");
+        let c = connector(&pki, None);
+        let tcp = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut first = c.connect(name.clone(), tcp).await.expect("handshake");
+        first
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 64];
+        let n = first.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"+PONG\r\n");
+        let tcp = TcpStream::connect(s.local_addr()).await.expect("connect");
+        let mut second = c.connect(name, tcp).await.expect("handshake");
+        let mut text = Vec::new();
+        let _ = second.read_to_end(&mut text).await;
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            "-ERR max number of clients reached\r\n"
+        );
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn mutual_tls_required_and_optional() {
         let pki = Pki::generate().expect("pki");
         let s =

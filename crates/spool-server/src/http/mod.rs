@@ -9,6 +9,7 @@
 //!   (`{"error": CODE, "message": ...}` with the section 8.5 status) and authentication
 //!   (`Authorization: Bearer <token>`, checked before every operation).
 
+mod listen;
 mod openapi;
 mod ops;
 mod queues;
@@ -51,7 +52,26 @@ pub struct HttpConfig {
     pub body_max: usize,
     /// Serve HTTPS (`tls.rs`): every connection's TLS handshake first.
     pub tls: Option<crate::tls::Tls>,
+    /// Connections served at once; past it a connection gets `503 BUSY` and is closed.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) in bytes; above it `431`.
+    pub header_max: usize,
+    /// How long a client may take to send a request's head, counted from when the
+    /// connection is ready for one: also how long an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive (`408` after it).
+    pub body_timeout: Duration,
+    /// How long a write of a reply (or of an SSE event) may stay pending: a client that
+    /// stops reading is disconnected after it.
+    pub write_timeout: Duration,
 }
+
+/// [`HttpConfig::header_max`] by default.
+pub const HEADER_MAX_DEFAULT: usize = 16 * 1024;
+/// [`HttpConfig::header_timeout`] by default.
+pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// [`HttpConfig::body_timeout`] by default.
+pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 impl HttpConfig {
     /// Defaults for `bind`.
@@ -60,6 +80,11 @@ impl HttpConfig {
             bind,
             body_max: BODY_MAX_DEFAULT,
             tls: None,
+            max_connections: crate::server::MAX_CONNECTIONS_DEFAULT,
+            header_max: HEADER_MAX_DEFAULT,
+            header_timeout: HEADER_TIMEOUT_DEFAULT,
+            body_timeout: BODY_TIMEOUT_DEFAULT,
+            write_timeout: crate::server::WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -71,10 +96,6 @@ pub struct HttpServer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
-
-/// How long [`HttpServer::shutdown`] lets running requests finish (a long-poll, an SSE
-/// stream are cut after it).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl HttpServer {
     /// Binds `config.bind` and serves [`router_with`] on it (on the current tokio runtime).
@@ -91,10 +112,7 @@ impl HttpServer {
             source,
         })?;
         let app = router_with(svc, &config);
-        let (stop, mut stopped) = watch::channel(false);
-        let graceful = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
+        let (stop, stopped) = watch::channel(false);
         let task = if let Some(tls) = config.tls.clone() {
             let listener = crate::tls::TlsListener::from_tcp(listener, tls).map_err(|e| {
                 ServerError::Bind {
@@ -102,23 +120,9 @@ impl HttpServer {
                     source: std::io::Error::other(e.to_string()),
                 }
             })?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(graceful)
-                    .await
-                {
-                    tracing::error!("HTTPS listener failed: {e}");
-                }
-            })
+            tokio::spawn(listen::serve(listener, app, config, stopped))
         } else {
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(graceful)
-                    .await
-                {
-                    tracing::error!("HTTP listener failed: {e}");
-                }
-            })
+            tokio::spawn(listen::serve(listener, app, config, stopped))
         };
         Ok(HttpServer {
             local_addr,
@@ -136,7 +140,8 @@ impl HttpServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let mut task = self.task;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+        // The task cuts its connections off after the grace itself; this is a backstop.
+        if tokio::time::timeout(listen::SHUTDOWN_GRACE * 2, &mut task)
             .await
             .is_err()
         {
@@ -150,6 +155,7 @@ impl HttpServer {
 pub(crate) struct App {
     pub svc: Service,
     pub body_max: usize,
+    pub body_timeout: Duration,
     pub metrics: Arc<ops::Metrics>,
 }
 
@@ -164,6 +170,7 @@ pub fn router_with(svc: Service, config: &HttpConfig) -> Router {
     let app = App {
         svc,
         body_max: config.body_max,
+        body_timeout: config.body_timeout,
         metrics: Arc::new(ops::Metrics::default()),
     };
     routes()
@@ -301,9 +308,19 @@ pub(crate) fn allow(
     Ok(who)
 }
 
-/// Reads a request body of at most `max` bytes (`413 TOOBIG` above).
-pub(crate) async fn body(b: Body, max: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(b, max).await.map_err(|e| {
+/// Reads a request body of at most `app.body_max` bytes (`413 TOOBIG` above) that arrives
+/// within `app.body_timeout` (`408` after it).
+pub(crate) async fn body(app: &App, b: Body) -> ApiResult<Bytes> {
+    let max = app.body_max;
+    let read = tokio::time::timeout(app.body_timeout, axum::body::to_bytes(b, max)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::badarg(format!(
+            "the request body did not arrive within {:?} ([http] body_timeout)",
+            app.body_timeout
+        ))
+        .status(StatusCode::REQUEST_TIMEOUT));
+    };
+    read.map_err(|e| {
         // axum wraps http-body-util's `LengthLimitError`, which it does not re-export.
         let too_big = e.to_string().contains("length limit");
         if too_big {

@@ -218,7 +218,7 @@ async fn create(
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Admin, &q)?;
     checked_name(&q)?;
-    let config = ConfigBody::parse(&body(b, app.body_max).await?)?.apply(QueueConfig::default())?;
+    let config = ConfigBody::parse(&body(&app, b).await?)?.apply(QueueConfig::default())?;
     let s = app.svc.store().clone();
     let created = blocking(move || s.create_queue(&q, config)).await?;
     let status = if created {
@@ -238,7 +238,7 @@ async fn configure(
 ) -> ApiResult<Json<Value>> {
     allow(&app.svc, &headers, Access::Admin, &q)?;
     checked_name(&q)?;
-    let change = ConfigBody::parse(&body(b, app.body_max).await?)?;
+    let change = ConfigBody::parse(&body(&app, b).await?)?;
     let store = app.svc.store();
     let config = change.apply(store.queue_config(&q)?)?;
     let (s, c) = (store.clone(), config.clone());
@@ -356,7 +356,7 @@ async fn push(
     let pq = query(pq)?;
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
-    let raw = body(b, app.body_max).await?;
+    let raw = body(&app, b).await?;
     let store = app.svc.store();
     if !record::is_json(&headers) {
         let p = push_of(raw, pq.priority, pq.delay_ms, pq.ttl_ms)?;
@@ -557,7 +557,7 @@ async fn ack_many(
 ) -> ApiResult<Json<Value>> {
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
-    let req: AckBody = record::parse_json(&body(b, app.body_max).await?)?;
+    let req: AckBody = record::parse_json(&body(&app, b).await?)?;
     if req.receipts.is_empty() {
         return Err(ApiError::badarg("\"receipts\" is empty"));
     }

@@ -175,9 +175,8 @@ async fn a_body_over_the_limit_is_toobig_with_the_limit() {
     let app = router_with(
         Service::open(Store::in_memory().expect("store")),
         &HttpConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             body_max: 10,
-            tls: None,
+            ..HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
         },
     );
     let (s, b) = call(

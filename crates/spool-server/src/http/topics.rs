@@ -135,7 +135,7 @@ async fn create(
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Admin, &t)?;
     checked_name(&t)?;
-    let config = ConfigBody::parse(&body(b, app.body_max).await?)?.apply(TopicConfig::default())?;
+    let config = ConfigBody::parse(&body(&app, b).await?)?.apply(TopicConfig::default())?;
     let s = app.svc.store().clone();
     let created = blocking(move || s.create_topic(&t, config)).await?;
     let status = if created {
@@ -155,7 +155,7 @@ async fn configure(
 ) -> ApiResult<Json<Value>> {
     allow(&app.svc, &headers, Access::Admin, &t)?;
     checked_name(&t)?;
-    let change = ConfigBody::parse(&body(b, app.body_max).await?)?;
+    let change = ConfigBody::parse(&body(&app, b).await?)?;
     let store = app.svc.store();
     let config = change.apply(store.topic_stats(&t)?.config)?;
     let (s, c) = (store.clone(), config.clone());
@@ -212,7 +212,7 @@ async fn publish(
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Write, &t)?;
     checked_name(&t)?;
-    let raw = body(b, app.body_max).await?;
+    let raw = body(&app, b).await?;
     let payload = if record::is_json(&headers) {
         let m: PublishBody = record::parse_json(&raw)?;
         record::decode_payload(&m.payload, m.encoding.as_deref())?

@@ -207,9 +207,22 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         spool_engine::Options {
             segment_prep: spool_engine::SegmentPrep::Eager,
             auto_create: policy.auto_create,
+            durability: s
+                .config
+                .file
+                .store
+                .durability
+                .unwrap_or_default()
+                .to_engine(),
             ..spool_engine::Options::default()
         },
     )?;
+    let durability = s.config.file.store.durability.unwrap_or_default();
+    if durability != crate::config::Durability::Sync {
+        tracing::warn!(
+            "[store] durability = \"{durability}\": a reply means written, not on disk; a power cut can lose what was acknowledged in that window"
+        );
+    }
     let mut config = ServerConfig::new(s.bind);
     config.max_connections = s.max_connections;
     if let Some(t) = s.config.write_timeout {
@@ -326,6 +339,21 @@ fn http_settings(
     }
     let mut config = HttpConfig::new(bind);
     config.tls = tls;
+    if let Some(n) = file.max_connections {
+        config.max_connections = n;
+    }
+    if let Some(h) = file.max_header_size {
+        config.header_max = usize::try_from(h.bytes()).unwrap_or(usize::MAX);
+    }
+    if let Some(t) = s.config.http_header_timeout {
+        config.header_timeout = t;
+    }
+    if let Some(t) = s.config.http_body_timeout {
+        config.body_timeout = t;
+    }
+    if let Some(t) = s.config.http_write_timeout {
+        config.write_timeout = t;
+    }
     // A JSON envelope around the largest payload (base64 makes it 4/3 as long).
     config.body_max = config
         .body_max

@@ -89,7 +89,7 @@ impl Durability {
             "none" => Ok(Self::None),
             t => match t.strip_prefix("interval:") {
                 Some(d) => units::parse_duration(d).map(Self::Interval),
-                None => Err(format!("{s:?} is not a durability")),
+                None => Err(format!("{s:?} is not a durability; use {}", Self::FORMS)),
             },
         }
     }

@@ -28,6 +28,8 @@ pub const ENV_PREFIX: &str = "SPOOL_SERVE__";
 pub struct StoreSection {
     /// The store directory (`--dir` and `$SPOOL_DIR` win over it).
     pub dir: Option<PathBuf>,
+    /// When a write is acknowledged: `sync` (default), `interval:<duration>`, `none`.
+    pub durability: Option<super::Durability>,
 }
 
 /// `[resp]`: the Redis-protocol listener.
@@ -44,12 +46,22 @@ pub struct RespSection {
     pub max_payload: Option<ByteSize>,
 }
 
-/// `[http]` and `[dsmq]`: listeners other parts of the server run.
+/// `[http]`: the HTTP/JSON listener.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerSection {
+pub struct HttpSection {
     pub bind: Option<String>,
     pub enabled: Option<bool>,
+    /// Connections at once; past it `503 BUSY`.
+    pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers); above it `431`.
+    pub max_header_size: Option<ByteSize>,
+    /// How long a request's head may take to arrive (also the keep-alive idle time).
+    pub header_timeout: Option<String>,
+    /// How long a request body may take to arrive (`408`).
+    pub body_timeout: Option<String>,
+    /// How long a reply (or an SSE event) may wait for a client that does not read.
+    pub write_timeout: Option<String>,
 }
 
 /// `[dsmq]`: the dsmq-compatible listener (docs/dsmq.md).
@@ -118,7 +130,7 @@ pub struct ServeFile {
     #[serde(default)]
     pub resp: RespSection,
     #[serde(default)]
-    pub http: ListenerSection,
+    pub http: HttpSection,
     #[serde(default)]
     pub dsmq: DsmqSection,
     #[serde(default)]
@@ -151,6 +163,10 @@ pub struct ServeConfig {
     pub file: ServeFile,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// `[http]`'s timeouts, when set.
+    pub http_header_timeout: Option<Duration>,
+    pub http_body_timeout: Option<Duration>,
+    pub http_write_timeout: Option<Duration>,
     pub tls: Option<TlsConfig>,
     pub users: Vec<UserConfig>,
 }
@@ -270,6 +286,49 @@ fn check(f: ServeFile, file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
     };
     let idle_timeout = duration("resp.idle_timeout", &f.resp.idle_timeout);
     let write_timeout = duration("resp.write_timeout", &f.resp.write_timeout);
+    // The HTTP listener's timeouts cannot be off: each bounds what one client may hold.
+    let mut http_timeout = |key: &str, v: &Option<String>| -> Option<Duration> {
+        let v = v.as_ref()?;
+        match parse_duration(v) {
+            Ok(d) if d < Duration::from_millis(1) => {
+                errs.push(invalid(
+                    key,
+                    v,
+                    "at least 1ms, e.g. \"30s\" (it cannot be off)",
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.push(invalid(key, v, &e));
+                None
+            }
+        }
+    };
+    let http_header_timeout = http_timeout("http.header_timeout", &f.http.header_timeout);
+    let http_body_timeout = http_timeout("http.body_timeout", &f.http.body_timeout);
+    let http_write_timeout = http_timeout("http.write_timeout", &f.http.write_timeout);
+    if f.http.max_connections == Some(0) {
+        errs.push(invalid("http.max_connections", "0", "at least 1"));
+    }
+    if let Some(h) = f.http.max_header_size {
+        if h.bytes() < 1024 || h.bytes() > 1 << 20 {
+            errs.push(invalid(
+                "http.max_header_size",
+                &h.to_string(),
+                "between 1KiB and 1MiB, e.g. \"16KiB\"",
+            ));
+        }
+    }
+    if let Some(super::Durability::Interval(d)) = f.store.durability {
+        if d < Duration::from_millis(1) || d > super::validate::SYNC_INTERVAL_MAX {
+            errs.push(invalid(
+                "store.durability",
+                &format!("interval:{d:?}"),
+                "an interval of at least 1ms and at most 1m (\"sync\" for no window, \"none\" for none at all)",
+            ));
+        }
+    }
     if f.resp.max_payload.is_some_and(|p| p.bytes() == 0) {
         errs.push(invalid(
             "resp.max_payload",
@@ -360,6 +419,9 @@ fn check(f: ServeFile, file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
         file: f,
         idle_timeout,
         write_timeout,
+        http_header_timeout,
+        http_body_timeout,
+        http_write_timeout,
         tls,
         users,
     })
@@ -369,6 +431,8 @@ fn check(f: ServeFile, file: &Path) -> Result<ServeConfig, Vec<ConfigError>> {
 pub const SERVE_EXAMPLE: &str = r#"# spool serve --config serve.toml (docs/serve.md)
 [store]
 # dir = "/var/lib/spool"          # --dir and $SPOOL_DIR win over this
+durability = "sync"               # a reply after fdatasync; "interval:100ms" or "none" trade
+                                  # what a power cut may lose for speed
 
 [resp]
 bind = "127.0.0.1:7411"           # a non-loopback address needs [[users]]
@@ -380,6 +444,11 @@ max_payload = "1MiB"                # larger arguments get -TOOBIG
 [http]
 enabled = true                    # the HTTP/JSON listener (docs/http.md); or --no-http
 bind = "127.0.0.1:7412"           # or --http ADDR; a non-loopback address needs [[users]]
+max_connections = 10000           # more get 503 BUSY
+max_header_size = "16KiB"         # a larger request head gets 431
+header_timeout = "30s"            # a request head must arrive within this (keep-alive idle too)
+body_timeout = "60s"              # a request body must arrive within this (else 408)
+write_timeout = "30s"             # a client that stops reading a reply or stream is closed
 
 [dsmq]
 enabled = false                   # the dsmq-compatible listener (docs/dsmq.md); or --dsmq ADDR
@@ -463,5 +532,49 @@ mod tests {
         assert!(e.contains("resp.idle_timeout"), "{e}");
         assert!(e.contains("tls.key"), "{e}");
         assert!(e.contains("users[0].permissions[0].access"), "{e}");
+    }
+
+    #[test]
+    fn http_limits_and_durability_load_and_bad_ones_are_reported() {
+        let (_d, p) = write(
+            "[store]\ndurability = \"interval:50ms\"\n[http]\nmax_connections = 7\nmax_header_size = \"8KiB\"\nheader_timeout = \"5s\"\nbody_timeout = \"9s\"\nwrite_timeout = \"2s\"\n",
+        );
+        let c = load_serve(Some(&p), &[]).expect("valid");
+        assert_eq!(
+            c.file.store.durability,
+            Some(crate::config::Durability::Interval(Duration::from_millis(
+                50
+            )))
+        );
+        assert_eq!(c.file.http.max_connections, Some(7));
+        assert_eq!(c.file.http.max_header_size.map(ByteSize::bytes), Some(8192));
+        assert_eq!(c.http_header_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(c.http_body_timeout, Some(Duration::from_secs(9)));
+        assert_eq!(c.http_write_timeout, Some(Duration::from_secs(2)));
+        let env = vec![(
+            "SPOOL_SERVE__STORE__DURABILITY".to_owned(),
+            "none".to_owned(),
+        )];
+        let c = load_serve(Some(&p), &env).expect("valid");
+        assert_eq!(
+            c.file.store.durability,
+            Some(crate::config::Durability::None)
+        );
+
+        let (_d, p) = write(
+            "[store]\ndurability = \"interval:5m\"\n[http]\nmax_connections = 0\nmax_header_size = \"100\"\nwrite_timeout = \"0s\"\n",
+        );
+        let e = load_serve(Some(&p), &[]).expect_err("invalid").to_string();
+        for key in [
+            "store.durability",
+            "http.max_connections",
+            "http.max_header_size",
+            "http.write_timeout",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let (_d, p) = write("[store]\ndurability = \"fsync\"\n");
+        let e = load_serve(Some(&p), &[]).expect_err("invalid").to_string();
+        assert!(e.contains("interval:<duration>"), "{e}");
     }
 }

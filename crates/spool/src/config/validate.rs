@@ -27,7 +27,7 @@ const DRAIN_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 /// A device that waits longer than a day between reconnect attempts looks dead.
 const BACKOFF_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Past this an `interval` durability is `none` in all but name.
-const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(60);
+pub(crate) const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(60);
 /// MQTT's limit on strings (client id, topic filter): a two-byte length.
 const MQTT_STRING_MAX: usize = 65_535;
 /// The smallest listener packet limit that still holds a CONNECT with a long client id.

@@ -2,6 +2,7 @@
 //! the real `curl`. No timing assertions: waits are "until this holds", bounded only so that a
 //! broken build fails instead of hanging.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -31,14 +32,21 @@ impl Drop for Serve {
 
 impl Serve {
     fn start() -> Serve {
+        Serve::start_with_env(&[])
+    }
+
+    /// With `SPOOL_SERVE__` variables; its log goes to `serve.log` in [`Serve::dir`].
+    fn start_with_env(env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().expect("tempdir");
         let (resp, http) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("serve.log")).expect("log file");
         let child = super::spool(&dir.path().join("store"))
             .args(["serve", "--bind", &format!("127.0.0.1:{resp}")])
             .args(["--http", &format!("127.0.0.1:{http}")])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn spool serve");
         let s = Serve {
@@ -232,4 +240,42 @@ fn sse_stream_resumes_after_last_event_id_and_openapi_health_metrics_answer() {
     assert_eq!(st, 200);
     assert!(m.contains("spool_topic_last_seq{topic=\"news\"} 3"), "{m}");
     assert!(m.contains("spool_http_requests_total{method=\"POST\",route=\"/v1/topics/{t}/messages\",status=\"201\"} 3"), "{m}");
+}
+
+#[test]
+fn http_limits_and_durability_come_from_the_configuration() {
+    let s = Serve::start_with_env(&[
+        ("SPOOL_SERVE__HTTP__MAX_CONNECTIONS", "1"),
+        ("SPOOL_SERVE__HTTP__MAX_HEADER_SIZE", "4KiB"),
+        ("SPOOL_SERVE__STORE__DURABILITY", "interval:20ms"),
+    ]);
+    let log = std::fs::read_to_string(s.dir.path().join("serve.log")).expect("log");
+    assert!(log.contains("durability = \"interval:20ms\""), "{log}");
+    // A head over 4 KiB: 431.
+    let big = format!("x-pad: {}", "a".repeat(6000));
+    assert_eq!(s.curl(&["-H", &big, "/health/live"]).0, 431);
+    // One keep-alive connection held open: the next one is refused with BUSY.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut held = std::net::TcpStream::connect(&addr).expect("connect");
+    held.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("send");
+    let mut buf = [0u8; 512];
+    let n = held.read(&mut buf).expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (status, busy) = s.json(&["/health/live"]);
+    assert_eq!(
+        (status, &busy["error"]),
+        (503, &serde_json::json!("BUSY")),
+        "{busy}"
+    );
+    // Its slot comes back when it closes.
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    while s.curl(&["/health/live"]).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection kept its slot"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }

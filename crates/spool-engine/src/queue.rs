@@ -734,6 +734,17 @@ impl Store {
     /// (with fresh ids and counters). Messages whose source queue no longer exists stay.
     /// Returns how many moved.
     pub fn redrive(&self, dlq: &str, n: usize) -> Result<usize> {
+        self.redrive_where(dlq, n, |_| true)
+    }
+
+    /// [`Store::redrive`] of only the dead letters whose source queue's name `allow`s (for a
+    /// server whose caller may write to some queues and not others); the others stay.
+    pub fn redrive_where(
+        &self,
+        dlq: &str,
+        n: usize,
+        allow: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
         check_count(n)?;
         self.wait_for_pending()?;
         self.commit(|txn| {
@@ -768,8 +779,9 @@ impl Store {
                 let Some(src) = record.carried.map(|c| c.origin_queue) else {
                     continue;
                 };
-                if !txn.core.state.queues.contains_key(&src) {
-                    continue;
+                match txn.core.state.queues.get(&src) {
+                    Some(q) if allow(&q.name) => {}
+                    _ => continue,
                 }
                 if move_message(txn, qid, id, src, RemoveReason::Redriven)?.is_some() {
                     moved += 1;

@@ -389,6 +389,19 @@ impl Store {
         self.shared().lock_core().poisoned.clone()
     }
 
+    /// The configuration a queue gets when it is created without one
+    /// ([`Options::default_queue`]): what a front end starts from when asked to create a queue
+    /// with some settings given.
+    pub fn default_queue_config(&self) -> crate::QueueConfig {
+        self.shared().options.default_queue.clone()
+    }
+
+    /// The configuration a topic gets when it is created without one
+    /// ([`Options::default_topic`]).
+    pub fn default_topic_config(&self) -> crate::TopicConfig {
+        self.shared().options.default_topic.clone()
+    }
+
     /// What recovery found when the store was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.report

@@ -237,17 +237,16 @@ impl Store {
 
     /// [`Store::publish`] for async callers.
     pub fn publish_async(&self, topic: &str, payload: impl Into<Bytes>) -> Committed<Vec<u64>> {
+        self.publish_batch_async(topic, vec![payload.into()])
+    }
+
+    /// [`Store::publish_batch`] for async callers: applied now, the future resolves once
+    /// durable.
+    pub fn publish_batch_async(&self, topic: &str, payloads: Vec<Bytes>) -> Committed<Vec<u64>> {
         let opts = &self.shared().options;
-        let payload = payload.into();
         self.commit_async(|txn| {
             name::validate(topic)?;
-            publish_txn(
-                txn,
-                topic,
-                vec![payload],
-                opts.auto_create,
-                &opts.default_topic,
-            )
+            publish_txn(txn, topic, payloads, opts.auto_create, &opts.default_topic)
         })
     }
 

@@ -19,6 +19,7 @@ pub mod dsmq;
 pub mod error;
 pub mod http;
 pub mod limits;
+mod manage;
 pub mod registry;
 mod server;
 mod service;
@@ -26,6 +27,7 @@ pub mod tls;
 pub mod wait;
 
 pub use cmd::{execute, start, ConnState, Durable, Reply, TopicCursors};
+pub use manage::Manage;
 pub use server::{
     Server, ServerConfig, ServerError, MAX_CONNECTIONS_DEFAULT, WRITE_TIMEOUT_DEFAULT,
 };

@@ -91,11 +91,14 @@ impl Drop for Subscription {
 #[non_exhaustive]
 pub enum Refused {
     /// A write to a queue that does not exist, with `auto_create` off.
-    #[error("unknown queue {0:?}: this server does not create queues on first use (auto_create is off); create it first with QCREATE")]
+    #[error("unknown queue {0:?}: this server does not create queues on first use (auto_create is off); create it first (QCREATE, or PUT /v1/queues/<name>)")]
     NoQueue(String),
     /// A publish to a topic that does not exist, with `auto_create` off.
-    #[error("unknown topic {0:?}: this server does not create topics on first use (auto_create is off); create it first with TCREATE")]
+    #[error("unknown topic {0:?}: this server does not create topics on first use (auto_create is off); create it first (TCREATE, or PUT /v1/topics/<name>)")]
     NoTopic(String),
+    /// A redrive of a queue that is no queue's dead-letter queue.
+    #[error("queue {0:?} is not the dead-letter queue of any queue; name a DLQ (a queue with max_receives has <name>.dlq)")]
+    NotDeadLetterQueue(String),
     /// Creating `adding` more queues would pass `max_queues`.
     #[error("cannot create queue {queue:?}: the server holds {have} queues and its limit is {max} (max_queues); drop queues no longer used (QDROP), or raise max_queues in the server config")]
     TooManyQueues {
@@ -112,6 +115,7 @@ impl Refused {
             Refused::NoQueue(_) => "NOQUEUE",
             Refused::NoTopic(_) => "NOTOPIC",
             Refused::TooManyQueues { .. } => "FULL",
+            Refused::NotDeadLetterQueue(_) => "NODLQ",
         }
     }
 }
@@ -190,6 +194,23 @@ impl Service {
             return Err(Refused::NoTopic(topic.to_string()));
         }
         Ok(write())
+    }
+
+    /// A read of `queue`: fine when it exists, or when a missing queue reads as empty
+    /// ([`Service::missing_reads_empty`]); else `NOQUEUE`.
+    pub fn queue_readable(&self, queue: &str) -> Result<(), Refused> {
+        if self.missing_reads_empty() || self.queue_exists(queue) {
+            return Ok(());
+        }
+        Err(Refused::NoQueue(queue.to_string()))
+    }
+
+    /// A read of `topic`: as [`Service::queue_readable`], `NOTOPIC`.
+    pub fn topic_readable(&self, topic: &str) -> Result<(), Refused> {
+        if self.missing_reads_empty() || self.store().topic_stats(topic).is_ok() {
+            return Ok(());
+        }
+        Err(Refused::NoTopic(topic.to_string()))
     }
 
     /// Whether a read of a missing queue is an empty reply (`auto_create` on: a worker may

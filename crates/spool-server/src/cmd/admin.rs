@@ -27,9 +27,11 @@ use spool_engine::options::PAYLOAD_MAX;
 use spool_engine::{name, Error as EngineError, Overflow, QueueConfig, Store};
 use spool_resp::Frame;
 
+use crate::auth::Identity;
 use crate::limits::{COUNT_MAX, DELAY_MS_MAX, TTL_MS_MAX, VT_MS_MAX};
 use crate::service::Service;
 use crate::wait::blocking;
+use crate::Manage;
 
 use super::queue::{int, key, queue_name, refused};
 use super::{badarg, engine_err, err, number, Args, Reply};
@@ -163,16 +165,6 @@ fn dlq_name(q: &str, v: &[u8]) -> Result<String, Reply> {
     Ok(d)
 }
 
-/// How many queues creating `q` with `config` (or giving it `config`) adds: `q` itself when
-/// missing, and its dead-letter queue when missing.
-fn queues_added(store: &Store, q: &str, config: &QueueConfig, q_exists: bool) -> usize {
-    let missing = |n: &str| store.queue_config(n).is_err();
-    let dlq = config
-        .dead_letter_queue_of(q)
-        .filter(|d| d != q && missing(d));
-    usize::from(!q_exists) + usize::from(dlq.is_some())
-}
-
 /// A queue config as map pairs (in `QSTATS` and `QCONFIG q`): `vt_ms`, `delay_ms`,
 /// `maxsize`, `maxlen`, `maxreceives`, `dlq` (nil for none), `retention_ms` (0: forever),
 /// `maxbytes`, `overflow`, `maxinflight`.
@@ -202,43 +194,35 @@ pub(super) fn config_pairs(q: &str, c: &QueueConfig) -> Vec<(Frame, Frame)> {
     ]
 }
 
-/// An engine call on the blocking pool whose own checks may refuse with a reply.
-async fn run<T: Send + 'static>(
-    f: impl FnOnce() -> Result<Result<T, Reply>, EngineError> + Send + 'static,
-) -> Result<T, Reply> {
-    blocking(f).await.map_err(|e| engine_err(&e))?
-}
-
 /// `QCREATE q [KEY value ...]` -> `:1` created, `:0` it exists with this very config,
 /// `-EXISTS` it exists with another (change it with `QCONFIG`). Keys: see the module docs.
 pub(super) async fn create(svc: &Service, arg_max: usize, a: &mut Args<'_>) -> Reply {
     let parsed = (|| {
         let q = queue_name(a)?;
-        let c = Changes::parse(&q, a, arg_max)?.apply(&q, QueueConfig::default())?;
+        let c = Changes::parse(&q, a, arg_max)?;
         Ok::<_, Reply>((q, c))
     })();
-    let (q, c) = match parsed {
+    let (q, changes) = match parsed {
         Ok(p) => p,
         Err(r) => return r,
     };
     let svc = svc.clone();
-    let r = run(move || {
-        let store = svc.store();
-        let q_exists = store.queue_config(&q).is_ok();
-        let adding = queues_added(store, &q, &c, q_exists);
-        let _room = match svc.reserve_queues(&q, adding) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(refused(&e))),
-        };
-        match store.create_queue(&q, c) {
-            Err(EngineError::Exists { .. }) => Ok(Err(exists("queue", &q, "Q"))),
-            r => r.map(Ok),
-        }
-    })
-    .await;
+    let name = q.clone();
+    let r = blocking(move || Ok(svc.create_queue(&q, |base| changes.apply(&q, base)))).await;
     match r {
-        Ok(created) => Frame::Integer(i64::from(created)),
-        Err(r) => r,
+        Ok(Ok(created)) => Frame::Integer(i64::from(created)),
+        Ok(Err(e)) => managed(e, "queue", &name, "Q"),
+        Err(e) => engine_err(&e),
+    }
+}
+
+/// The reply to a creation or change that was not applied.
+pub(super) fn managed(e: Manage<Reply>, kind: &str, name: &str, cmd: &str) -> Reply {
+    match e {
+        Manage::Engine(EngineError::Exists { .. }) => exists(kind, name, cmd),
+        Manage::Engine(e) => engine_err(&e),
+        Manage::Refused(r) => refused(&r),
+        Manage::Invalid(r) => r,
     }
 }
 
@@ -268,25 +252,12 @@ pub(super) async fn config(svc: &Service, arg_max: usize, a: &mut Args<'_>) -> R
         Err(r) => return r,
     };
     let svc = svc.clone();
-    let r = run(move || {
-        let _one_at_a_time = svc.registry().configuring();
-        let store = svc.store();
-        let old = store.queue_config(&q)?;
-        let new = match changes.apply(&q, old) {
-            Ok(c) => c,
-            Err(r) => return Ok(Err(r)),
-        };
-        let adding = queues_added(store, &q, &new, true);
-        let _room = match svc.reserve_queues(&q, adding) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(refused(&e))),
-        };
-        store.configure_queue(&q, new).map(Ok)
-    })
-    .await;
+    let name = q.clone();
+    let r = blocking(move || Ok(svc.configure_queue(&q, |old| changes.apply(&q, old)))).await;
     match r {
-        Ok(()) => super::ok(),
-        Err(r) => r,
+        Ok(Ok(_)) => super::ok(),
+        Ok(Err(e)) => managed(e, "queue", &name, "Q"),
+        Err(e) => engine_err(&e),
     }
 }
 
@@ -321,8 +292,9 @@ pub(super) async fn purge(store: &Store, a: &mut Args<'_>) -> Reply {
 
 /// `QREDRIVE dlq [COUNT n]` -> how many dead letters moved back to the queues they came
 /// from (all of them without `COUNT`), with fresh ids and counters. `-NODLQ` when `dlq` is
-/// not the dead-letter queue of any queue. A dead letter whose queue was dropped stays.
-pub(super) async fn redrive(store: &Store, a: &mut Args<'_>) -> Reply {
+/// not the dead-letter queue of any queue. A dead letter whose queue was dropped stays, and
+/// so does one whose queue the caller may not write to (a redrive writes to each source).
+pub(super) async fn redrive(svc: &Service, who: &Identity, a: &mut Args<'_>) -> Reply {
     let parsed = (|| {
         let d = queue_name(a)?;
         let mut count = None;
@@ -340,36 +312,10 @@ pub(super) async fn redrive(store: &Store, a: &mut Args<'_>) -> Reply {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let s = store.clone();
-    let r = run(move || {
-        s.queue_config(&d)?;
-        let is_dlq = s.queues().iter().any(|q| {
-            s.queue_config(q)
-                .is_ok_and(|c| c.dead_letter_queue_of(q).as_deref() == Some(d.as_str()))
-        });
-        if !is_dlq {
-            return Ok(Err(err(
-                "NODLQ",
-                &format!("queue {d:?} is not the dead-letter queue of any queue; name a DLQ (a queue with MAXRECEIVES has <name>.dlq)"),
-            )));
-        }
-        // One engine call moves a bounded batch: go on until the count is reached or
-        // nothing more can move.
-        let mut left = count.unwrap_or(u64::MAX);
-        let mut moved = 0u64;
-        while left > 0 {
-            let n = s.redrive(&d, usize::try_from(left.min(COUNT_MAX)).unwrap_or(1))? as u64;
-            if n == 0 {
-                break;
-            }
-            moved += n;
-            left = left.saturating_sub(n);
-        }
-        Ok(Ok(moved))
-    })
-    .await;
-    match r {
-        Ok(n) => int(n),
-        Err(r) => r,
+    let (svc, who) = (svc.clone(), who.clone());
+    match blocking(move || Ok(svc.redrive::<Reply>(&d, count, &who))).await {
+        Ok(Ok(n)) => int(n),
+        Ok(Err(e)) => managed(e, "queue", "", "Q"),
+        Err(e) => engine_err(&e),
     }
 }

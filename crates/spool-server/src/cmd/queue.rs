@@ -120,10 +120,7 @@ pub(super) fn refused(r: &Refused) -> Reply {
 
 /// `-NOQUEUE` for a read of a missing queue when the server does not auto-create.
 fn check_readable(svc: &Service, queue: &str) -> Result<(), Reply> {
-    if svc.missing_reads_empty() || svc.store().queue_config(queue).is_ok() {
-        return Ok(());
-    }
-    Err(refused(&Refused::NoQueue(queue.to_string())))
+    svc.queue_readable(queue).map_err(|r| refused(&r))
 }
 
 /// `QPUSH q payload [PRI p] [DELAY ms] [TTL ms]` -> the id, once the message is durable.

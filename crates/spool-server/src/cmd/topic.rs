@@ -113,20 +113,11 @@ fn topic_name(a: &mut Args<'_>) -> Result<String, Reply> {
     Ok(t)
 }
 
-fn topic_exists(store: &Store, topic: &str) -> bool {
-    store.topic_stats(topic).is_ok()
-}
-
 /// `NOTOPIC` for a read of a missing topic when the server does not auto-create (with
 /// auto-create on, such a read is empty).
 fn check_readable(svc: &Service, topic: &str) -> Result<(), Reply> {
-    if svc.missing_reads_empty() || topic_exists(svc.store(), topic) {
-        return Ok(());
-    }
-    Err(err(
-        "NOTOPIC",
-        &format!("unknown topic {topic:?}: create it first with TCREATE"),
-    ))
+    svc.topic_readable(topic)
+        .map_err(|r| super::queue::refused(&r))
 }
 
 /// Applies `KEY value` pairs to a topic config: `TTL ms`, `MAXLEN n`, and spool's
@@ -168,22 +159,29 @@ fn config_pairs(c: &TopicConfig) -> Vec<(Frame, Frame)> {
 
 /// `TCREATE t [TTL ms] [MAXLEN n] [MAXSIZE b] [MAXBYTES b]` -> `:1` created, `:0` it exists
 /// with this config, `-EXISTS` it exists with another (change it with `TCONFIG`).
-pub(super) async fn create(store: &Store, arg_max: usize, a: &mut Args<'_>) -> Reply {
+pub(super) async fn create(svc: &Service, arg_max: usize, a: &mut Args<'_>) -> Reply {
     let parsed = (|| {
         let t = topic_name(a)?;
-        let mut c = TopicConfig::default();
-        topic_options(a, &mut c, arg_max)?;
-        Ok::<_, Reply>((t, c))
+        // Checked against a throwaway config here; applied to the store's defaults below.
+        let pairs: Vec<Frame> = std::iter::from_fn(|| a.next()).map(Frame::Bulk).collect();
+        topic_options(&mut Args::new(&pairs), &mut TopicConfig::default(), arg_max)?;
+        Ok::<_, Reply>((t, pairs))
     })();
-    let (t, c) = match parsed {
+    let (t, pairs) = match parsed {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let s = store.clone();
+    let svc = svc.clone();
     let name = t.clone();
-    match blocking(move || s.create_topic(&t, c)).await {
-        Ok(created) => Frame::Integer(i64::from(created)),
-        Err(EngineError::Exists { .. }) => super::admin::exists("topic", &name, "T"),
+    let r = blocking(move || {
+        Ok(svc.create_topic(&t, |mut c| {
+            topic_options(&mut Args::new(&pairs), &mut c, arg_max).map(|()| c)
+        }))
+    })
+    .await;
+    match r {
+        Ok(Ok(created)) => Frame::Integer(i64::from(created)),
+        Ok(Err(e)) => super::admin::managed(e, "topic", &name, "T"),
         Err(e) => engine_err(&e),
     }
 }
@@ -207,16 +205,16 @@ pub(super) async fn config(svc: &Service, arg_max: usize, a: &mut Args<'_>) -> R
         return r;
     }
     let svc = svc.clone();
+    let name = t.clone();
     let r = blocking(move || {
-        let _one_at_a_time = svc.registry().configuring();
-        let mut c = svc.store().topic_stats(&t)?.config;
-        // Checked above; the same pairs cannot fail now.
-        let _ = topic_options(&mut Args::new(&pairs), &mut c, arg_max);
-        svc.store().configure_topic(&t, c)
+        Ok(svc.configure_topic(&t, |mut c| {
+            topic_options(&mut Args::new(&pairs), &mut c, arg_max).map(|()| c)
+        }))
     })
     .await;
     match r {
-        Ok(()) => super::ok(),
+        Ok(Ok(_)) => super::ok(),
+        Ok(Err(e)) => super::admin::managed(e, "topic", &name, "T"),
         Err(e) => engine_err(&e),
     }
 }

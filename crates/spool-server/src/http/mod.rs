@@ -245,6 +245,22 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<crate::registry::Refused> for ApiError {
+    fn from(r: crate::registry::Refused) -> ApiError {
+        ApiError::new(r.code(), r.to_string())
+    }
+}
+
+impl From<crate::Manage<ApiError>> for ApiError {
+    fn from(m: crate::Manage<ApiError>) -> ApiError {
+        match m {
+            crate::Manage::Engine(e) => e.into(),
+            crate::Manage::Refused(r) => r.into(),
+            crate::Manage::Invalid(e) => e,
+        }
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         ApiError::new(e.code(), e.to_string())

@@ -32,17 +32,17 @@ const OPS: &[Op] = &[
     Op { method: "delete", path: "/v1/queues/{q}/messages/{id}", summary: "Ack: `{id}` is the receipt of a lease (`{acked: 1}`)", query: &[], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/nack", summary: "Release a lease early (`{nacked: 1}`)", query: &[("delay_ms", "visible again after this, default 0"), ("priority", "new priority 0-255")], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/extend", summary: "Extend a lease to now + vt (`{visible_at_ms}`)", query: &[("vt", "required, 1 ms to 12 h")], body: None, ok: "200" },
-    Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/dead", summary: "Move a leased message to the dead-letter queue (`{id}` there)", query: &[], body: None, ok: "200" },
+    Op { method: "post", path: "/v1/queues/{q}/messages/{receipt}/dead", summary: "Move a leased message to the dead-letter queue (`{id}` there); the reason is logged", query: &[("reason", "free text, written to the server log")], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/lease", summary: "Lease messages (`{messages}` with receipts), long-polling up to `wait` ms", query: &[("vt", "visibility timeout, 1 ms to 12 h, default the queue's"), ("count", "1-1000, default 1"), ("wait", "0-60000 ms, default 0"), ENC], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/pop", summary: "Take and remove messages, at most once (`{messages}`); `wait` long-polls", query: &[("count", "1-1000, default 1"), ("wait", "ms, 0-60000: wait for a message"), ENC], body: None, ok: "200" },
     Op { method: "post", path: "/v1/queues/{q}/ack", summary: "Ack many receipts: `{receipts: [...]}` -> `{acked, results}`", query: &[], body: Some("AckMany"), ok: "200" },
-    Op { method: "post", path: "/v1/queues/{q}/redrive", summary: "Move dead letters of dead-letter queue {q} back (`{moved}`)", query: &[("count", "1-1000, default 1000")], body: None, ok: "200" },
+    Op { method: "post", path: "/v1/queues/{q}/redrive", summary: "Move dead letters of dead-letter queue {q} back (`{moved}`)", query: &[("count", "at most this many; default all")], body: None, ok: "200" },
     Op { method: "get", path: "/v1/topics", summary: "List the topics the caller may read (`{topics}`)", query: &[("pattern", "glob with * and ?")], body: None, ok: "200" },
     Op { method: "put", path: "/v1/topics/{t}", summary: "Create a topic (`{created}`)", query: &[], body: Some("TopicConfig"), ok: "201" },
     Op { method: "patch", path: "/v1/topics/{t}", summary: "Change a topic's config (`{config}`)", query: &[], body: Some("TopicConfig"), ok: "200" },
     Op { method: "delete", path: "/v1/topics/{t}", summary: "Drop a topic (`{dropped}`)", query: &[], body: None, ok: "200" },
     Op { method: "get", path: "/v1/topics/{t}", summary: "Topic stats and config", query: &[], body: None, ok: "200" },
-    Op { method: "post", path: "/v1/topics/{t}/messages", summary: "Publish: raw body = payload, or JSON `{payload, encoding?}` (`{seq}`); answered once durable", query: &[], body: Some("Publish"), ok: "201" },
+    Op { method: "post", path: "/v1/topics/{t}/messages", summary: "Publish: raw body = payload, or JSON `{payload, encoding?}` (`{seq}`), or `{messages: [...]}` (atomic, `{seqs}`); answered once durable", query: &[], body: Some("Publish"), ok: "201" },
     Op { method: "get", path: "/v1/topics/{t}/messages", summary: "The next message at or after the cursor (`{message|null, next_cursor}`), long-polling up to `wait` ms", query: &[("cursor", "required: from a subscription, then each reply's next_cursor"), ("wait", "0-60000 ms, default 0"), ENC], body: None, ok: "200" },
     Op { method: "get", path: "/v1/topics/{t}/latest", summary: "The newest message at or after the cursor (`{message|null, next_cursor}`)", query: &[("cursor", "required"), ENC], body: None, ok: "200" },
     Op { method: "post", path: "/v1/topics/{t}/subscriptions", summary: "A cursor that sees what is published from now on (`{cursor}`)", query: &[], body: None, ok: "201" },
@@ -124,8 +124,9 @@ pub fn document() -> Value {
                     "payload": {"type": "string"}, "encoding": {"type": "string", "enum": ["base64"]},
                     "priority": int, "delay_ms": int, "ttl_ms": int,
                     "messages": {"type": "array", "items": {"type": "object"}}}},
-                "Publish": {"type": "object", "required": ["payload"], "properties": {
-                    "payload": {"type": "string"}, "encoding": {"type": "string", "enum": ["base64"]}}},
+                "Publish": {"type": "object", "properties": {
+                    "payload": {"type": "string"}, "encoding": {"type": "string", "enum": ["base64"]},
+                    "messages": {"type": "array", "items": {"type": "object"}}}},
                 "AckMany": {"type": "object", "required": ["receipts"], "properties": {
                     "receipts": {"type": "array", "items": {"type": "string"}}}},
                 "QueueConfig": {"type": "object", "properties": {

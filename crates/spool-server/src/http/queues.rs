@@ -218,9 +218,9 @@ async fn create(
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Admin, &q)?;
     checked_name(&q)?;
-    let config = ConfigBody::parse(&body(&app, b).await?)?.apply(QueueConfig::default())?;
-    let s = app.svc.store().clone();
-    let created = blocking(move || s.create_queue(&q, config)).await?;
+    let change = ConfigBody::parse(&body(&app, b).await?)?;
+    let svc = app.svc.clone();
+    let created = blocking(move || Ok(svc.create_queue(&q, |base| change.apply(base)))).await??;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -239,10 +239,8 @@ async fn configure(
     allow(&app.svc, &headers, Access::Admin, &q)?;
     checked_name(&q)?;
     let change = ConfigBody::parse(&body(&app, b).await?)?;
-    let store = app.svc.store();
-    let config = change.apply(store.queue_config(&q)?)?;
-    let (s, c) = (store.clone(), config.clone());
-    blocking(move || s.configure_queue(&q, c)).await?;
+    let svc = app.svc.clone();
+    let config = blocking(move || Ok(svc.configure_queue(&q, |old| change.apply(old)))).await??;
     Ok(Json(json!({ "config": config_json(&config) })))
 }
 
@@ -360,7 +358,7 @@ async fn push(
     let store = app.svc.store();
     if !record::is_json(&headers) {
         let p = push_of(raw, pq.priority, pq.delay_ms, pq.ttl_ms)?;
-        let ids = store.push_async(&q, p).await?;
+        let ids = app.svc.queue_write(&q, || store.push_async(&q, p))?.await?;
         let id = ids
             .first()
             .copied()
@@ -378,7 +376,8 @@ async fn push(
     };
     match record::parse_json::<PushJson>(&raw)? {
         PushJson::One(m) => {
-            let ids = store.push_async(&q, one(m)?).await?;
+            let m = one(m)?;
+            let ids = app.svc.queue_write(&q, || store.push_async(&q, m))?.await?;
             let id = ids
                 .first()
                 .copied()
@@ -393,7 +392,10 @@ async fn push(
                 .into_iter()
                 .map(one)
                 .collect::<ApiResult<Vec<_>>>()?;
-            let ids = store.push_batch_async(&q, msgs).await?;
+            let ids = app
+                .svc
+                .queue_write(&q, || store.push_batch_async(&q, msgs))?
+                .await?;
             Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))).into_response())
         }
     }
@@ -422,6 +424,7 @@ async fn lease(
     let lq = query(lq)?;
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
+    app.svc.queue_readable(&q)?;
     let vt = lq
         .vt
         .map(|v| range(v, "vt", 1, VT_MS_MAX))
@@ -460,6 +463,7 @@ async fn pop(
     let cq = query(cq)?;
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
+    app.svc.queue_readable(&q)?;
     let wait = range(cq.wait.unwrap_or(0), "wait", 0, WAIT_MS_MAX)?;
     let count = usize::try_from(range(cq.count.unwrap_or(1), "count", 1, COUNT_MAX)?).unwrap_or(1);
     let msgs = empty_if_unknown(
@@ -481,6 +485,7 @@ async fn peek(
     let cq = query(cq)?;
     allow(&app.svc, &headers, Access::Read, &q)?;
     checked_name(&q)?;
+    app.svc.queue_readable(&q)?;
     if cq.wait.is_some() {
         return Err(ApiError::badarg("peek does not wait"));
     }
@@ -660,18 +665,36 @@ async fn extend(
     Ok(Json(json!({ "visible_at_ms": until })))
 }
 
-/// `POST /v1/queues/{q}/messages/{receipt}/dead` -> `{"id": its id in the dead-letter
-/// queue}`; `409 NODLQ` when the queue has none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadQuery {
+    reason: Option<String>,
+}
+
+/// `POST /v1/queues/{q}/messages/{receipt}/dead?reason=` -> `{"id": its id in the
+/// dead-letter queue}`; `409 NODLQ` when the queue has none. The reason is written to the
+/// server log, as `QDEAD ... REASON` (the engine keeps no per-message notes).
 async fn dead(
     State(app): State<App>,
     Path((q, r)): Path<(String, String)>,
     headers: HeaderMap,
+    dq: Result<Query<DeadQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let dq = query(dq)?;
     allow(&app.svc, &headers, Access::Write, &q)?;
     checked_name(&q)?;
     let r = receipt(&r)?;
     let s = app.svc.store().clone();
-    let id = blocking(move || s.dead(&q, r)).await?;
+    let name = q.clone();
+    let id = blocking(move || s.dead(&name, r)).await?;
+    if let Some(reason) = dq.reason {
+        tracing::info!(
+            queue = %q,
+            dead_letter_id = id,
+            reason = %reason,
+            "a consumer dead-lettered a message"
+        );
+    }
     Ok(Json(json!({ "id": id })))
 }
 
@@ -682,7 +705,8 @@ struct RedriveQuery {
 }
 
 /// `POST /v1/queues/{dlq}/redrive?count=` -> `{"moved": n}`: dead letters back to the
-/// queues they came from (count default 1000, at most 1000).
+/// queues they came from (all without `count`); only those whose source queue the caller
+/// may write to. `409 NODLQ` when `dlq` is no queue's dead-letter queue.
 async fn redrive(
     State(app): State<App>,
     Path(q): Path<String>,
@@ -690,11 +714,13 @@ async fn redrive(
     rq: Result<Query<RedriveQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let rq = query(rq)?;
-    allow(&app.svc, &headers, Access::Admin, &q)?;
+    let who = allow(&app.svc, &headers, Access::Admin, &q)?;
     checked_name(&q)?;
-    let n =
-        usize::try_from(range(rq.count.unwrap_or(COUNT_MAX), "count", 1, COUNT_MAX)?).unwrap_or(1);
-    let s = app.svc.store().clone();
-    let moved = blocking(move || s.redrive(&q, n)).await?;
+    let count = rq
+        .count
+        .map(|c| range(c, "count", 1, u64::MAX))
+        .transpose()?;
+    let svc = app.svc.clone();
+    let moved = blocking(move || Ok(svc.redrive::<ApiError>(&q, count, &who))).await??;
     Ok(Json(json!({ "moved": moved })))
 }

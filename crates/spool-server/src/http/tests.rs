@@ -353,3 +353,282 @@ async fn full_and_nodlq_have_their_statuses() {
         "{b}"
     );
 }
+
+/// A request with a JSON body (`Content-Type: application/json`): status and JSON reply.
+async fn call_json(app: &Router, method: Method, uri: &str, body: Value) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("a request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The server policy holds over HTTP as over RESP: with `auto_create` off a missing queue
+/// or topic is `NOQUEUE`/`NOTOPIC` for reads and writes; `max_queues` refuses a creation,
+/// a push that would create a queue and a config that would create a dead-letter queue.
+#[tokio::test]
+async fn the_server_policy_holds_over_http() {
+    use crate::service::Policy;
+    let store = Store::open_with_vfs(
+        std::sync::Arc::new(spool_engine::vfs::MemVfs::new()),
+        "/s",
+        spool_engine::Options {
+            auto_create: false,
+            ..spool_engine::Options::default()
+        },
+    )
+    .expect("store");
+    let app = router(Service::new(
+        store,
+        crate::auth::Auth::open(),
+        Policy {
+            auto_create: false,
+            max_queues: 2,
+        },
+    ));
+    let code = |r: (StatusCode, Vec<u8>)| (r.0, json(&r.1)["error"].as_str().map(str::to_owned));
+    let noqueue = (StatusCode::NOT_FOUND, Some("NOQUEUE".to_owned()));
+    let notopic = (StatusCode::NOT_FOUND, Some("NOTOPIC".to_owned()));
+    let full = (StatusCode::INSUFFICIENT_STORAGE, Some("FULL".to_owned()));
+    for (m, uri) in [
+        (Method::POST, "/v1/queues/a/messages"),
+        (Method::POST, "/v1/queues/a/lease"),
+        (Method::POST, "/v1/queues/a/pop"),
+        (Method::GET, "/v1/queues/a/messages"),
+    ] {
+        assert_eq!(
+            code(call(&app, m, uri, Body::from("x")).await),
+            noqueue,
+            "{uri}"
+        );
+    }
+    for (m, uri) in [
+        (Method::POST, "/v1/topics/t/messages"),
+        (Method::POST, "/v1/topics/t/subscriptions"),
+        (Method::GET, "/v1/topics/t/messages?cursor=1"),
+        (Method::GET, "/v1/topics/t/latest?cursor=1"),
+        (Method::GET, "/v1/topics/t/stream"),
+    ] {
+        assert_eq!(
+            code(call(&app, m, uri, Body::empty()).await),
+            notopic,
+            "{uri}"
+        );
+    }
+    // Created, they work.
+    let (s, _) = call(&app, Method::PUT, "/v1/queues/a", Body::empty()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = call(&app, Method::POST, "/v1/queues/a/messages", Body::from("x")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // A second queue with a dead-letter queue would make three.
+    let (s, v) = call_json(
+        &app,
+        Method::PUT,
+        "/v1/queues/b",
+        serde_json::json!({"max_receives": 3, "dead_letter_queue": "b.dead"}),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (full.0, Some("FULL")), "{v}");
+    let (s, _) = call(&app, Method::PUT, "/v1/queues/b", Body::empty()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = call_json(
+        &app,
+        Method::PATCH,
+        "/v1/queues/b",
+        serde_json::json!({"max_receives": 3, "dead_letter_queue": "b.dead"}),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (full.0, Some("FULL")), "{v}");
+    assert_eq!(
+        code(call(&app, Method::PUT, "/v1/queues/c", Body::empty()).await),
+        full
+    );
+}
+
+#[tokio::test]
+async fn with_auto_create_max_queues_refuses_a_push_that_would_create_one() {
+    use crate::service::Policy;
+    let app = router(Service::new(
+        Store::in_memory().expect("store"),
+        crate::auth::Auth::open(),
+        Policy {
+            auto_create: true,
+            max_queues: 1,
+        },
+    ));
+    let (s, _) = call(&app, Method::POST, "/v1/queues/a/messages", Body::from("x")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, b) = call(&app, Method::POST, "/v1/queues/b/messages", Body::from("x")).await;
+    assert_eq!(
+        (s, json(&b)["error"].as_str()),
+        (StatusCode::INSUFFICIENT_STORAGE, Some("FULL"))
+    );
+    // A read of a missing queue is empty (auto_create on), not an error, and creates nothing.
+    let (s, b) = call(&app, Method::POST, "/v1/queues/b/lease", Body::empty()).await;
+    assert_eq!(
+        (s, json(&b)["messages"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+}
+
+/// A failed `fdatasync` poisons the store: the write that hit it and every write after it
+/// are `500 ERR` (never a success that was not made durable), and `/health/ready` turns 503.
+#[tokio::test]
+async fn a_failed_sync_is_err_500_and_the_server_turns_unready() {
+    let vfs = spool_testkit::sim_vfs::SimVfs::new();
+    let store = Store::open_with_vfs(
+        std::sync::Arc::new(vfs.clone()),
+        "/s",
+        spool_engine::Options {
+            segment_prep: spool_engine::SegmentPrep::Off,
+            ..spool_engine::Options::default()
+        },
+    )
+    .expect("store");
+    let app = router(Service::open(store));
+    let (s, _) = call(
+        &app,
+        Method::POST,
+        "/v1/queues/q/messages",
+        Body::from("ok"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = call(&app, Method::GET, "/health/ready", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    vfs.fail_sync_once();
+    for payload in ["lost", "after"] {
+        let (s, b) = call(
+            &app,
+            Method::POST,
+            "/v1/queues/q/messages",
+            Body::from(payload),
+        )
+        .await;
+        assert_eq!(
+            (s, json(&b)["error"].as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some("ERR")),
+            "{payload}"
+        );
+    }
+    let (s, b) = call(&app, Method::POST, "/v1/topics/t/messages", Body::from("x")).await;
+    assert_eq!(
+        (s, json(&b)["error"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("ERR"))
+    );
+    let (s, _) = call(&app, Method::GET, "/health/ready", Body::empty()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_topic_batch_is_published_whole_with_consecutive_seqs() {
+    let app = app();
+    let (s, v) = call_json(
+        &app,
+        Method::POST,
+        "/v1/topics/t/messages",
+        serde_json::json!({"messages": [{"payload": "a"}, {"payload": "Yg==", "encoding": "base64"}, {"payload": "c"}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["seqs"], serde_json::json!([1, 2, 3]));
+    // One bad message: nothing is published.
+    let (s, v) = call_json(
+        &app,
+        Method::POST,
+        "/v1/topics/t/messages",
+        serde_json::json!({"messages": [{"payload": "d"}, {"payload": "!!", "encoding": "base64"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BADARG")),
+        "{v}"
+    );
+    let (s, v) = call_json(
+        &app,
+        Method::POST,
+        "/v1/topics/t/messages",
+        serde_json::json!({"messages": []}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BADARG")),
+        "{v}"
+    );
+    let (_, b) = call(
+        &app,
+        Method::GET,
+        "/v1/topics/t/messages?cursor=2",
+        Body::empty(),
+    )
+    .await;
+    let v = json(&b);
+    assert_eq!(v["message"]["payload"], "b");
+    assert_eq!(v["next_cursor"], 3);
+    let (_, b) = call(&app, Method::GET, "/v1/topics/t", Body::empty()).await;
+    assert_eq!(json(&b)["last_seq"], 3);
+}
+
+#[tokio::test]
+async fn dead_takes_a_reason_and_refuses_unknown_parameters() {
+    let app = app();
+    let (s, _) = call_json(
+        &app,
+        Method::PUT,
+        "/v1/queues/q",
+        serde_json::json!({"max_receives": 5}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    call(
+        &app,
+        Method::POST,
+        "/v1/queues/q/messages",
+        Body::from("bad"),
+    )
+    .await;
+    let (_, b) = call(&app, Method::POST, "/v1/queues/q/lease", Body::empty()).await;
+    let receipt = json(&b)["messages"][0]["receipt"]
+        .as_str()
+        .expect("receipt")
+        .to_owned();
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/queues/q/messages/{receipt}/dead?bogus=1"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (s, json(&b)["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BADARG"))
+    );
+    let (s, b) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/queues/q/messages/{receipt}/dead?reason=cannot%20parse"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (_, b) = call(
+        &app,
+        Method::GET,
+        "/v1/queues/q.dlq/messages",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(json(&b)["messages"][0]["payload"], "bad");
+}

@@ -135,9 +135,9 @@ async fn create(
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Admin, &t)?;
     checked_name(&t)?;
-    let config = ConfigBody::parse(&body(&app, b).await?)?.apply(TopicConfig::default())?;
-    let s = app.svc.store().clone();
-    let created = blocking(move || s.create_topic(&t, config)).await?;
+    let change = ConfigBody::parse(&body(&app, b).await?)?;
+    let svc = app.svc.clone();
+    let created = blocking(move || Ok(svc.create_topic(&t, |base| change.apply(base)))).await??;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -156,10 +156,8 @@ async fn configure(
     allow(&app.svc, &headers, Access::Admin, &t)?;
     checked_name(&t)?;
     let change = ConfigBody::parse(&body(&app, b).await?)?;
-    let store = app.svc.store();
-    let config = change.apply(store.topic_stats(&t)?.config)?;
-    let (s, c) = (store.clone(), config.clone());
-    blocking(move || s.configure_topic(&t, c)).await?;
+    let svc = app.svc.clone();
+    let config = blocking(move || Ok(svc.configure_topic(&t, |old| change.apply(old)))).await??;
     Ok(Json(json!({ "config": config_json(&config) })))
 }
 
@@ -202,8 +200,18 @@ struct PublishBody {
     encoding: Option<String>,
 }
 
+/// A JSON publish: one message, or `{"messages": [...]}` (atomic batch).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PublishJson {
+    Batch { messages: Vec<PublishBody> },
+    One(PublishBody),
+}
+
 /// `POST /v1/topics/{t}/messages`: the raw body is the payload, or with `Content-Type:
-/// application/json` `{"payload", "encoding"?}` -> `201 {"seq": n}`, once durable.
+/// application/json` `{"payload", "encoding"?}` -> `201 {"seq": n}`, or `{"messages":
+/// [...]}` -> `201 {"seqs": [...]}` (all published or none, consecutive). Answered once
+/// durable.
 async fn publish(
     State(app): State<App>,
     Path(t): Path<String>,
@@ -213,13 +221,34 @@ async fn publish(
     allow(&app.svc, &headers, Access::Write, &t)?;
     checked_name(&t)?;
     let raw = body(&app, b).await?;
-    let payload = if record::is_json(&headers) {
-        let m: PublishBody = record::parse_json(&raw)?;
-        record::decode_payload(&m.payload, m.encoding.as_deref())?
+    let (payloads, batch) = if record::is_json(&headers) {
+        let one = |m: PublishBody| record::decode_payload(&m.payload, m.encoding.as_deref());
+        match record::parse_json::<PublishJson>(&raw)? {
+            PublishJson::One(m) => (vec![one(m)?], false),
+            PublishJson::Batch { messages } => {
+                if messages.is_empty() {
+                    return Err(ApiError::badarg(
+                        "\"messages\" is empty: publish at least one",
+                    ));
+                }
+                let p = messages
+                    .into_iter()
+                    .map(one)
+                    .collect::<ApiResult<Vec<_>>>()?;
+                (p, true)
+            }
+        }
     } else {
-        raw
+        (vec![raw], false)
     };
-    let seqs = app.svc.store().publish_async(&t, payload).await?;
+    let store = app.svc.store();
+    let seqs = app
+        .svc
+        .topic_write(&t, || store.publish_batch_async(&t, payloads))?
+        .await?;
+    if batch {
+        return Ok((StatusCode::CREATED, Json(json!({ "seqs": seqs }))).into_response());
+    }
     let seq = seqs
         .first()
         .copied()
@@ -235,6 +264,8 @@ async fn subscribe(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     allow(&app.svc, &headers, Access::Write, &t)?;
+    checked_name(&t)?;
+    app.svc.topic_readable(&t)?;
     let c = app.svc.store().subscribe(&t)?;
     Ok((StatusCode::CREATED, Json(json!({ "cursor": c.next }))).into_response())
 }
@@ -270,6 +301,7 @@ async fn next(
     let rq = query(rq)?;
     allow(&app.svc, &headers, Access::Read, &t)?;
     checked_name(&t)?;
+    app.svc.topic_readable(&t)?;
     let wait = range(rq.wait.unwrap_or(0), "wait", 0, WAIT_MS_MAX)?;
     let store = app.svc.store();
     let mut cursor = cursor_of(store, &t, rq.cursor)?;
@@ -298,6 +330,7 @@ async fn latest(
     let rq = query(rq)?;
     allow(&app.svc, &headers, Access::Read, &t)?;
     checked_name(&t)?;
+    app.svc.topic_readable(&t)?;
     if rq.wait.is_some() {
         return Err(ApiError::badarg("latest does not wait; use messages?wait="));
     }
@@ -333,6 +366,7 @@ async fn stream(
     let rq = query(rq)?;
     allow(&app.svc, &headers, Access::Read, &t)?;
     checked_name(&t)?;
+    app.svc.topic_readable(&t)?;
     if rq.wait.is_some() {
         return Err(ApiError::badarg(
             "a stream has no wait: it waits until closed",
